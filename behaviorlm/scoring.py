@@ -1,0 +1,192 @@
+"""Candidate scoring: rank every behavior name by its log-likelihood given the prompt.
+
+The answer space is closed (the behavior vocabulary), so a prediction is a ranking, not free text. This module is
+both the evaluator and the engine of difficulty selection.
+
+Exact mode packs the candidates into a token trie and scores all of them in ONE forward per prompt: the sequence is
+[prompt tokens, every internal trie node], with a 4-D attention mask under which a trie node sees the prompt and
+its own ancestors only, and position ids that continue the prompt's. The model therefore computes each shared
+prefix once, and vocabulary logits are taken only at the rows whose next-token distribution is needed (the last
+prompt token and the internal nodes); the end-token leaves are never fed. A candidate's score is the sum of its
+tokens' log-probabilities, exactly as if each had been run separately (tests/test_scoring.py guards this).
+
+Generate mode decodes greedily and counts an output as a prediction only if it is a behavior name exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from behaviorlm.models import autocast
+
+
+@dataclass
+class CandidateTrie:
+    """Candidates' token sequences merged by shared prefixes."""
+
+    node_tokens: list[int]  # token of each internal node (fed to the model), in depth-first order
+    node_depth: list[int]  # 1 for a first answer token
+    ancestors: torch.Tensor  # (nodes, nodes) bool: column j is an ancestor of (or equal to) row i
+    score_rows: torch.Tensor  # (candidates, max_len) row of the kept logits that predicts each token; 0 = prompt end
+    score_tokens: torch.Tensor  # (candidates, max_len) the token predicted there
+    score_mask: torch.Tensor  # (candidates, max_len) bool: real token, not padding
+
+    @classmethod
+    def build(cls, sequences: Sequence[Sequence[int]]) -> "CandidateTrie":
+        children: list[dict[int, int]] = [{}]  # node 0 is the root (the prompt's last position)
+        parent, tokens, depth = [-1], [-1], [0]
+        paths = []
+        for seq in sequences:
+            node, path = 0, []
+            for token in seq:
+                nxt = children[node].get(token)
+                if nxt is None:
+                    nxt = len(tokens)
+                    children[node][token] = nxt
+                    children.append({})
+                    parent.append(node)
+                    tokens.append(token)
+                    depth.append(depth[node] + 1)
+                path.append(nxt)
+                node = nxt
+            paths.append(path)
+        ends = [p[-1] for p in paths]
+        if len(set(ends)) != len(ends):
+            raise ValueError("two candidates have identical token sequences; they cannot be told apart")
+        # Internal nodes (with children) are fed to the model; row 0 of the kept logits is the prompt's end.
+        internal = [n for n in range(1, len(tokens)) if children[n]]
+        row_of = {0: 0}
+        row_of.update({n: i + 1 for i, n in enumerate(internal)})
+        ancestors = torch.zeros(len(internal), len(internal), dtype=torch.bool)
+        for i, n in enumerate(internal):
+            a = n
+            while a != 0:
+                ancestors[i, row_of[a] - 1] = True
+                a = parent[a]
+        max_len = max(len(p) for p in paths)
+        rows = torch.zeros(len(paths), max_len, dtype=torch.long)
+        toks = torch.zeros(len(paths), max_len, dtype=torch.long)
+        mask = torch.zeros(len(paths), max_len, dtype=torch.bool)
+        for c, path in enumerate(paths):
+            for j, node in enumerate(path):
+                rows[c, j] = row_of[parent[node]]
+                toks[c, j] = tokens[node]
+                mask[c, j] = True
+        return cls([tokens[n] for n in internal], [depth[n] for n in internal], ancestors, rows, toks, mask)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_tokens)
+
+
+class CandidateScorer:
+    """Scores prompts against a fixed candidate list. `score` returns (prompts, candidates) summed log-probs."""
+
+    def __init__(self, model, candidate_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device,
+                 amp_dtype: Optional[torch.dtype], batch_size: int = 4):
+        self.model = model
+        self.trie = CandidateTrie.build(candidate_ids)
+        self.pad_id = pad_id
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.batch_size = batch_size
+        self._trie_tokens = torch.tensor(self.trie.node_tokens, dtype=torch.long, device=device)
+        self._trie_depth = torch.tensor(self.trie.node_depth, dtype=torch.long, device=device)
+        self._ancestors = self.trie.ancestors.to(device)
+        self._rows = self.trie.score_rows.to(device)
+        self._tokens = self.trie.score_tokens.to(device)
+        self._mask = self.trie.score_mask.to(device)
+
+    def _batch_inputs(self, prompts: Sequence[Sequence[int]]):
+        """Left-padded prompts followed by the trie nodes, with positions and the 4-D tree mask."""
+        batch, width, nodes = len(prompts), max(len(p) for p in prompts), self.trie.n_nodes
+        total = width + nodes
+        ids = torch.full((batch, total), self.pad_id, dtype=torch.long, device=self.device)
+        real = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        for b, prompt in enumerate(prompts):
+            ids[b, width - len(prompt):width] = torch.tensor(prompt, dtype=torch.long, device=self.device)
+            real[b, width - len(prompt):] = True
+        ids[:, width:] = self._trie_tokens
+        positions = torch.empty(batch, total, dtype=torch.long, device=self.device)
+        positions[:, :width] = (real.cumsum(1) - 1).clamp(min=0)
+        positions[:, width:] = (lengths - 1)[:, None] + self._trie_depth[None, :]
+        mask = torch.zeros(batch, 1, total, total, dtype=torch.bool, device=self.device)
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=self.device))
+        mask[:, 0, :width, :width] = causal[None] & real[:, None, :]
+        # A padding query must see something, or attention yields NaN; it only sees itself and is never read.
+        diag = torch.arange(width, device=self.device)
+        mask[:, 0, diag, diag] = True
+        mask[:, 0, width:, :width] = real[:, None, :]
+        mask[:, 0, width:, width:] = self._ancestors[None]
+        return ids, positions, mask
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Sequence[int]], progress: Optional[str] = None) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        out = np.empty((len(prompts), self._rows.shape[0]), dtype=np.float32)
+        # Similar lengths in a batch waste less padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        bar = tqdm(total=len(prompts), desc=progress, unit="sample", disable=progress is None, leave=False,
+                   mininterval=2.0)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            ids, positions, mask = self._batch_inputs([prompts[i] for i in chunk])
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=self.trie.n_nodes + 1, use_cache=False).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, 1 + nodes, vocab)
+            picked = logprobs[:, self._rows, self._tokens]  # (batch, candidates, max_len)
+            scores = (picked * self._mask).sum(-1)
+            out[chunk] = scores.cpu().numpy()
+            bar.update(len(chunk))
+        bar.close()
+        self.model.train(was_training)
+        return out
+
+
+def naive_scores(model, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[int]],
+                 device: torch.device, amp_dtype: Optional[torch.dtype] = None) -> np.ndarray:
+    """Reference: one full forward per (prompt, candidate), summing the candidate tokens' log-probabilities."""
+    out = np.empty((len(prompts), len(candidate_ids)), dtype=np.float32)
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            for c, cand in enumerate(candidate_ids):
+                ids = torch.tensor([list(prompt) + list(cand)], device=device)
+                with autocast(device, amp_dtype):
+                    logits = model(input_ids=ids).logits[0].float()
+                logprobs = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
+                out[i, c] = logprobs[torch.arange(len(cand)), torch.tensor(cand, device=device)].sum().item()
+    return out
+
+
+@torch.no_grad()
+def generate_predictions(model, tokenizer, prompts: Sequence[Sequence[int]], names: Sequence[str],
+                         device: torch.device, amp_dtype: Optional[torch.dtype], max_new_tokens: int,
+                         batch_size: int = 8, progress: Optional[str] = None,
+                         normalize: Callable[[str], str] = str.strip) -> list[Optional[str]]:
+    """Greedy free generation; an output that is not exactly a behavior name is an invalid prediction (None)."""
+    known = {normalize(n): n for n in names}
+    predictions: list[Optional[str]] = []
+    pad = tokenizer.pad_token_id
+    for start in tqdm(range(0, len(prompts), batch_size), desc=progress, disable=progress is None, leave=False):
+        chunk = prompts[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
+        attention = torch.zeros_like(ids)
+        for b, prompt in enumerate(chunk):
+            ids[b, width - len(prompt):] = torch.tensor(prompt, device=device)
+            attention[b, width - len(prompt):] = 1
+        with autocast(device, amp_dtype):
+            generated = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                       do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for row in generated[:, width:]:
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            predictions.append(known.get(normalize(text)))
+    return predictions

@@ -1,0 +1,157 @@
+"""The stages of BehaviorLM, each a small function over plain data (samples in, adapter/selection out):
+
+  a_tuning              LoRA on anchor-behavior samples + `aux_ratio` general conversations
+  difficulty_selection  score training samples with the current model, keep F hard ones per behavior
+  random_balanced       F random samples per behavior (balanced_only / tail_first / the random control)
+  b_tuning              continue the same adapter on the balanced set
+  joint_tuning          plain fine-tuning on every training sample (the paper's baseline)
+
+`STAGE_PLANS` maps each `stage_order` to the stages it runs, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from behaviorlm.data.samples import BehaviorVocab, Sample
+from behaviorlm.metrics import compute_metrics
+from behaviorlm.prompts import PromptBuilder
+from behaviorlm.scoring import CandidateScorer, generate_predictions
+from behaviorlm.selection import Selection, scoring_pool, select_balanced
+from behaviorlm.training import TrainExample, train_lora
+
+log = logging.getLogger(__name__)
+
+STAGE_PLANS: dict[str, tuple[str, ...]] = {
+    "progressive": ("a_tuning", "difficulty_selection", "b_tuning"),
+    "joint": ("joint_tuning",),
+    "anchor_only": ("a_tuning",),
+    "balanced_only": ("random_balanced", "b_tuning"),
+    "tail_first": ("random_balanced", "b_tuning", "a_tuning"),
+    "zero_shot": (),
+}
+
+
+@dataclass
+class BehaviorModel:
+    """A backbone with its LoRA adapter, tokenizer and prompt builder, scoring over a fixed vocabulary."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    prompts: PromptBuilder
+    vocab: BehaviorVocab
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    scorer: CandidateScorer
+    scoring_mode: str = "exact"
+
+    @classmethod
+    def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
+              amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact"):
+        candidates = [prompts.answer_ids(name) for name in vocab.names]
+        scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size)
+        return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode)
+
+    def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
+        return [self.prompts.sample_prompt_ids(s) for s in samples]
+
+    def scores(self, samples: Sequence[Sample], progress: Optional[str] = None) -> np.ndarray:
+        """(samples, behaviors) log-likelihood of every behavior name, in `vocab.names` order."""
+        return self.scorer.score(self.prompt_ids(samples), progress=progress)
+
+    def rankings(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None) -> list[list[str]]:
+        if self.scoring_mode == "generate":
+            longest = int(self.scorer.trie.score_mask.sum(1).max())
+            predictions = generate_predictions(self.model, self.tokenizer, self.prompt_ids(samples),
+                                               self.vocab.names, self.device, self.amp_dtype, longest,
+                                               progress=progress)
+            return [[p] if p is not None else [] for p in predictions]
+        scores = self.scores(samples, progress)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [[self.vocab.names[j] for j in row] for row in top]
+
+    def evaluate(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None):
+        rankings = self.rankings(samples, k, progress)
+        return compute_metrics([s.target for s in samples], rankings, self.vocab, k)
+
+    def accuracy(self, samples: Sequence[Sample]) -> float:
+        return float(self.evaluate(samples, k=1)[0]["acc_overall"])
+
+    def behavior_examples(self, samples: Sequence[Sample]) -> list[TrainExample]:
+        return [TrainExample(tuple(p), tuple(self.prompts.answer_ids(s.target)))
+                for p, s in zip(self.prompt_ids(samples), samples)]
+
+
+def aux_example_count(n_behavior_examples: int, aux_ratio: float) -> int:
+    """How many conversations make up `aux_ratio` of the A-Tuning set (a deterministic count)."""
+    return int(round(aux_ratio * n_behavior_examples / (1.0 - aux_ratio)))
+
+
+def aux_examples(bm: BehaviorModel, conversations: Sequence[list[dict]], count: int, max_response_tokens: int,
+                 seed: int) -> list[TrainExample]:
+    if count == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(conversations), size=count, replace=count > len(conversations))
+    examples = []
+    for i in picks:
+        prompt, answer = bm.prompts.conversation_ids(conversations[int(i)], max_response_tokens)
+        examples.append(TrainExample(tuple(prompt), tuple(answer), kind="aux"))
+    return examples
+
+
+def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictConfig, train_cfg: DictConfig,
+         val_samples: Sequence[Sample], seed: int, desc: str, on_step: Optional[Callable[[dict], None]] = None):
+    """One LoRA training stage with early stopping on validation accuracy."""
+    validate = None
+    if train_cfg.early_stopping and val_samples:
+        validate = lambda: bm.accuracy(val_samples)  # noqa: E731
+    return train_lora(bm.model, examples, pad_id=bm.tokenizer.pad_token_id, device=bm.device,
+                      amp_dtype=bm.amp_dtype, max_epochs=stage_cfg.max_epochs,
+                      learning_rate=stage_cfg.learning_rate, batch_size=train_cfg.batch_size,
+                      grad_accum=train_cfg.grad_accum, weight_decay=train_cfg.weight_decay,
+                      warmup_ratio=train_cfg.warmup_ratio, max_grad_norm=train_cfg.max_grad_norm,
+                      max_steps_per_epoch=train_cfg.max_steps_per_epoch, validate=validate,
+                      patience=stage_cfg.patience, seed=seed, desc=desc, on_step=on_step)
+
+
+def a_tuning_set(bm: BehaviorModel, train: Sequence[Sample], conversations: Sequence[list[dict]],
+                 aux_ratio: float, max_response_tokens: int, seed: int) -> tuple[list[TrainExample], dict]:
+    anchors = [s for s in train if s.target in bm.vocab.anchors]
+    behavior = bm.behavior_examples(anchors)
+    aux = aux_examples(bm, conversations, aux_example_count(len(behavior), aux_ratio), max_response_tokens, seed)
+    realised = len(aux) / max(1, len(aux) + len(behavior))
+    log.info("A-Tuning set: %d anchor samples + %d conversations (aux share %.4f, requested %.4f)",
+             len(behavior), len(aux), realised, aux_ratio)
+    report = {"n_anchor_examples": len(behavior), "n_aux_examples": len(aux), "aux_ratio_realised": realised}
+    return behavior + aux, report
+
+
+def difficulty_selection(bm: BehaviorModel, train: Sequence[Sample], samples_per_behavior: int,
+                         selection_cfg: DictConfig, seed: int) -> tuple[Selection, dict]:
+    use_difficulty = selection_cfg.strategy == "difficulty" and selection_cfg.difficulty
+    scores, pool = None, []
+    if use_difficulty:
+        pool = scoring_pool(train, selection_cfg.max_scored_per_behavior, seed)
+        scores = bm.scores([train[i] for i in pool], progress="selection scoring")
+    selection = select_balanced(train, bm.vocab, samples_per_behavior, seed, scores=scores, scored=pool,
+                                difficulty=use_difficulty, contrastive=selection_cfg.contrastive)
+    report = {"n_scored": len(pool), "n_selected": len(selection.indices),
+              **{f"tier_{k}": v for k, v in selection.tier_counts().items()}}
+    if scores is not None:
+        predicted = np.argmax(scores, axis=1)
+        report["train_acc_scored"] = float(np.mean([bm.vocab.names[p] == train[i].target
+                                                    for p, i in zip(predicted, pool)]))
+    return selection, report
+
+
+def random_balanced(bm: BehaviorModel, train: Sequence[Sample], samples_per_behavior: int,
+                    seed: int) -> tuple[Selection, dict]:
+    selection = select_balanced(train, bm.vocab, samples_per_behavior, seed, difficulty=False)
+    return selection, {"n_selected": len(selection.indices)}

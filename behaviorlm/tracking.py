@@ -1,0 +1,93 @@
+"""Experiment tracking: W&B when `logger=wandb`, nothing otherwise. metrics.json is written regardless.
+
+The W&B mode comes from WANDB_MODE and defaults to offline: an explicit mode argument would override the user's
+environment. A run is always closed, with exit code 1 when the job raised, so that the next job of a multirun
+cannot silently reuse it (`FinishLeftoverRuns` is the Hydra-callback safety net for the same pitfall).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """A thin facade so the pipeline never checks which logger is on."""
+
+    def __init__(self, run=None):
+        self.run = run
+
+    def log(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        if self.run is not None:
+            clean = {k: v for k, v in metrics.items() if v is not None}
+            self.run.log(clean, step=step) if step is not None else self.run.log(clean)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            for key, value in metrics.items():
+                if value is not None:
+                    self.run.summary[key] = value
+
+    def table(self, key: str, frame: pd.DataFrame) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(dataframe=frame.reset_index(drop=True))})
+
+    def image(self, key: str, path: str | Path) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
+
+
+def _group(cfg: DictConfig) -> Optional[str]:
+    if cfg.logger.group:
+        return cfg.logger.group
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode.name == "MULTIRUN":
+            return Path(hydra_cfg.sweep.dir).name
+    except ValueError:  # not inside a Hydra job
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def tracking(cfg: DictConfig, job_type: str = "behaviorlm") -> Iterator[Tracker]:
+    if cfg.logger.name != "wandb":
+        yield Tracker()
+        return
+    import wandb
+
+    settings = wandb.Settings(silent=True, console="off")
+    with wandb.init(project=cfg.logger.project or f"behaviorlm-{cfg.data.name}", entity=cfg.logger.entity,
+                    group=_group(cfg), job_type=job_type, tags=list(cfg.logger.tags) or None,
+                    config=OmegaConf.to_container(cfg, resolve=True), dir=cfg.paths.output_dir,
+                    mode=os.environ.get("WANDB_MODE", "offline"), settings=settings) as run:
+        yield Tracker(run)
+
+
+class FinishLeftoverRuns(Callback):
+    """Hydra callback: close any W&B run a job left open (a crash inside a launcher that reuses processes)."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        try:
+            import wandb
+        except ImportError:
+            return
+        if wandb.run is not None:
+            failed = getattr(job_return, "status", None) is not None and job_return.status.name == "FAILED"
+            log.warning("closing a W&B run the job left open (failed=%s)", failed)
+            wandb.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,180 @@
+"""LoRA fine-tuning loop (one function, read top to bottom).
+
+Why our own loop rather than HF Trainer: the loss is on answer tokens only and the answer always ends the
+sequence, so with left padding every answer sits in the last columns and the model computes vocabulary logits for
+just those columns (`logits_to_keep`) — the 49k-way LM head over the whole prompt is most of a small model's
+training cost. Batches are grouped by length to avoid padding, early stopping scores real validation accuracy
+with the candidate scorer, and each epoch leaves a checkpoint to resume from. None of this needs Trainer's
+machinery, and a loop this size is easy to audit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from behaviorlm.models import autocast
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    kind: str = "behavior"  # behavior | aux
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.answer_ids)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                           group_factor: int = 32) -> list[list[int]]:
+    """Shuffle, sort within large random groups by length, cut into batches, shuffle the batches."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    group = batch_size * group_factor
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start:start + group], key=lambda i: lengths[i])
+        batches.extend([list(chunk[j:j + batch_size]) for j in range(0, len(chunk), batch_size)])
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(examples: Sequence[TrainExample], pad_id: int, device: torch.device):
+    """Left-pad so all answers end in the last column; labels cover only the last `answer_width` columns."""
+    width = max(len(e) for e in examples)
+    answer_width = max(len(e.answer_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), answer_width), -100, dtype=torch.long)
+    for row, example in enumerate(examples):
+        sequence = list(example.prompt_ids) + list(example.answer_ids)
+        ids[row, width - len(sequence):] = torch.tensor(sequence)
+        attention[row, width - len(sequence):] = 1
+        labels[row, answer_width - len(example.answer_ids):] = torch.tensor(example.answer_ids)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    return ids.to(device), attention.to(device), positions.to(device), labels.to(device)
+
+
+def answer_loss_sum(model, batch, amp_dtype, device) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over answer tokens, computing logits only where answers are predicted."""
+    ids, attention, positions, labels = batch
+    answer_width = labels.shape[1]
+    with autocast(device, amp_dtype):
+        # Column c predicts token c+1: keep the answer_width columns before the last one, plus it.
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                       logits_to_keep=answer_width + 1, use_cache=False).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    return loss, int((labels != -100).sum())
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_accuracy: Optional[float]
+    samples_per_s: float
+    seconds: float
+
+
+def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: torch.device,
+               amp_dtype: Optional[torch.dtype], max_epochs: int, learning_rate: float, batch_size: int,
+               grad_accum: int = 1, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
+               max_grad_norm: float = 1.0, max_steps_per_epoch: Optional[int] = None,
+               validate: Optional[Callable[[], float]] = None, patience: int = 2, seed: int = 0,
+               desc: str = "train", on_step: Optional[Callable[[dict], None]] = None,
+               checkpoint_dir: Optional[Path] = None) -> list[EpochResult]:
+    """Train the model's trainable (LoRA) parameters; with `validate`, keep the best epoch's weights."""
+    if not examples:
+        log.warning("%s: no training examples; skipping the stage", desc)
+        return []
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    lengths = [len(e) for e in examples]
+    batches_per_epoch = math.ceil(len(examples) / batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / grad_accum)
+    if max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
+    total_steps = max(1, steps_per_epoch * max_epochs)
+    warmup = int(total_steps * warmup_ratio)
+    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to zero
+        warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return warm * max(0.0, 1.0 - step / total_steps)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+    history: list[EpochResult] = []
+    best_accuracy, best_state, stale, step = -1.0, None, 0, 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        started, seen, loss_total, token_total = time.perf_counter(), 0, 0.0, 0
+        batches = length_grouped_batches(lengths, batch_size, rng)[:steps_per_epoch * grad_accum]
+        bar = tqdm(total=len(batches), desc=f"{desc} epoch {epoch}/{max_epochs}", unit="batch", leave=False,
+                   mininterval=2.0)
+        for group_start in range(0, len(batches), grad_accum):
+            group = batches[group_start:group_start + grad_accum]
+            collated = [collate([examples[i] for i in b], pad_id, device) for b in group]
+            # Normalise by the tokens of the whole accumulation group: accumulation then equals one big batch.
+            group_tokens = sum(int((c[3] != -100).sum()) for c in collated)
+            for batch in collated:
+                loss_sum, _ = answer_loss_sum(model, batch, amp_dtype, device)
+                (loss_sum / group_tokens).backward()
+                loss_total += loss_sum.item()
+                seen += batch[0].shape[0]
+                bar.update(1)
+            token_total += group_tokens
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            rate = seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss_total / max(1, token_total):.3f}", samples_s=f"{rate:.1f}", refresh=False)
+            if on_step is not None:
+                on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
+        bar.close()
+        seconds = time.perf_counter() - started
+        accuracy = validate() if validate is not None else None
+        result = EpochResult(epoch, loss_total / max(1, token_total), accuracy, seen / max(seconds, 1e-9), seconds)
+        history.append(result)
+        log.info("%s epoch %d: loss %.4f, val acc %s, %.1f samples/s", desc, epoch, result.train_loss,
+                 "n/a" if accuracy is None else f"{accuracy:.4f}", result.samples_per_s)
+        if checkpoint_dir is not None:
+            save_trainable(model, checkpoint_dir / f"epoch_{epoch}.pt")
+        if accuracy is None:
+            continue
+        if accuracy > best_accuracy:
+            best_accuracy, stale = accuracy, 0
+            best_state = {k: v.detach().clone() for k, v in trainable_state(model).items()}
+        else:
+            stale += 1
+            if stale >= patience:
+                log.info("%s: early stop after epoch %d (best val acc %.4f)", desc, epoch, best_accuracy)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    model.eval()
+    return history
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def save_trainable(model, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(trainable_state(model), tmp)
+    tmp.replace(path)

@@ -1,0 +1,83 @@
+"""Small shared helpers: atomic writes, config composition outside @hydra.main, seeding, one-line user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "config"):
+    """Compose the project config as `run.py` would, for tools and tests that do not go through @hydra.main.
+
+    Outside @hydra.main there is no Hydra output folder, so `paths.output_dir` defaults to a fresh temporary one.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from behaviorlm.config import register_configs
+
+    register_configs()
+    register_resolvers()
+    overrides = list(overrides or [])
+    if not any(o.startswith("paths.output_dir=") for o in overrides):
+        overrides.append(f"paths.output_dir={tempfile.mkdtemp(prefix='behaviorlm-')}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Bad data or config ends the program with one clear line on stderr and exit status 2, not a traceback."""
+    from behaviorlm.config import ConfigError
+    from behaviorlm.data.logs import DataError
+
+    try:
+        yield
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

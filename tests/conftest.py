@@ -1,0 +1,47 @@
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def compose():
+    from behaviorlm.utils import compose_config
+
+    def _compose(*overrides, output_dir=None):
+        extra = [f"paths.output_dir={output_dir}"] if output_dir else []
+        return compose_config(list(overrides) + extra)
+
+    return _compose
+
+
+@pytest.fixture
+def hand_log() -> pd.DataFrame:
+    """Two users; u1 has 6 events, u2 has 3 (too short for min_history=3 targets after the 3rd)."""
+    rows = [
+        ("u1", "2024-01-01 08:00", "Home", "Residence"),
+        ("u1", "2024-01-01 09:00", "Gym", "Sport"),
+        ("u1", "2024-01-01 12:00", "Cafe", "Food"),
+        ("u1", "2024-01-02 08:00", "Home", "Residence"),
+        ("u1", "2024-01-02 10:00", "Office", "Work"),
+        ("u1", "2024-01-03 18:00", "Bar", "Food"),
+        ("u2", "2024-01-01 07:00", "Cafe", "Food"),
+        ("u2", "2024-01-01 08:00", "Office", "Work"),
+        ("u2", "2024-01-04 09:00", "Gym", "Sport"),
+    ]
+    return pd.DataFrame(rows, columns=["user_id", "timestamp", "behavior", "category"])
+
+
+def run_entrypoint(args, cwd=ROOT, timeout=600, env=None):
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -1,0 +1,78 @@
+"""Config composition: the schema catches typos and wrong types at compose time; every config file loads."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from behaviorlm.config import ConfigError, validate_config
+from conftest import ROOT, run_entrypoint
+
+GROUPS = ["data", "model", "prompt", "aux", "train", "selection", "scoring", "logger", "debug", "experiment"]
+
+
+def test_default_config_has_the_swept_top_level_keys(compose):
+    cfg = compose()
+    assert cfg.aux_ratio == 0.05
+    assert cfg.anchor_threshold == 0.01
+    assert cfg.samples_per_behavior == 20
+    assert cfg.stage_order == "progressive"
+    assert cfg.model.name == "smollm2_135m" and cfg.data.name == "foursquare_nyc"
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_config_file_composes_and_validates(compose, group):
+    for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
+        overrides = [f"{group}={path.stem}"]
+        if path.stem == "csv":
+            overrides.append("data.path=some.csv")
+        cfg = compose(*overrides)
+        validate_config(cfg)
+        text = path.read_text().splitlines()
+        assert text[0].startswith("#"), f"{path} must open with a comment showing how it is used"
+        assert any("python run.py" in line for line in text[:12]), f"{path} must show the command that uses it"
+
+
+def test_cfg_job_prints_top_level_keys():
+    result = run_entrypoint(["--cfg", "job"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    for key in ("aux_ratio", "anchor_threshold", "samples_per_behavior", "stage_order"):
+        assert key in printed
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("aux_ratio=abc", "aux_ratio"),
+    ("aux_ration=0.1", "aux_ration"),
+    ("samples_per_behavior=1.5", "samples_per_behavior"),
+])
+def test_typos_and_wrong_types_fail_at_compose_time(override, fragment):
+    result = run_entrypoint([override, "logger=none"], timeout=120)
+    assert result.returncode != 0
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override, key", [
+    ("aux_ratio=1.0", "aux_ratio"), ("aux_ratio=-0.1", "aux_ratio"), ("samples_per_behavior=-3", "samples_per_behavior"),
+    ("anchor_threshold=0", "anchor_threshold"), ("anchor_threshold=1.5", "anchor_threshold"),
+    ("stage_order=sideways", "stage_order"), ("method=magic", "method"),
+])
+def test_out_of_range_values_name_the_key_and_value(compose, override, key):
+    cfg = compose(override)
+    with pytest.raises(ConfigError, match=key) as err:
+        validate_config(cfg)
+    assert override.split("=")[1] in str(err.value)
+
+
+def test_out_of_range_value_exits_with_one_line_and_no_output_dir(tmp_path):
+    result = run_entrypoint(["aux_ratio=1.5", "logger=none", f"hydra.run.dir={tmp_path}/job"], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config key 'aux_ratio' = 1.5")
+    assert not (tmp_path / "job" / "metrics.json").exists()
+
+
+def test_unknown_model_name_fails_at_compose_time():
+    result = run_entrypoint(["model=gpt5"], timeout=120)
+    assert result.returncode != 0 and "gpt5" in result.stderr

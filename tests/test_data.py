@@ -1,0 +1,183 @@
+"""Behavior logs -> samples -> splits -> anchor/tail, on hand-made logs, synthetic logs and the real NYC files."""
+
+import gzip
+import json
+
+import pandas as pd
+import pytest
+
+from behaviorlm.data.conversations import load_conversations, parse_dialogue
+from behaviorlm.data.dataset import load_dataset
+from behaviorlm.data.logs import DataError, read_behavior_log
+from behaviorlm.data.samples import build_samples, build_vocab, split_samples
+from behaviorlm.data.summary import dataset_summary
+from behaviorlm.data.synthetic import generate_synthetic_log
+from conftest import ROOT
+
+
+def write(tmp_path, frame, name="log.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_history_windows_are_exact_and_never_see_the_future(tmp_path, hand_log):
+    events = read_behavior_log(write(tmp_path, hand_log))
+    samples, skipped = build_samples(events, history_len=2, min_history=3)
+    assert skipped == 1  # u2 has only 3 events
+    assert [(s.history, s.target) for s in samples] == [
+        (("Gym", "Cafe"), "Home"),
+        (("Cafe", "Home"), "Office"),
+        (("Home", "Office"), "Bar"),
+    ]
+    assert samples[0].history_times == ((0, 9), (0, 12))  # Monday 09:00, Monday 12:00
+    for sample in samples:
+        user_events = events[events["user"] == sample.user]
+        earlier = user_events[user_events["time"] < sample.time]["behavior"].tolist()
+        assert list(sample.history) == earlier[-2:]
+
+
+def test_chronological_split_puts_every_test_target_after_every_train_target(tmp_path):
+    events = generate_synthetic_log(n_users=20, events_per_user=25, seed=3)
+    samples, _ = build_samples(events, 5, 3)
+    splits = split_samples(samples, None, test_fraction=0.2, val_fraction=0.1)
+    assert max(s.time for s in splits["train"]) <= min(s.time for s in splits["val"])
+    assert max(s.time for s in splits["val"]) <= min(s.time for s in splits["test"])
+    assert abs(len(splits["test"]) / len(samples) - 0.2) < 0.02
+    explicit = split_samples(samples, "2024-01-05", 0.2, 0.0)
+    assert all(s.time >= pd.Timestamp("2024-01-05") for s in explicit["test"])
+    assert all(s.time < pd.Timestamp("2024-01-05") for s in explicit["train"])
+
+
+def test_anchor_tail_split_uses_the_training_share(tmp_path):
+    rows = [("u", f"2024-01-01 {h:02d}:00", b, "c") for h, b in enumerate(["A"] * 6 + ["B"] * 3 + ["C"] * 1)]
+    events = read_behavior_log(write(tmp_path, pd.DataFrame(rows, columns=["user_id", "timestamp", "behavior",
+                                                                            "category"])))
+    samples, _ = build_samples(events, 3, 1)  # targets: A x5, B x3, C x1
+    vocab = build_vocab(events, samples, anchor_threshold=0.3)
+    assert vocab.anchors == {"A", "B"}  # 5/9 and 3/9 > 0.3; 1/9 is not
+    assert vocab.tail == {"C"}
+    assert vocab.names == ["A", "B", "C"]
+    assert build_vocab(events, samples, anchor_threshold=0.4).anchors == {"A"}
+
+
+def test_synthetic_logs_are_deterministic_and_long_tailed():
+    a = generate_synthetic_log(seed=1)
+    b = generate_synthetic_log(seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(generate_synthetic_log(seed=2))
+    counts = a["behavior"].value_counts()
+    assert counts.iloc[0] / counts.iloc[-1] > 10
+    assert a.groupby("behavior")["category"].nunique().max() == 1
+
+
+def test_foursquare_adapter_on_the_real_files(compose):
+    cfg = compose("data=foursquare_nyc")
+    dataset = load_dataset(cfg)
+    summary = dataset_summary(dataset)
+    assert summary["events"] == 20713 and summary["users"] == 620
+    assert summary["behaviors"] == 192
+    assert len(summary["categories"]) == 9 and "Event" not in summary["categories"]
+    assert set(dataset.vocab.categories) == set(dataset.vocab.names)  # every behavior has a root category
+    assert "Home (private)" in dataset.vocab.anchors and "Subway" in dataset.vocab.anchors
+    assert summary["unseen_in_train_test_behaviors"] > 0
+    assert dataset.vocab.categories["Ferry"] == "Travel & Transport"
+    assert dataset.vocab.categories["Coffee Shop"] == "Food"
+    # train = the validation period, test = the test period: no test target precedes a training target
+    assert max(s.time for s in dataset.train + dataset.val) <= min(s.time for s in dataset.test)
+
+
+def test_custom_csv_column_mapping(tmp_path, compose, hand_log):
+    renamed = hand_log.rename(columns={"user_id": "uid", "timestamp": "when", "behavior": "action",
+                                       "category": "kind"})
+    path = write(tmp_path, renamed)
+    cfg = compose("data=csv", f"data.path={path}", "data.columns.user=uid", "data.columns.time=when",
+                  "data.columns.behavior=action", "data.columns.category=kind", "data.min_history=2",
+                  "data.split.test_fraction=0.3", "data.split.val_fraction=0")
+    dataset = load_dataset(cfg)
+    assert dataset.vocab.categories["Gym"] == "Sport"
+    assert {s.target for s in dataset.train + dataset.test} <= set(hand_log["behavior"])
+
+
+def test_csv_without_category_disables_categories(tmp_path, hand_log):
+    events = read_behavior_log(write(tmp_path, hand_log.drop(columns=["category"])))
+    samples, _ = build_samples(events, 3, 2)
+    assert not build_vocab(events, samples, 0.1).has_categories
+
+
+def test_category_gaps_are_filled_from_the_same_behavior(tmp_path, hand_log):
+    hand_log.loc[1, "category"] = None
+    events = read_behavior_log(write(tmp_path, hand_log))
+    assert events.loc[events["behavior"] == "Gym", "category"].tolist() == ["Sport", "Sport"]
+
+
+def test_parquet_and_jsonl_logs_read_like_csv(tmp_path, hand_log):
+    hand_log.to_parquet(tmp_path / "log.parquet")
+    hand_log.to_json(tmp_path / "log.jsonl", orient="records", lines=True)
+    base = read_behavior_log(write(tmp_path, hand_log))
+    for name in ("log.parquet", "log.jsonl"):
+        pd.testing.assert_frame_equal(read_behavior_log(tmp_path / name), base)
+
+
+@pytest.mark.parametrize("mutate, fragments", [
+    (lambda f: f.drop(columns=["behavior"]), ["column 'behavior'", "data.columns.behavior"]),
+    (lambda f: f.rename(columns={"timestamp": "ts"}), ["column 'timestamp'"]),
+    (lambda f: f.iloc[:0], ["header but no rows"]),
+    (lambda f: f.assign(timestamp=["2024-01-01"] * 8 + ["yesterday-ish"]), ["column 'timestamp'", "line 10",
+                                                                          "yesterday-ish"]),
+    (lambda f: f.assign(behavior=["Home"] * 4 + [None] + ["Gym"] * 4), ["column 'behavior'", "line 6"]),
+    (lambda f: f.assign(behavior=["Home"] * 4 + ["  "] + ["Gym"] * 4), ["column 'behavior'", "line 6"]),
+    (lambda f: pd.concat([f, f.iloc[[2]]]), ["duplicates an earlier event", "line 11"]),
+])
+def test_bad_logs_give_one_clear_error(tmp_path, hand_log, mutate, fragments):
+    path = write(tmp_path, mutate(hand_log))
+    with pytest.raises(DataError) as err:
+        read_behavior_log(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_empty_and_non_utf8_files(tmp_path, hand_log):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match="empty"):
+        read_behavior_log(empty)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(hand_log.to_csv(index=False).replace("Cafe", "Caf\u00e9").encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8.*0xe9"):
+        read_behavior_log(latin)
+    with pytest.raises(DataError, match="does not exist"):
+        read_behavior_log(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="unknown format"):
+        read_behavior_log(write(tmp_path, hand_log, "log.xlsx"))
+
+
+def test_too_short_histories_are_skipped_and_counted(tmp_path, compose, hand_log):
+    cfg = compose("data=csv", f"data.path={write(tmp_path, hand_log)}", "data.min_history=3",
+                  "data.split.test_fraction=0.4", "data.split.val_fraction=0")
+    dataset = load_dataset(cfg)
+    assert dataset.skipped_users == 1
+    with pytest.raises(DataError, match="min_history=10"):
+        load_dataset(compose("data=csv", f"data.path={write(tmp_path, hand_log)}", "data.min_history=10"))
+
+
+def test_conversation_corpora_load_as_chat_messages(tmp_path):
+    alpaca = load_conversations(ROOT / "data/conversations/alpaca_en_demo.json.gz", "alpaca")
+    assert len(alpaca) == 999 and alpaca[0][-1]["role"] == "assistant"
+    dialogues = load_conversations(ROOT / "data/conversations/hh_rlhf_harmless_base_test.jsonl.gz", "dialogue")
+    assert len(dialogues) > 2000 and all(d[-1]["role"] == "assistant" for d in dialogues[:50])
+    assert parse_dialogue("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye") == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b"}\n{not json\n')
+    with pytest.raises(DataError, match="line 2"):
+        load_conversations(broken, "dialogue")
+    bad = tmp_path / "bad.json.gz"
+    with gzip.open(bad, "wt") as handle:
+        json.dump([{"instruction": "x"}], handle)
+    with pytest.raises(DataError, match="record 0"):
+        load_conversations(bad, "alpaca")
+    with pytest.raises(DataError, match="does not exist"):
+        load_conversations(tmp_path / "nope.json", "alpaca")
