@@ -163,6 +163,26 @@ class PathsConfig:
 
 
 @dataclass
+class SequenceBaselineConfig:
+    hidden: int = 64  # (int) embedding and attention width
+    layers: int = 2  # (int) self-attention blocks
+    heads: int = 1  # (int) attention heads
+    dropout: float = 0.2  # (float) dropout on embeddings and blocks
+    learning_rate: float = 1e-3  # (float) Adam learning rate
+    batch_size: int = 128  # (int) sequences per step
+    max_epochs: int = 200  # (int) upper bound; the best validation epoch is kept
+    patience: int = 10  # (int) epochs without validation gain before stopping
+    mask_prob: float = 0.2  # (float) BERT4Rec cloze masking probability (unused by SASRec)
+
+
+@dataclass
+class BaselinesConfig:
+    sasrec: SequenceBaselineConfig = field(default_factory=SequenceBaselineConfig)
+    bert4rec: SequenceBaselineConfig = field(default_factory=lambda: SequenceBaselineConfig(
+        heads=2, dropout=0.1, learning_rate=1e-3, batch_size=256, mask_prob=0.2))
+
+
+@dataclass
 class BehaviorLMConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -172,6 +192,7 @@ class BehaviorLMConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     method: str = "behaviorlm"  # (str) behaviorlm | sasrec | bert4rec | popularity | user_frequent | markov
     stage_order: str = "progressive"  # (str) one of STAGE_ORDERS

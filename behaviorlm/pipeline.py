@@ -42,9 +42,14 @@ def tokenizer_corpus(dataset: BehaviorDataset, conversations, limit: int = 400) 
 
 
 def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversations) -> tuple[BehaviorModel, Any]:
+    """Backbone + fresh LoRA adapter + prompts + scorer. Returns it with the folder the backbone came from."""
     device = resolve_device(cfg.device)
     model, tokenizer, folder = load_backbone(cfg.model, cfg.paths.model_cache_dir, device, seed=cfg.seed,
                                              tokenizer_texts=tokenizer_corpus(dataset, conversations))
+    if folder is None:  # built in-process: keep the backbone with the run, before LoRA wraps its modules
+        folder = str(Path(cfg.paths.output_dir) / "base_model")
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     model = add_lora(model, cfg.model.lora)
     prompts = PromptBuilder(tokenizer, cfg.prompt.formats, cfg.prompt.use_chat_template, cfg.prompt.system_prompt,
                             seed=cfg.seed)
@@ -53,13 +58,11 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
     return bm, folder
 
 
-def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str | None, out: Path) -> None:
+def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out: Path) -> None:
     """What `behaviorlm predict` needs to reuse this run: adapter, vocabulary, prompt settings, model reference."""
     bm.model.save_pretrained(out / "adapter")
-    if base_folder is None:  # a model built in-process: keep its weights and tokenizer with the run
-        bm.model.get_base_model().save_pretrained(out / "base_model")
-        bm.tokenizer.save_pretrained(out / "base_model")
-        base_folder = "base_model"
+    if Path(base_folder) == out / "base_model":
+        base_folder = "base_model"  # relative: the run folder can be moved
     manifest = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "base_model_folder": base_folder,

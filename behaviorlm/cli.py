@@ -1,0 +1,123 @@
+"""The `behaviorlm` console script: use a tuned run on new logs.
+
+    behaviorlm predict RUN_DIR --input events.csv [--k 5] [--output preds.csv] [--every-event]
+    behaviorlm evaluate RUN_DIR --input events.csv [--output metrics.json]
+
+Both read logs in the same schema as `data=csv` (columns user_id, timestamp, behavior, category by default;
+--user-col/--time-col/--behavior-col/--category-col map other names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from behaviorlm.data.logs import DataError, read_behavior_log
+from behaviorlm.data.samples import Sample, build_samples
+from behaviorlm.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("behaviorlm")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="behaviorlm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("predict", "top-k next behaviors with probabilities"),
+                            ("evaluate", "standard metrics of a run on a new log")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("run_dir", type=Path, help="a run's output folder (it holds manifest.json and adapter/)")
+        cmd.add_argument("--input", required=True, type=Path, help="behavior log: csv, tsv, jsonl or parquet")
+        cmd.add_argument("--output", type=Path, help="where to write the predictions (csv) or metrics (json)")
+        cmd.add_argument("--user-col", default="user_id")
+        cmd.add_argument("--time-col", default="timestamp")
+        cmd.add_argument("--behavior-col", default="behavior")
+        cmd.add_argument("--category-col", default="category")
+        cmd.add_argument("--device", default="auto")
+        cmd.add_argument("--batch-size", type=int, default=4)
+        cmd.add_argument("--k", type=int, default=5, help="how many ranked behaviors per row")
+        if name == "predict":
+            cmd.add_argument("--every-event", action="store_true",
+                             help="predict after every event, not only after each user's last one")
+        else:
+            cmd.add_argument("--min-history", type=int, default=1, help="earlier events a target needs")
+    return parser
+
+
+def prediction_points(events: pd.DataFrame, history_len: int, every_event: bool) -> list[tuple[str, Sample | str]]:
+    """(user, sample or per-row error) for each place a prediction is asked for."""
+    points: list[tuple[str, Sample | str]] = []
+    for user, group in events.groupby("user", sort=True):
+        names, times = group["behavior"].tolist(), group["time"].tolist()
+        ends = range(0, len(group) + 1) if every_event else [len(group)]
+        for end in ends:
+            if end == 0:
+                points.append((str(user), "no earlier event of this user: nothing to predict from"))
+                continue
+            lo = max(0, end - history_len)
+            points.append((str(user), Sample(user=str(user), time=times[end - 1], history=tuple(names[lo:end]),
+                                             history_times=tuple((t.weekday(), t.hour) for t in times[lo:end]),
+                                             target="")))
+    return points
+
+
+def cmd_predict(args, predictor, events: pd.DataFrame) -> None:
+    points = prediction_points(events, predictor.history_len, args.every_event)
+    samples = [p for _, p in points if isinstance(p, Sample)]
+    ranked = iter(predictor.predict_samples(samples, args.k, progress="predict"))
+    rows = []
+    for user, point in points:
+        if isinstance(point, str):
+            rows.append({"user": user, "after_time": None, "rank": None, "behavior": None, "probability": None,
+                         "error": point})
+            continue
+        for rank, (behavior, probability) in enumerate(next(ranked), start=1):
+            rows.append({"user": user, "after_time": point.time, "rank": rank, "behavior": behavior,
+                         "probability": round(probability, 6), "error": None})
+    frame = pd.DataFrame(rows, columns=["user", "after_time", "rank", "behavior", "probability", "error"])
+    if args.output:
+        atomic_write_text(args.output, frame.to_csv(index=False))
+        print(f"wrote {len(frame)} rows for {len(samples)} predictions to {args.output}")
+    else:
+        print(frame.to_string(index=False))
+
+
+def cmd_evaluate(args, predictor, events: pd.DataFrame) -> None:
+    from behaviorlm.metrics import compute_metrics, format_results_table
+
+    samples, skipped = build_samples(events, predictor.history_len, args.min_history)
+    if not samples:
+        raise DataError(f"data file '{args.input}': no event has --min-history={args.min_history} earlier events")
+    rankings = [[name for name, _ in row] for row in predictor.predict_samples(samples, args.k, "evaluate")]
+    metrics, _ = compute_metrics([s.target for s in samples], rankings, predictor.vocab, args.k)
+    metrics["users_skipped_short_history"] = skipped
+    print(format_results_table({f"test/{k}": v for k, v in metrics.items()}))
+    if args.output:
+        atomic_write_json(args.output, metrics)
+        print(f"wrote {args.output}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from behaviorlm.predict import BehaviorPredictor
+
+    try:
+        events = read_behavior_log(args.input, args.user_col, args.time_col, args.behavior_col, args.category_col)
+        predictor = BehaviorPredictor.load(args.run_dir, device=args.device, batch_size=args.batch_size)
+        unknown = events.loc[~events["behavior"].isin(predictor.vocab.train_counts), "behavior"]
+        if len(unknown):
+            log.warning("%d events (%d distinct behaviors, e.g. %r) are unknown to this run: they stay in histories "
+                        "as text but cannot be predicted", len(unknown), unknown.nunique(), unknown.iloc[0])
+        (cmd_predict if args.command == "predict" else cmd_evaluate)(args, predictor, events)
+    except (DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

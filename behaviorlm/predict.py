@@ -1,0 +1,93 @@
+"""Use a tuned run on new data: load a run folder, rank the next behavior for any history.
+
+    from behaviorlm.predict import BehaviorPredictor
+    predictor = BehaviorPredictor.load("outputs/behaviorlm/2026-11-25_21-00-00")
+    predictor.predict([[("Home (private)", "2013-01-07 08:10"), ("Subway", "2013-01-07 08:40")]], k=5)
+    # -> [[("Office", 0.41), ("Coffee Shop", 0.12), ...]]
+
+Probabilities are the candidates' sequence likelihoods normalised over the run's behavior vocabulary (a softmax
+of the same scores the evaluator ranks by), so `predict` and the evaluation agree by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from behaviorlm.config import ModelConfig
+from behaviorlm.data.samples import BehaviorVocab, Sample
+from behaviorlm.models import autocast_dtype, load_backbone, resolve_device
+from behaviorlm.prompts import PromptBuilder
+from behaviorlm.stages import BehaviorModel
+
+log = logging.getLogger(__name__)
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models"
+
+
+def history_sample(events: Sequence[tuple[str, object]], history_len: int, user: str = "") -> Sample:
+    """A sample whose history is the given (behavior, time) events, oldest first; the target is unknown."""
+    times = [pd.Timestamp(t) for _, t in events][-history_len:]
+    names = [str(b) for b, _ in events][-history_len:]
+    return Sample(user=user, time=times[-1] if times else pd.Timestamp(0), history=tuple(names),
+                  history_times=tuple((t.weekday(), t.hour) for t in times), target="")
+
+
+class BehaviorPredictor:
+    def __init__(self, behavior_model: BehaviorModel, history_len: int):
+        self.bm = behavior_model
+        self.history_len = history_len
+
+    @property
+    def vocab(self) -> BehaviorVocab:
+        return self.bm.vocab
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", cache_dir: Optional[str | Path] = None,
+             batch_size: int = 4) -> "BehaviorPredictor":
+        from peft import PeftModel
+
+        run_dir = Path(run_dir)
+        manifest_path = run_dir / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"'{run_dir}' is not a BehaviorLM run folder: {manifest_path.name} is missing")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), manifest["model"])
+        torch_device = resolve_device(device)
+        local = run_dir / manifest["base_model_folder"] if manifest["base_model_folder"] == "base_model" else None
+        base, tokenizer, _ = load_backbone(model_cfg, cache_dir or DEFAULT_CACHE, torch_device, local_dir=local)
+        model = PeftModel.from_pretrained(base, run_dir / "adapter").to(torch_device).eval()
+        prompt = manifest["prompt"]
+        prompts = PromptBuilder(tokenizer, prompt["formats"], prompt["use_chat_template"], prompt["system_prompt"],
+                                seed=prompt["seed"])
+        vocab = BehaviorVocab.from_dict(manifest["vocab"])
+        bm = BehaviorModel.build(model, tokenizer, prompts, vocab, torch_device,
+                                 autocast_dtype(model_cfg.precision, torch_device), batch_size)
+        return cls(bm, manifest["history_len"])
+
+    def predict_samples(self, samples: Sequence[Sample], k: int = 5,
+                        progress: Optional[str] = None) -> list[list[tuple[str, float]]]:
+        """Top-k (behavior, probability) for each sample's history."""
+        if not samples:
+            return []
+        scores = self.bm.scores(samples, progress=progress).astype(np.float64)
+        scores -= scores.max(axis=1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=1, keepdims=True)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(self.vocab.names[j], float(probs[i, j])) for j in row] for i, row in enumerate(top)]
+
+    def predict(self, histories: Iterable[Sequence[tuple[str, object]]], k: int = 5,
+                progress: Optional[str] = None) -> list[list[tuple[str, float]]]:
+        """`histories[i]` is a list of (behavior, time) pairs, oldest first."""
+        samples = [history_sample(h, self.history_len) for h in histories]
+        unknown = sum(1 for s in samples for b in s.history if b not in self.vocab.train_counts)
+        if unknown:
+            log.warning("%d history events name behaviors this run never saw; they stay in the prompt as text",
+                        unknown)
+        return self.predict_samples(samples, k, progress)

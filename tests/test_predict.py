@@ -1,0 +1,92 @@
+"""Reuse a tuned run: save -> load -> predict round-trips, the API agrees with the evaluator, the CLI's output."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from behaviorlm.cli import main as cli_main
+from behaviorlm.data.dataset import load_dataset
+from behaviorlm.metrics import compute_metrics
+from behaviorlm.pipeline import run
+from behaviorlm.predict import BehaviorPredictor
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    from behaviorlm.utils import compose_config
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_config(["experiment=smoke", "stage_order=anchor_only", "train.a_tuning.max_epochs=2",
+                          f"paths.output_dir={out}"])
+    metrics = run(cfg)
+    return cfg, out, metrics
+
+
+def test_loaded_run_reproduces_the_evaluators_test_metrics(tuned_run):
+    cfg, out, metrics = tuned_run
+    predictor = BehaviorPredictor.load(out, device="cpu")
+    test = load_dataset(cfg).test
+    ranked = predictor.predict_samples(test, k=5)
+    reproduced, _ = compute_metrics([s.target for s in test], [[b for b, _ in row] for row in ranked],
+                                    predictor.vocab, k=5)
+    assert reproduced["acc_overall"] == pytest.approx(metrics["test/acc_overall"])
+    assert reproduced["acc_at_5"] == pytest.approx(metrics["test/acc_at_5"])
+    for row in ranked[:20]:
+        probabilities = [p for _, p in row]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1 + 1e-6
+
+
+def test_predict_api_on_raw_histories_keeps_unknown_behaviors_as_text(tuned_run):
+    _, out, _ = tuned_run
+    predictor = BehaviorPredictor.load(out, device="cpu")
+    known = predictor.vocab.names[:2]
+    histories = [[(known[0], "2024-02-01 08:00"), (known[1], "2024-02-01 09:30")],
+                 [("Space Elevator", "2024-02-01 08:00"), (known[0], "2024-02-01 10:00")]]
+    predictions = predictor.predict(histories, k=3)
+    assert len(predictions) == 2 and all(len(row) == 3 for row in predictions)
+    assert all(b in predictor.vocab.names for row in predictions for b, _ in row)
+    full = predictor.predict(histories, k=len(predictor.vocab.names))
+    assert sum(p for _, p in full[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_predict_and_evaluate(tuned_run, tmp_path, capsys):
+    cfg, out, _ = tuned_run
+    events = load_dataset(cfg).events
+    log = events[events["user"].isin(sorted(events["user"].unique())[:3])].rename(
+        columns={"user": "uid", "time": "ts", "behavior": "action"}).drop(columns=["category"])
+    log.loc[log.index[0], "action"] = "Space Elevator"
+    path = tmp_path / "events.csv"
+    log.to_csv(path, index=False)
+    preds = tmp_path / "preds.csv"
+    cli_main(["predict", str(out), "--input", str(path), "--k", "4", "--output", str(preds), "--user-col", "uid",
+              "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
+    frame = pd.read_csv(preds)
+    assert list(frame.columns) == ["user", "after_time", "rank", "behavior", "probability", "error"]
+    assert len(frame) == 3 * 4 and frame["error"].isna().all()
+    assert frame.groupby("user")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
+
+    cli_main(["predict", str(out), "--input", str(path), "--k", "2", "--output", str(preds), "--every-event",
+              "--user-col", "uid", "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
+    frame = pd.read_csv(preds)
+    assert frame["error"].notna().sum() == 3  # each user's first event has nothing before it
+    assert len(frame) == 3 + 2 * len(log)
+
+    metrics_path = tmp_path / "m.json"
+    cli_main(["evaluate", str(out), "--input", str(path), "--output", str(metrics_path), "--user-col", "uid",
+              "--time-col", "ts", "--behavior-col", "action", "--device", "cpu", "--min-history", "3"])
+    metrics = json.loads(metrics_path.read_text())
+    assert 0 <= metrics["acc_overall"] <= 1 and metrics["n_samples"] == len(log) - 3 * 3
+
+
+def test_cli_bad_input_is_one_line(tuned_run, tmp_path, capsys):
+    _, out, _ = tuned_run
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,timestamp\nu1,2024-01-01\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", str(out), "--input", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: data file") and "behavior" in err[-1]

@@ -1,0 +1,33 @@
+"""The trie ranking must equal summed token log-probabilities computed one candidate at a time."""
+
+import numpy as np
+import pytest
+import torch
+
+from behaviorlm.prompts import PromptBuilder
+from behaviorlm.scoring import CandidateScorer, CandidateTrie, naive_scores
+from helpers import tiny_model_and_samples
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_trie_scores_equal_direct_sums(batch_size):
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    builder = PromptBuilder(tokenizer)
+    prompts = [builder.sample_prompt_ids(s) for s in samples[:5]]  # different lengths: padding is exercised
+    assert len({len(p) for p in prompts}) > 1
+    candidates = [builder.answer_ids(n) for n in names]
+    scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, torch.device("cpu"), None, batch_size)
+    fast = scorer.score(prompts)
+    reference = naive_scores(model, prompts, candidates, torch.device("cpu"))
+    np.testing.assert_allclose(fast, reference, atol=1e-4)
+    assert (np.argsort(-fast, axis=1) == np.argsort(-reference, axis=1)).all()
+
+
+def test_trie_shares_prefixes_and_feeds_no_leaf():
+    trie = CandidateTrie.build([[5, 6, 9], [5, 7, 9], [8, 9]])
+    # internal nodes: 5, 6, 7, 8 (the end token 9 is never fed)
+    assert sorted(trie.node_tokens) == [5, 6, 7, 8]
+    assert trie.n_nodes == 4
+    assert trie.score_mask.sum().item() == 8
+    with pytest.raises(ValueError, match="identical"):
+        CandidateTrie.build([[1, 2], [1, 2]])

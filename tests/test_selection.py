@@ -1,0 +1,74 @@
+"""Difficulty/contrastive selection: tiers fill in order, exactly F per behavior where F exist."""
+
+import numpy as np
+import pandas as pd
+
+from behaviorlm.data.samples import BehaviorVocab, Sample
+from behaviorlm.selection import scoring_pool, select_balanced
+
+NAMES = ["A", "B", "C", "D"]
+VOCAB = BehaviorVocab(names=NAMES, train_counts={n: 1 for n in NAMES},
+                      categories={"A": "x", "B": "x", "C": "y", "D": "y"}, anchors={"A"})
+
+
+def sample(target, i):
+    return Sample(user=f"u{i}", time=pd.Timestamp("2024-01-01") + pd.Timedelta(hours=i), history=("A",),
+                  history_times=((0, 0),), target=target)
+
+
+def scores_for(predictions, margins=None):
+    """One score row per sample whose argmax is the given prediction."""
+    rows = np.zeros((len(predictions), len(NAMES)), dtype=np.float32)
+    for r, predicted in enumerate(predictions):
+        rows[r, NAMES.index(predicted)] = 1.0 if margins is None else margins[r]
+    return rows
+
+
+def test_only_mispredicted_samples_when_enough_exist_contrastive_first():
+    # 6 samples of A: predictions B (same category), C (other category), A (correct)
+    samples = [sample("A", i) for i in range(6)]
+    predictions = ["B", "C", "A", "B", "C", "A"]
+    selection = select_balanced(samples, VOCAB, 3, seed=0, scores=scores_for(predictions), scored=range(6))
+    chosen = [predictions[i] for i in selection.indices]
+    assert len(chosen) == 3 and "A" not in chosen  # all mispredicted
+    assert selection.tiers == ["contrastive", "contrastive", "mispredicted"]
+    assert chosen[:2] == ["B", "B"]
+
+
+def test_fill_order_then_exactly_f_and_low_margin_correct_by_margin():
+    samples = [sample("C", i) for i in range(5)]
+    # one misprediction (A, other category), four correct with margins 0.9, 0.1, 0.5, 0.3
+    rows = np.zeros((5, 4), dtype=np.float32)
+    rows[0, NAMES.index("A")] = 1.0
+    for r, margin in zip(range(1, 5), (0.9, 0.1, 0.5, 0.3)):
+        rows[r, NAMES.index("C")] = margin
+    selection = select_balanced(samples, VOCAB, 4, seed=0, scores=rows, scored=range(5))
+    assert selection.indices == [0, 2, 4, 3]  # mispredicted, then margins 0.1, 0.3, 0.5
+    assert selection.tiers == ["mispredicted", "low_margin", "low_margin", "low_margin"]
+
+
+def test_unscored_samples_fill_last_and_small_behaviors_give_all_they_have():
+    samples = [sample("A", i) for i in range(4)] + [sample("D", 10)]
+    selection = select_balanced(samples, VOCAB, 3, seed=0, scores=scores_for(["B"]), scored=[0])
+    assert selection.per_behavior["A"] == {"contrastive": 1, "unscored": 2}
+    assert selection.per_behavior["D"] == {"unscored": 1}
+    assert len(selection.indices) == 4
+
+
+def test_contrastive_off_and_random_control():
+    samples = [sample("A", i) for i in range(6)]
+    predictions = ["B", "C", "A", "B", "C", "A"]
+    plain = select_balanced(samples, VOCAB, 3, seed=0, scores=scores_for(predictions), scored=range(6),
+                            contrastive=False)
+    assert set(plain.tiers) == {"mispredicted"}
+    randomised = select_balanced(samples, VOCAB, 3, seed=0, difficulty=False)
+    assert randomised.tiers == ["random"] * 3
+    assert randomised.indices == select_balanced(samples, VOCAB, 3, seed=0, difficulty=False).indices
+    assert len(set(randomised.indices)) == 3
+
+
+def test_scoring_pool_caps_each_behavior():
+    samples = [sample("A", i) for i in range(10)] + [sample("B", 20 + i) for i in range(2)]
+    pool = scoring_pool(samples, 3, seed=0)
+    assert len(pool) == 5 and sum(1 for i in pool if samples[i].target == "A") == 3
+    assert scoring_pool(samples, None, 0) == list(range(12))
