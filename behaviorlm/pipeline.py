@@ -11,20 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from behaviorlm.cache import StageCache, digest
 from behaviorlm.config import validate_config
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import BehaviorDataset, load_dataset
 from behaviorlm.metrics import format_results_table
 from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder, render_instruction
+from behaviorlm.selection import Selection
 from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, difficulty_selection, random_balanced,
-                               tune)
+                               selection_scores, tune, uses_difficulty)
+from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
 from behaviorlm.utils import atomic_write_json, atomic_write_text, seed_everything
 
@@ -36,7 +41,7 @@ def tokenizer_corpus(dataset: BehaviorDataset, conversations, limit: int = 400) 
     texts = list(dataset.vocab.names)
     for sample in dataset.train[:limit]:
         for fmt in ("list", "sentence", "log"):
-            texts.append(render_instruction(sample.history, sample.history_times, fmt))
+            texts.append(render_instruction(sample.history, sample.history_times, fmt, (0, 0)))
     texts += [m["content"] for conv in conversations[:50] for m in conv]
     return texts
 
@@ -52,7 +57,7 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
         tokenizer.save_pretrained(folder)
     model = add_lora(model, cfg.model.lora)
     prompts = PromptBuilder(tokenizer, cfg.prompt.formats, cfg.prompt.use_chat_template, cfg.prompt.system_prompt,
-                            seed=cfg.seed)
+                            seed=cfg.seed, include_target_time=cfg.prompt.include_target_time)
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
                              autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode)
     return bm, folder
@@ -73,60 +78,155 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
     atomic_write_json(out / "manifest.json", manifest)
 
 
+TUNING_STAGES = ("a_tuning", "joint_tuning", "b_tuning")
+SELECTION_STAGES = ("difficulty_selection", "random_balanced")
+# The modules whose code determines a stage's output: any edit to them changes every cache key.
+STAGE_CODE = ("stages.py", "training.py", "scoring.py", "selection.py", "prompts.py", "models.py",
+              "data/samples.py", "data/conversations.py")
+
+
+def code_fingerprint() -> str:
+    package = Path(__file__).resolve().parent
+    return digest([(name, (package / name).read_text(encoding="utf-8")) for name in STAGE_CODE])
+
+
+def root_cache_key(cfg: DictConfig, dataset: BehaviorDataset, device: torch.device) -> str:
+    """Everything every stage depends on: the exact samples, the model, the prompts, the seed, the code."""
+    samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val]
+    return digest({"samples": digest(samples), "anchors": sorted(dataset.vocab.anchors),
+                   "model": OmegaConf.to_container(cfg.model, resolve=True),
+                   "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed,
+                   "device": device.type, "code": code_fingerprint(),
+                   "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
+                             if k not in ("a_tuning", "b_tuning")}})
+
+
+def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The settings a stage reads beyond its inputs (the earlier stages are chained into its key)."""
+    container = partial(OmegaConf.to_container, resolve=True)
+    if stage == "a_tuning":
+        return {"train": container(cfg.train.a_tuning), "aux_ratio": cfg.aux_ratio,
+                "aux": container(cfg.aux) if cfg.aux_ratio > 0 else None}
+    if stage == "joint_tuning":
+        return {"train": container(cfg.train.a_tuning)}
+    if stage == "b_tuning":
+        return {"train": container(cfg.train.b_tuning)}
+    if stage == "difficulty_selection":
+        return {"F": cfg.samples_per_behavior, "selection": container(cfg.selection)}
+    return {"F": cfg.samples_per_behavior}
+
+
+def cached_selection_scores(cfg: DictConfig, cache: StageCache, parent_key: str, bm: BehaviorModel,
+                            dataset: BehaviorDataset) -> tuple[list[int], np.ndarray] | None:
+    """Scores of the selection pool under the model so far; they do not depend on F, so a sweep over F (or over
+    the contrastive switch) scores once."""
+    if not uses_difficulty(cfg.selection):
+        return None
+    key = cache.chain(parent_key, "selection_scores", {"pool": cfg.selection.max_scored_per_behavior}, version=1)
+    entry = cache.load("selection_scores", key)
+    if entry is not None:
+        saved = np.load(entry / "scores.npz")
+        return saved["pool"].tolist(), saved["scores"]
+    pool, scores = selection_scores(bm, dataset.train, cfg.selection, cfg.seed)
+    cache.save("selection_scores", key, lambda folder: np.savez(folder / "scores.npz", pool=np.array(pool),
+                                                                 scores=scores))
+    return pool, scores
+
+
+def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorDataset, conversations,
+              selection: Selection | None, tracker: Tracker,
+              scored: tuple | None = None) -> tuple[dict[str, Any], Selection | None]:
+    """Run one stage; returns its report and the (possibly new) balanced selection."""
+    if stage == "difficulty_selection":
+        selection, report = difficulty_selection(bm, dataset.train, cfg.samples_per_behavior, cfg.selection,
+                                                 cfg.seed, scored)
+        return report, selection
+    if stage == "random_balanced":
+        selection, report = random_balanced(bm, dataset.train, cfg.samples_per_behavior, cfg.seed)
+        return report, selection
+    report: dict[str, Any] = {}
+    if stage == "a_tuning":
+        examples, report = a_tuning_set(bm, dataset.train, conversations, cfg.aux_ratio,
+                                        cfg.aux.max_response_tokens, cfg.seed)
+        stage_cfg = cfg.train.a_tuning
+    elif stage == "joint_tuning":
+        examples, stage_cfg = bm.behavior_examples(dataset.train), cfg.train.a_tuning
+    else:
+        examples = bm.behavior_examples([dataset.train[i] for i in selection.indices])
+        stage_cfg = cfg.train.b_tuning
+
+    def on_step(record: dict) -> None:
+        tracker.log({f"{stage}/train/loss": record["loss"], f"{stage}/train/lr": record["lr"]})
+
+    val_for_stopping = dataset.val[:cfg.train.val_samples_for_early_stopping]
+    history = tune(bm, examples, stage_cfg, cfg.train, val_for_stopping, cfg.seed, stage, on_step)
+    report.update({"n_examples": len(examples), "epochs": len(history)})
+    if history:
+        report["final_train_loss"] = history[-1].train_loss
+        report["train_samples_per_s"] = history[-1].samples_per_s
+    return report, selection
+
+
+def save_stage(folder: Path, stage: str, bm: BehaviorModel, report: dict, selection: Selection | None) -> None:
+    atomic_write_json(folder / "report.json", report)
+    if stage in TUNING_STAGES:
+        torch.save(trainable_state(bm.model), folder / "adapter.pt")
+    else:
+        atomic_write_json(folder / "selection.json", {"indices": selection.indices, "tiers": selection.tiers,
+                                                      "per_behavior": selection.per_behavior})
+
+
+def restore_stage(folder: Path, stage: str, bm: BehaviorModel,
+                  selection: Selection | None) -> tuple[dict, Selection | None]:
+    report = json.loads((folder / "report.json").read_text())
+    if stage in TUNING_STAGES:
+        bm.model.load_state_dict(torch.load(folder / "adapter.pt", map_location=bm.device), strict=False)
+    else:
+        saved = json.loads((folder / "selection.json").read_text())
+        selection = Selection(saved["indices"], saved["tiers"], saved["per_behavior"])
+    return report, selection
+
+
 def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, out: Path) -> dict[str, Any]:
     conversations = load_conversations(cfg.aux.path, cfg.aux.format) if cfg.aux_ratio > 0 else []
     bm, base_folder = build_behavior_model(cfg, dataset, conversations)
     k = cfg.scoring.top_k
-    val_for_stopping = dataset.val[:cfg.train.val_samples_for_early_stopping]
+    cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
+    key = root_cache_key(cfg, dataset, bm.device)
     metrics: dict[str, Any] = {}
     selection = None
-
-    def log_step(stage: str):
-        def on_step(record: dict) -> None:
-            tracker.log({f"{stage}/train/loss": record["loss"], f"{stage}/train/lr": record["lr"]})
-        return on_step
-
     for stage in STAGE_PLANS[cfg.stage_order]:
-        started = time.perf_counter()
-        report: dict[str, Any] = {}
-        if stage in ("a_tuning", "joint_tuning", "b_tuning"):
-            if stage == "a_tuning":
-                examples, report = a_tuning_set(bm, dataset.train, conversations, cfg.aux_ratio,
-                                                cfg.aux.max_response_tokens, cfg.seed)
-                stage_cfg = cfg.train.a_tuning
-            elif stage == "joint_tuning":
-                examples, stage_cfg = bm.behavior_examples(dataset.train), cfg.train.a_tuning
-            else:
-                chosen = [dataset.train[i] for i in selection.indices]
-                examples, stage_cfg = bm.behavior_examples(chosen), cfg.train.b_tuning
-            report["n_examples"] = len(examples)
-            history = tune(bm, examples, stage_cfg, cfg.train, val_for_stopping, cfg.seed, stage, log_step(stage))
-            report["epochs"] = len(history)
-            if history:
-                report["final_train_loss"] = history[-1].train_loss
-                report["train_samples_per_s"] = history[-1].samples_per_s
-        elif stage == "difficulty_selection":
-            selection, report = difficulty_selection(bm, dataset.train, cfg.samples_per_behavior, cfg.selection,
-                                                     cfg.seed)
-        elif stage == "random_balanced":
-            selection, report = random_balanced(bm, dataset.train, cfg.samples_per_behavior, cfg.seed)
-        report["seconds"] = time.perf_counter() - started
-        if selection is not None and stage in ("difficulty_selection", "random_balanced"):
+        parent_key, key = key, cache.chain(key, stage, stage_settings(cfg, stage), version=1)
+        entry = cache.load(stage, key)
+        if entry is not None:
+            report, selection = restore_stage(entry, stage, bm, selection)
+            report["cache_hit"] = 1
+        else:
+            started = time.perf_counter()
+            scored = None
+            if stage == "difficulty_selection":
+                scored = cached_selection_scores(cfg, cache, parent_key, bm, dataset)
+            report, selection = run_stage(cfg, stage, bm, dataset, conversations, selection, tracker, scored)
+            report["seconds"] = time.perf_counter() - started
+            if stage in TUNING_STAGES and dataset.val:
+                val_metrics, _ = bm.evaluate(dataset.val, k, progress=f"validation after {stage}")
+                report.update({f"val/{name}": value for name, value in val_metrics.items()})
+            cache.save(stage, key, partial(save_stage, stage=stage, bm=bm, report=report, selection=selection))
+            report["cache_hit"] = 0
+        if stage in SELECTION_STAGES:
             atomic_write_json(out / "selection.json", {"per_behavior": selection.per_behavior,
                                                        "tiers": selection.tier_counts()})
-        stage_metrics = {f"{stage}/{key}": value for key, value in report.items()}
-        if stage not in ("difficulty_selection", "random_balanced") and dataset.val:
-            val_metrics, _ = bm.evaluate(dataset.val, k, progress=f"validation after {stage}")
-            stage_metrics.update({f"{stage}/val/{key}": value for key, value in val_metrics.items()})
+        stage_metrics = {f"{stage}/{name}": value for name, value in report.items()}
         metrics.update(stage_metrics)
         tracker.log(stage_metrics)
-        log.info("%s done in %.1fs: %s", stage, report["seconds"],
-                 {k: v for k, v in stage_metrics.items() if "acc_overall" in k or "n_" in k})
+        log.info("%s %s: %s", stage, "restored from the stage cache" if report["cache_hit"] else "done",
+                 {name: v for name, v in stage_metrics.items() if "acc_overall" in name or "seconds" in name})
+    metrics.update({"cache/hits": len(cache.hits), "cache/misses": len(cache.misses)})
 
     started = time.perf_counter()
     test_metrics, table = bm.evaluate(dataset.test, k, progress="test")
     metrics["test/seconds"] = time.perf_counter() - started
-    metrics.update({f"test/{key}": value for key, value in test_metrics.items()})
+    metrics.update({f"test/{name}": value for name, value in test_metrics.items()})
     atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
     tracker.table("test/per_behavior", table)
     save_run_artifacts(cfg, bm, base_folder, out)
@@ -157,12 +257,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "n_train": len(dataset.train), "n_val": len(dataset.val), "n_test": len(dataset.test),
             "n_anchor_behaviors": len(vocab.anchors), "n_tail_behaviors": len(vocab.tail),
             "n_behaviors": len(vocab.names), "seconds_total": time.perf_counter() - started, "status": "completed",
+            "variant": hydra_choice("variant") or "full",
         })
         tracker.summary(metrics)
     atomic_write_json(out / "metrics.json", metrics)
     print(f"\n{cfg.method} / {cfg.stage_order} / {cfg.model.name} on {cfg.data.name} "
           f"(test: {len(dataset.test)} samples)\n{format_results_table(metrics)}\nmetrics: {out / 'metrics.json'}")
     return metrics
+
+
+def hydra_choice(group: str) -> str | None:
+    """The option chosen for a config group in this Hydra job (None outside Hydra or when unset)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:
+        return None
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:

@@ -30,11 +30,17 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models"
 
 
-def history_sample(events: Sequence[tuple[str, object]], history_len: int, user: str = "") -> Sample:
-    """A sample whose history is the given (behavior, time) events, oldest first; the target is unknown."""
+def history_sample(events: Sequence[tuple[str, object]], history_len: int, at: object = None,
+                   user: str = "") -> Sample:
+    """A sample whose history is the given (behavior, time) events, oldest first; the target is unknown.
+
+    `at` is when the predicted event happens (the prompt states it when the run was trained that way); by default
+    the time of the last history event.
+    """
     times = [pd.Timestamp(t) for _, t in events][-history_len:]
     names = [str(b) for b, _ in events][-history_len:]
-    return Sample(user=user, time=times[-1] if times else pd.Timestamp(0), history=tuple(names),
+    when = pd.Timestamp(at) if at is not None else (times[-1] if times else pd.Timestamp(0))
+    return Sample(user=user, time=when, history=tuple(names),
                   history_times=tuple((t.weekday(), t.hour) for t in times), target="")
 
 
@@ -64,7 +70,7 @@ class BehaviorPredictor:
         model = PeftModel.from_pretrained(base, run_dir / "adapter").to(torch_device).eval()
         prompt = manifest["prompt"]
         prompts = PromptBuilder(tokenizer, prompt["formats"], prompt["use_chat_template"], prompt["system_prompt"],
-                                seed=prompt["seed"])
+                                seed=prompt["seed"], include_target_time=prompt.get("include_target_time", False))
         vocab = BehaviorVocab.from_dict(manifest["vocab"])
         bm = BehaviorModel.build(model, tokenizer, prompts, vocab, torch_device,
                                  autocast_dtype(model_cfg.precision, torch_device), batch_size)
@@ -82,10 +88,12 @@ class BehaviorPredictor:
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.vocab.names[j], float(probs[i, j])) for j in row] for i, row in enumerate(top)]
 
-    def predict(self, histories: Iterable[Sequence[tuple[str, object]]], k: int = 5,
+    def predict(self, histories: Iterable[Sequence[tuple[str, object]]], k: int = 5, at: Optional[Sequence] = None,
                 progress: Optional[str] = None) -> list[list[tuple[str, float]]]:
-        """`histories[i]` is a list of (behavior, time) pairs, oldest first."""
-        samples = [history_sample(h, self.history_len) for h in histories]
+        """`histories[i]` is a list of (behavior, time) pairs, oldest first; `at[i]` when the next event happens."""
+        histories = list(histories)
+        whens = list(at) if at is not None else [None] * len(histories)
+        samples = [history_sample(h, self.history_len, when) for h, when in zip(histories, whens)]
         unknown = sum(1 for s in samples for b in s.history if b not in self.vocab.train_counts)
         if unknown:
             log.warning("%d history events name behaviors this run never saw; they stay in the prompt as text",

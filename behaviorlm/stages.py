@@ -133,15 +133,26 @@ def a_tuning_set(bm: BehaviorModel, train: Sequence[Sample], conversations: Sequ
     return behavior + aux, report
 
 
+def uses_difficulty(selection_cfg: DictConfig) -> bool:
+    return selection_cfg.strategy == "difficulty" and selection_cfg.difficulty
+
+
+def selection_scores(bm: BehaviorModel, train: Sequence[Sample], selection_cfg: DictConfig,
+                     seed: int) -> tuple[list[int], np.ndarray]:
+    """Score the selection pool with the current model: (pool indices, candidate scores per pooled sample)."""
+    pool = scoring_pool(train, selection_cfg.max_scored_per_behavior, seed)
+    return pool, bm.scores([train[i] for i in pool], progress="selection scoring")
+
+
 def difficulty_selection(bm: BehaviorModel, train: Sequence[Sample], samples_per_behavior: int,
-                         selection_cfg: DictConfig, seed: int) -> tuple[Selection, dict]:
-    use_difficulty = selection_cfg.strategy == "difficulty" and selection_cfg.difficulty
-    scores, pool = None, []
-    if use_difficulty:
-        pool = scoring_pool(train, selection_cfg.max_scored_per_behavior, seed)
-        scores = bm.scores([train[i] for i in pool], progress="selection scoring")
+                         selection_cfg: DictConfig, seed: int,
+                         scored: Optional[tuple[list[int], np.ndarray]] = None) -> tuple[Selection, dict]:
+    """The balanced B-Tuning set; `scored` passes in pool scores computed earlier (the stage cache does)."""
+    pool, scores = [], None
+    if uses_difficulty(selection_cfg):
+        pool, scores = scored if scored is not None else selection_scores(bm, train, selection_cfg, seed)
     selection = select_balanced(train, bm.vocab, samples_per_behavior, seed, scores=scores, scored=pool,
-                                difficulty=use_difficulty, contrastive=selection_cfg.contrastive)
+                                difficulty=uses_difficulty(selection_cfg), contrastive=selection_cfg.contrastive)
     report = {"n_scored": len(pool), "n_selected": len(selection.indices),
               **{f"tier_{k}": v for k, v in selection.tier_counts().items()}}
     if scores is not None:

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never share stage-cache entries with the user's runs (or with an earlier test session).
+os.environ["BEHAVIORLM_STAGE_CACHE"] = tempfile.mkdtemp(prefix="behaviorlm-stage-cache-")
 
 
 @pytest.fixture

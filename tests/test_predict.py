@@ -64,7 +64,7 @@ def test_cli_predict_and_evaluate(tuned_run, tmp_path, capsys):
     cli_main(["predict", str(out), "--input", str(path), "--k", "4", "--output", str(preds), "--user-col", "uid",
               "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
     frame = pd.read_csv(preds)
-    assert list(frame.columns) == ["user", "after_time", "rank", "behavior", "probability", "error"]
+    assert list(frame.columns) == ["user", "at_time", "rank", "behavior", "probability", "error"]
     assert len(frame) == 3 * 4 and frame["error"].isna().all()
     assert frame.groupby("user")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
 
