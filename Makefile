@@ -9,20 +9,26 @@ PIP := $(VENV)/bin/pip
 export PYTHONUNBUFFERED := 1
 export WANDB_MODE ?= offline
 # SMOKE=1: every experiment target runs on tiny_random + synthetic data in seconds (2 seeds, a few steps).
+# EXPERIMENT: the base every ablation sweeps over; quick_cpu fits this 2-core machine (about 10 min a job),
+# use EXPERIMENT= with ARGS="model=llama3_8b ..." on GPUs for the paper's full scale.
 SMOKE ?= 0
+EXPERIMENT ?= quick_cpu
 ifeq ($(SMOKE),1)
-SMOKE_ARGS := model=tiny_random data=synthetic logger=none debug=fast seed=0,1
+SWEEP_ARGS := model=tiny_random data=synthetic logger=none debug=fast seed=0,1
 else
+SWEEP_ARGS := $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
 COLLECT_ARGS := --wandb
 endif
 # The environment a target needs; tests that already run inside it pass SETUP= to skip the check.
 SETUP ?= $(VENV)/.installed
+# Where tables, plots and sweep folders go: $(RESULTS)/<target>/.
+RESULTS ?= results
 
 # $(call sweep,TARGET,ABLATION,KEY): run the ablation's sweep into results/TARGET/runs, then tabulate and plot.
 define sweep
-	rm -rf results/$(1)/runs
-	$(PY) run.py $(2) $(SMOKE_ARGS) hydra.sweep.dir=results/$(1)/runs logger.group=$(1) $(ARGS)
-	$(PY) -m experiments.collect results/$(1) --key $(3) $(COLLECT_ARGS)
+	rm -rf $(RESULTS)/$(1)/runs
+	$(PY) run.py $(2) $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/$(1)/runs logger.group=$(1) $(ARGS)
+	$(PY) -m experiments.collect $(RESULTS)/$(1) --key $(3) $(COLLECT_ARGS)
 endef
 
 $(VENV)/.installed: pyproject.toml
@@ -38,7 +44,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
-	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size
+	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
+	sample-efficiency
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -78,7 +85,15 @@ ablation-model-size: $(SETUP) ## SmolLM2-135M vs Gemma-3-270m (needs make instal
 	$(call sweep,ablation-model-size,+ablation=model_size,model)
 
 paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-shot x 3 seeds -> results/paper-main/
-	$(call sweep,paper-main,experiment=paper_nyc,stage_order)
+	$(call sweep,paper-main,+ablation=paper_main,stage_order)
+
+sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F -> results/sample-efficiency/
+	rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs
+	$(PY) run.py +ablation=sample_efficiency_sequence $(SWEEP_ARGS) \
+		hydra.sweep.dir=$(RESULTS)/sample-efficiency/sequence/runs logger.group=sample-efficiency $(ARGS)
+	$(PY) run.py +ablation=few_shot $(SWEEP_ARGS) \
+		hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs logger.group=sample-efficiency $(ARGS)
+	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
 
 paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size ## every table and figure above
 

@@ -18,11 +18,15 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
     from behaviorlm.pipeline import run
 
-    with exit_on_user_error():
-        metrics = run(cfg)
-    return metrics["test/acc_overall"]  # what a sweeper would optimise
+    if HydraConfig.get().mode.name == "MULTIRUN":
+        # Let a failing job raise: Hydra records it as failed and the other jobs still run.
+        return run(cfg)["test/acc_overall"]
+    with exit_on_user_error():  # a single run ends on bad input with one line and exit status 2
+        return run(cfg)["test/acc_overall"]  # what a sweeper would optimise
 
 
 if __name__ == "__main__":

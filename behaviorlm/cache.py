@@ -74,6 +74,10 @@ class StageCache:
         log.info("stage cache hit: %s %s", stage, key)
         return entry
 
+    def partial_dir(self, stage: str, key: str) -> Optional[Path]:
+        """Where an unfinished stage keeps its epoch checkpoints, so a killed job resumes mid-stage."""
+        return self._dir(stage, key + ".partial") if self.enabled else None
+
     def save(self, stage: str, key: str, write: Callable[[Path], None]) -> None:
         """Let `write` fill a temporary folder, record its files' hashes, then move it into place."""
         if not self.enabled:
@@ -89,6 +93,7 @@ class StageCache:
                 shutil.rmtree(tmp)
                 return
             os.replace(tmp, target)
+            shutil.rmtree(self._dir(stage, key + ".partial"), ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -58,7 +58,8 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     history_len: int = 10  # (int) previous behaviors shown in a prompt
     min_history: int = 5  # (int) events a user needs before one of theirs becomes a sample
-    max_train_samples: Optional[int] = None  # (int|null) subsample training samples (stratified by behavior)
+    max_train_samples: Optional[int] = None  # (int|null) subsample training samples (seeded, keeps the distribution)
+    max_train_per_behavior: Optional[int] = None  # (int|null) cap training samples per target behavior (k-shot)
     max_val_samples: Optional[int] = None  # (int|null) subsample validation samples
     max_test_samples: Optional[int] = None  # (int|null) subsample test samples
 

@@ -134,8 +134,8 @@ def cached_selection_scores(cfg: DictConfig, cache: StageCache, parent_key: str,
 
 
 def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorDataset, conversations,
-              selection: Selection | None, tracker: Tracker,
-              scored: tuple | None = None) -> tuple[dict[str, Any], Selection | None]:
+              selection: Selection | None, tracker: Tracker, scored: tuple | None = None,
+              checkpoint_dir: Path | None = None) -> tuple[dict[str, Any], Selection | None]:
     """Run one stage; returns its report and the (possibly new) balanced selection."""
     if stage == "difficulty_selection":
         selection, report = difficulty_selection(bm, dataset.train, cfg.samples_per_behavior, cfg.selection,
@@ -159,7 +159,7 @@ def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorD
         tracker.log({f"{stage}/train/loss": record["loss"], f"{stage}/train/lr": record["lr"]})
 
     val_for_stopping = dataset.val[:cfg.train.val_samples_for_early_stopping]
-    history = tune(bm, examples, stage_cfg, cfg.train, val_for_stopping, cfg.seed, stage, on_step)
+    history = tune(bm, examples, stage_cfg, cfg.train, val_for_stopping, cfg.seed, stage, on_step, checkpoint_dir)
     report.update({"n_examples": len(examples), "epochs": len(history)})
     if history:
         report["final_train_loss"] = history[-1].train_loss
@@ -206,7 +206,8 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
             scored = None
             if stage == "difficulty_selection":
                 scored = cached_selection_scores(cfg, cache, parent_key, bm, dataset)
-            report, selection = run_stage(cfg, stage, bm, dataset, conversations, selection, tracker, scored)
+            report, selection = run_stage(cfg, stage, bm, dataset, conversations, selection, tracker, scored,
+                                          cache.partial_dir(stage, key))
             report["seconds"] = time.perf_counter() - started
             if stage in TUNING_STAGES and dataset.val:
                 val_metrics, _ = bm.evaluate(dataset.val, k, progress=f"validation after {stage}")
@@ -222,6 +223,9 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         log.info("%s %s: %s", stage, "restored from the stage cache" if report["cache_hit"] else "done",
                  {name: v for name, v in stage_metrics.items() if "acc_overall" in name or "seconds" in name})
     metrics.update({"cache/hits": len(cache.hits), "cache/misses": len(cache.misses)})
+    # Behavior examples the model was tuned on (aux conversations excluded): the x-axis of sample efficiency.
+    metrics["n_train_examples_used"] = sum(
+        metrics.get(f"{stage}/n_examples", 0) - metrics.get(f"{stage}/n_aux_examples", 0) for stage in TUNING_STAGES)
 
     started = time.perf_counter()
     test_metrics, table = bm.evaluate(dataset.test, k, progress="test")
@@ -233,13 +237,32 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
     return metrics
 
 
+RUNTIME_MARKERS = ("seconds", "samples_per_s", "cache")
+
+
+def split_runtime(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(results, runtime facts): timings and cache hits go to run_info.json, so metrics.json of the same command
+    is identical run after run."""
+    runtime = {k: v for k, v in metrics.items() if any(m in k for m in RUNTIME_MARKERS)}
+    return {k: v for k, v in metrics.items() if k not in runtime}, runtime
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment job; returns the flat metrics also written to `<output_dir>/metrics.json`."""
+    """Run one experiment job; returns the flat metrics written to `<output_dir>/metrics.json` (results) and
+    `run_info.json` (timings, cache hits). A failing job writes `{"status": "failed", "error": ...}` instead."""
     validate_config(cfg)
-    seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, out)
+    except Exception as err:
+        atomic_write_json(out / "metrics.json", {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                                 "method": cfg.method, "stage_order": cfg.stage_order})
+        raise
+
+
+def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    seed_everything(cfg.seed)
     started = time.perf_counter()
     dataset = load_dataset(cfg)
     vocab = dataset.vocab
@@ -253,16 +276,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({
             "method": cfg.method, "stage_order": cfg.stage_order, "model": cfg.model.name, "data": cfg.data.name,
             "seed": cfg.seed, "aux_ratio": cfg.aux_ratio, "anchor_threshold": cfg.anchor_threshold,
-            "samples_per_behavior": cfg.samples_per_behavior,
+            "samples_per_behavior": cfg.samples_per_behavior, "max_train_per_behavior": cfg.data.max_train_per_behavior,
             "n_train": len(dataset.train), "n_val": len(dataset.val), "n_test": len(dataset.test),
             "n_anchor_behaviors": len(vocab.anchors), "n_tail_behaviors": len(vocab.tail),
             "n_behaviors": len(vocab.names), "seconds_total": time.perf_counter() - started, "status": "completed",
             "variant": hydra_choice("variant") or "full",
         })
         tracker.summary(metrics)
-    atomic_write_json(out / "metrics.json", metrics)
-    print(f"\n{cfg.method} / {cfg.stage_order} / {cfg.model.name} on {cfg.data.name} "
-          f"(test: {len(dataset.test)} samples)\n{format_results_table(metrics)}\nmetrics: {out / 'metrics.json'}")
+    results, runtime = split_runtime(metrics)
+    atomic_write_json(out / "run_info.json", runtime)
+    atomic_write_json(out / "metrics.json", results)
+    name = f"behaviorlm / {cfg.stage_order} / {cfg.model.name}" if cfg.method == "behaviorlm" else cfg.method
+    print(f"\n{name} on {cfg.data.name} "
+          f"(test: {len(dataset.test)} samples, {runtime['seconds_total']:.0f} s)\n{format_results_table(metrics)}\n"
+          f"metrics: {out / 'metrics.json'}")
     return metrics
 
 

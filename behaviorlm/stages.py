@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -107,7 +108,8 @@ def aux_examples(bm: BehaviorModel, conversations: Sequence[list[dict]], count: 
 
 
 def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictConfig, train_cfg: DictConfig,
-         val_samples: Sequence[Sample], seed: int, desc: str, on_step: Optional[Callable[[dict], None]] = None):
+         val_samples: Sequence[Sample], seed: int, desc: str, on_step: Optional[Callable[[dict], None]] = None,
+         checkpoint_dir: Optional[Path] = None):
     """One LoRA training stage with early stopping on validation accuracy."""
     validate = None
     if train_cfg.early_stopping and val_samples:
@@ -118,7 +120,8 @@ def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictCon
                       grad_accum=train_cfg.grad_accum, weight_decay=train_cfg.weight_decay,
                       warmup_ratio=train_cfg.warmup_ratio, max_grad_norm=train_cfg.max_grad_norm,
                       max_steps_per_epoch=train_cfg.max_steps_per_epoch, validate=validate,
-                      patience=stage_cfg.patience, seed=seed, desc=desc, on_step=on_step)
+                      patience=stage_cfg.patience, seed=seed, desc=desc, on_step=on_step,
+                      checkpoint_dir=checkpoint_dir)
 
 
 def a_tuning_set(bm: BehaviorModel, train: Sequence[Sample], conversations: Sequence[list[dict]],

@@ -91,3 +91,45 @@ class FinishLeftoverRuns(Callback):
             failed = getattr(job_return, "status", None) is not None and job_return.status.name == "FAILED"
             log.warning("closing a W&B run the job left open (failed=%s)", failed)
             wandb.finish(exit_code=1 if failed else 0)
+
+
+class SweepReport(Callback):
+    """Hydra callback: after a multirun, one screen saying which jobs failed and why (also sweep_summary.json).
+
+    Hydra's basic launcher runs every job even when one raises, then re-raises the first failure, so the sweep
+    still exits non-zero; this summary is printed at exit, below Hydra's own error.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[dict[str, Any]] = []
+        self.sweep_dir: Optional[Path] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import atexit
+
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        atexit.register(self.report)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if self.sweep_dir is None:
+            return
+        status = getattr(getattr(job_return, "status", None), "name", "UNKNOWN")
+        error = None
+        if status == "FAILED":
+            exc = job_return._return_value
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self.jobs.append({"job": config.hydra.job.num, "overrides": list(config.hydra.overrides.task),
+                          "status": status, "error": error})
+
+    def report(self) -> None:
+        import json
+        import sys
+
+        if not self.jobs or self.sweep_dir is None:
+            return
+        failed = [j for j in self.jobs if j["status"] == "FAILED"]
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (self.sweep_dir / "sweep_summary.json").write_text(json.dumps(self.jobs, indent=1))
+        lines = [f"sweep {self.sweep_dir}: {len(self.jobs) - len(failed)}/{len(self.jobs)} jobs completed"]
+        lines += [f"  FAILED job {j['job']} ({' '.join(j['overrides'])}): {j['error']}" for j in failed]
+        print("\n".join(lines), file=sys.stderr if failed else sys.stdout)

@@ -115,8 +115,23 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
     history: list[EpochResult] = []
-    best_accuracy, best_state, stale, step = -1.0, None, 0, 0
-    for epoch in range(1, max_epochs + 1):
+    best_accuracy, best_state, stale, step, first_epoch, stopped = -1.0, None, 0, 0, 1, False
+    resumed = latest_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        # Everything the remaining epochs depend on, so that a resumed run ends exactly as an uninterrupted one.
+        model.load_state_dict(resumed["trainable"], strict=False)
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        rng.bit_generator.state = resumed["numpy_rng"]
+        torch.set_rng_state(resumed["torch_rng"])
+        history = [EpochResult(**h) for h in resumed["history"]]
+        best_accuracy, best_state, stale, step = (resumed["best_accuracy"], resumed["best_state"], resumed["stale"],
+                                                  resumed["step"])
+        first_epoch, stopped = resumed["epoch"] + 1, resumed["stopped"]
+        log.info("%s: resuming after epoch %d from %s", desc, resumed["epoch"], checkpoint_dir)
+    for epoch in range(first_epoch, max_epochs + 1):
+        if stopped:
+            break
         model.train()
         started, seen, loss_total, token_total = time.perf_counter(), 0, 0.0, 0
         batches = length_grouped_batches(lengths, batch_size, rng)[:steps_per_epoch * grad_accum]
@@ -150,22 +165,45 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
         history.append(result)
         log.info("%s epoch %d: loss %.4f, val acc %s, %.1f samples/s", desc, epoch, result.train_loss,
                  "n/a" if accuracy is None else f"{accuracy:.4f}", result.samples_per_s)
+        if accuracy is not None:
+            if accuracy > best_accuracy:
+                best_accuracy, stale = accuracy, 0
+                best_state = {k: v.detach().clone() for k, v in trainable_state(model).items()}
+            else:
+                stale += 1
+                stopped = stale >= patience
+                if stopped:
+                    log.info("%s: early stop after epoch %d (best val acc %.4f)", desc, epoch, best_accuracy)
         if checkpoint_dir is not None:
-            save_trainable(model, checkpoint_dir / f"epoch_{epoch}.pt")
-        if accuracy is None:
-            continue
-        if accuracy > best_accuracy:
-            best_accuracy, stale = accuracy, 0
-            best_state = {k: v.detach().clone() for k, v in trainable_state(model).items()}
-        else:
-            stale += 1
-            if stale >= patience:
-                log.info("%s: early stop after epoch %d (best val acc %.4f)", desc, epoch, best_accuracy)
-                break
+            save_checkpoint(checkpoint_dir, {
+                "epoch": epoch, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "history": [vars(h) for h in history],
+                "best_accuracy": best_accuracy, "best_state": best_state, "stale": stale, "step": step,
+                "stopped": stopped})
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
     return history
+
+
+def save_checkpoint(folder: Path, state: dict) -> None:
+    """Write epoch_N.pt atomically, then drop older epochs: a kill at any moment leaves one whole checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"epoch_{state['epoch']}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    for old in folder.glob("epoch_*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+def latest_checkpoint(folder: Optional[Path]) -> Optional[dict]:
+    if folder is None or not folder.exists():
+        return None
+    found = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return torch.load(found[-1], weights_only=False) if found else None
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -173,8 +211,3 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in names}
 
 
-def save_trainable(model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(trainable_state(model), tmp)
-    tmp.replace(path)

@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     jobs = load_jobs(args.sweep_dir)
     args.sweep_dir.mkdir(parents=True, exist_ok=True)
     jobs.to_csv(args.sweep_dir / "jobs.csv", index=False)
-    table = summarise(jobs, args.key)
+    completed = jobs[jobs["status"] == "completed"] if "status" in jobs else jobs
+    if len(completed) < len(jobs):
+        print(f"warning: {len(jobs) - len(completed)} failed jobs are left out of the table (see jobs.csv)")
+    table = summarise(completed, args.key)
     table.to_csv(args.sweep_dir / "table.csv", index=False)
     markdown = to_markdown(table, args.key)
     (args.sweep_dir / "table.md").write_text(markdown + "\n")

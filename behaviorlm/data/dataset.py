@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from behaviorlm.data.foursquare import load_foursquare
 from behaviorlm.data.logs import DataError, read_behavior_log
-from behaviorlm.data.samples import BehaviorVocab, Sample, build_samples, build_vocab, split_samples, subsample
+from behaviorlm.data.samples import (BehaviorVocab, Sample, build_samples, build_vocab, cap_per_behavior,
+                                     split_samples, subsample)
 from behaviorlm.data.synthetic import generate_synthetic_log
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def load_dataset(cfg: DictConfig) -> BehaviorDataset:
     limits = {"train": data_cfg.max_train_samples, "val": data_cfg.max_val_samples,
               "test": data_cfg.max_test_samples}
     splits = {k: subsample(v, limits[k], cfg.seed) for k, v in splits.items()}
+    splits["train"] = cap_per_behavior(splits["train"], data_cfg.max_train_per_behavior, cfg.seed)
     dataset = BehaviorDataset(data_cfg.name, events, splits, full_sizes, vocab, skipped)
     log.info("data %s: %s samples (full: %s), %d behaviors (%d anchors)", data_cfg.name,
              {k: len(v) for k, v in splits.items()}, full_sizes, len(vocab.names), len(vocab.anchors))

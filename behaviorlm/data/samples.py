@@ -84,6 +84,20 @@ def subsample(samples: list[Sample], limit: Optional[int], seed: int) -> list[Sa
     return [samples[i] for i in keep]
 
 
+def cap_per_behavior(samples: list[Sample], limit: Optional[int], seed: int) -> list[Sample]:
+    """At most `limit` samples per target behavior (seeded), keeping the original order: k-shot training sets."""
+    if limit is None:
+        return samples
+    rng = np.random.default_rng(seed)
+    by_target: dict[str, list[int]] = {}
+    for i, sample in enumerate(samples):
+        by_target.setdefault(sample.target, []).append(i)
+    keep = []
+    for members in by_target.values():
+        keep.extend(members if len(members) <= limit else rng.choice(members, size=limit, replace=False).tolist())
+    return [samples[i] for i in sorted(keep)]
+
+
 @dataclass
 class BehaviorVocab:
     """The closed answer space: every behavior name of the log, its category and its anchor/tail role."""

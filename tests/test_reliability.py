@@ -1,0 +1,105 @@
+"""Reliability: resume after SIGKILL, crash isolation in a multirun, determinism, offline operation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_entrypoint
+
+SMOKE = ["experiment=smoke", "train.a_tuning.max_epochs=4", "train.b_tuning.max_epochs=3",
+         "samples_per_behavior=8"]
+
+
+def metrics_of(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def uninterrupted(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("reference")
+    result = run_entrypoint(SMOKE + [f"hydra.run.dir={folder}/job"],
+                            env={"BEHAVIORLM_STAGE_CACHE": str(folder / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return metrics_of(folder / "job")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return uninterrupted(tmp_path_factory)
+
+
+def wait_for(pattern: str, root: Path, process: subprocess.Popen, timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if list(root.glob(pattern)):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_when", ["a_tuning/*.partial/epoch_1.pt", "a_tuning/*/ENTRY.json",
+                                       "b_tuning/*.partial/epoch_1.pt"],
+                         ids=["during-a-tuning", "during-selection-scoring", "during-b-tuning"])
+def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, reference, kill_when):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BEHAVIORLM_STAGE_CACHE": str(cache)}
+    command = [sys.executable, str(ROOT / "run.py"), *SMOKE, f"hydra.run.dir={tmp_path}/first"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reached = wait_for(kill_when, cache, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert reached, f"the run ended before {kill_when} appeared"
+    assert not (tmp_path / "first" / "metrics.json").exists()
+    result = run_entrypoint([*SMOKE, f"hydra.run.dir={tmp_path}/second"], env={"BEHAVIORLM_STAGE_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "resuming after epoch" in output or "restored from the stage cache" in output
+    assert metrics_of(tmp_path / "second") == reference
+
+
+@pytest.mark.slow
+def test_same_command_twice_gives_identical_metrics(tmp_path, reference):
+    result = run_entrypoint([*SMOKE, "cache=off", f"hydra.run.dir={tmp_path}/again"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert metrics_of(tmp_path / "again") == reference
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    good = ROOT / "data" / "conversations" / "alpaca_en_demo.json.gz"
+    result = run_entrypoint(["-m", "experiment=smoke", "debug=fast", "logger=wandb",
+                             f"aux.path={good},{tmp_path}/missing.json,{good}", f"hydra.sweep.dir={tmp_path}/sweep"],
+                            env={"WANDB_MODE": "offline"})
+    assert result.returncode != 0
+    statuses = {d.name: metrics_of(d)["status"] for d in (tmp_path / "sweep").iterdir() if d.name.isdigit()}
+    assert statuses == {"0": "completed", "1": "failed", "2": "completed"}
+    assert "missing.json" in metrics_of(tmp_path / "sweep" / "1")["error"]
+    assert "2/3 jobs completed" in result.stderr and "FAILED job 1" in result.stderr
+    assert len(list((tmp_path / "sweep").glob("*/wandb/offline-run-*"))) == 3
+    summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+    assert [job["status"] for job in summary] == ["COMPLETED", "FAILED", "COMPLETED"]
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_unshare(), reason="`unshare -n` is not permitted here (needs CAP_SYS_ADMIN)")
+def test_runs_without_any_network(tmp_path):
+    command = ["unshare", "-n", sys.executable, str(ROOT / "run.py"), "experiment=smoke", "debug=fast",
+               "logger=wandb", f"hydra.run.dir={tmp_path}/job"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert metrics_of(tmp_path / "job")["status"] == "completed"
+    assert list((tmp_path / "job" / "wandb").glob("offline-run-*"))
