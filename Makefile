@@ -45,7 +45,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
 	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
-	sample-efficiency
+	sample-efficiency bench
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -96,6 +96,9 @@ sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM
 	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
 
 paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size ## every table and figure above
+
+bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts -> results/bench.json (about 3 min)
+	$(PY) -m experiments.bench $(ARGS)
 
 clean: ## remove run outputs (keeps .venv and the model cache)
 	rm -rf outputs multirun

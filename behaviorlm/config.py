@@ -142,7 +142,8 @@ class SelectionConfig:
 
 @dataclass
 class ScoringConfig:
-    mode: str = "exact"  # (str) exact (rank every candidate) | generate (free generation, exact match)
+    mode: str = "exact"  # (str) exact (rank every candidate) | beam (constrained beam) | generate (free text)
+    beam_width: int = 5  # (int) beam mode: prefixes kept per step; acc@k is exact up to k = width
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
 
@@ -242,7 +243,9 @@ def validate_config(cfg: DictConfig) -> None:
            "auto | fp32 | bf16")
     _check(cfg.selection.strategy in ("difficulty", "random"), "selection.strategy", cfg.selection.strategy,
            "difficulty | random")
-    _check(cfg.scoring.mode in ("exact", "generate"), "scoring.mode", cfg.scoring.mode, "exact | generate")
+    _check(cfg.scoring.mode in ("exact", "beam", "generate"), "scoring.mode", cfg.scoring.mode,
+           "exact | beam | generate")
+    _check(cfg.scoring.beam_width >= 1, "scoring.beam_width", cfg.scoring.beam_width, "an integer >= 1")
     _check(cfg.logger.name in ("wandb", "none"), "logger.name", cfg.logger.name, "wandb | none")
     _check(set(cfg.prompt.formats) <= {"list", "sentence", "log"} and len(cfg.prompt.formats) > 0,
            "prompt.formats", list(cfg.prompt.formats), "a non-empty subset of [list, sentence, log]")

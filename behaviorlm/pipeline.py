@@ -59,7 +59,8 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
     prompts = PromptBuilder(tokenizer, cfg.prompt.formats, cfg.prompt.use_chat_template, cfg.prompt.system_prompt,
                             seed=cfg.seed, include_target_time=cfg.prompt.include_target_time)
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
-                             autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode)
+                             autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
+                             cfg.scoring.beam_width)
     return bm, folder
 
 
@@ -97,6 +98,8 @@ def root_cache_key(cfg: DictConfig, dataset: BehaviorDataset, device: torch.devi
                    "model": OmegaConf.to_container(cfg.model, resolve=True),
                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed,
                    "device": device.type, "code": code_fingerprint(),
+                   # an in-process tokenizer is trained on the conversations too when they are used
+                   "tokenizer_saw_aux": cfg.model.source == "tiny_random" and cfg.aux_ratio > 0,
                    "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
                              if k not in ("a_tuning", "b_tuning")}})
 

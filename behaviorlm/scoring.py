@@ -15,7 +15,7 @@ Generate mode decodes greedily and counts an output as a prediction only if it i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -35,6 +35,8 @@ class CandidateTrie:
     score_rows: torch.Tensor  # (candidates, max_len) row of the kept logits that predicts each token; 0 = prompt end
     score_tokens: torch.Tensor  # (candidates, max_len) the token predicted there
     score_mask: torch.Tensor  # (candidates, max_len) bool: real token, not padding
+    children: list[dict[int, int]] = field(default_factory=list)  # every node's token -> child (node 0: root)
+    candidate_at: dict[int, int] = field(default_factory=dict)  # a candidate's last node -> its index
 
     @classmethod
     def build(cls, sequences: Sequence[Sequence[int]]) -> "CandidateTrie":
@@ -77,7 +79,8 @@ class CandidateTrie:
                 rows[c, j] = row_of[parent[node]]
                 toks[c, j] = tokens[node]
                 mask[c, j] = True
-        return cls([tokens[n] for n in internal], [depth[n] for n in internal], ancestors, rows, toks, mask)
+        return cls([tokens[n] for n in internal], [depth[n] for n in internal], ancestors, rows, toks, mask,
+                   children, {end: c for c, end in enumerate(ends)})
 
     @property
     def n_nodes(self) -> int:
@@ -149,6 +152,55 @@ class CandidateScorer:
         bar.close()
         self.model.train(was_training)
         return out
+
+
+@torch.no_grad()
+def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
+                amp_dtype: Optional[torch.dtype], width: int = 5, keep: int = 5,
+                progress: Optional[str] = None) -> np.ndarray:
+    """Constrained beam search over the candidate trie: (prompts, candidates) scores, -inf where not reached.
+
+    The prompt runs once; each step feeds only the `width` best unfinished prefixes through the KV cache. A
+    candidate's score, when found, is its exact summed log-probability; the search stops once `keep` finished
+    candidates beat every unfinished prefix (scores only fall as a prefix grows), so its top `keep` are exact
+    whenever the beam did not prune them. Width 1 is greedy decoding restricted to behavior names: never an
+    invalid output.
+    """
+    was_training = model.training
+    model.eval()
+    out = np.full((len(prompts), len(trie.candidate_at)), -np.inf, dtype=np.float32)
+    for i, prompt in enumerate(tqdm(prompts, desc=progress, disable=progress is None, leave=False, mininterval=2.0)):
+        with autocast(device, amp_dtype):
+            step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
+        cache = step.past_key_values
+        logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)
+        beams = [(0, 0.0)]  # (trie node, score), one per cache row
+        finished: list[tuple[float, int]] = []
+        while beams:
+            grown = []
+            for row, (node, score) in enumerate(beams):
+                for token, child in trie.children[node].items():
+                    value = score + float(logprobs[row, token])
+                    if child in trie.candidate_at:
+                        finished.append((value, trie.candidate_at[child]))
+                    else:
+                        grown.append((value, row, child, token))
+            grown.sort(key=lambda g: -g[0])
+            grown = grown[:width]
+            finished.sort(key=lambda f: -f[0])
+            if not grown or (len(finished) >= keep and finished[keep - 1][0] >= grown[0][0]):
+                break
+            cache.reorder_cache(torch.tensor([g[1] for g in grown], device=device))
+            tokens = torch.tensor([[g[3]] for g in grown], device=device)
+            with autocast(device, amp_dtype):
+                step = model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = step.past_key_values
+            logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)
+            beams = [(g[2], g[0]) for g in grown]
+        for value, candidate in finished:
+            out[i, candidate] = value
+    model.train(was_training)
+    return out
 
 
 def naive_scores(model, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[int]],

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.metrics import compute_metrics
 from behaviorlm.prompts import PromptBuilder
-from behaviorlm.scoring import CandidateScorer, generate_predictions
+from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions
 from behaviorlm.selection import Selection, scoring_pool, select_balanced
 from behaviorlm.training import TrainExample, train_lora
 
@@ -51,19 +51,25 @@ class BehaviorModel:
     amp_dtype: Optional[torch.dtype]
     scorer: CandidateScorer
     scoring_mode: str = "exact"
+    beam_width: int = 5
 
     @classmethod
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
-              amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact"):
+              amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact",
+              beam_width: int = 5):
         candidates = [prompts.answer_ids(name) for name in vocab.names]
         scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size)
-        return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode)
+        return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width)
 
     def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
         return [self.prompts.sample_prompt_ids(s) for s in samples]
 
     def scores(self, samples: Sequence[Sample], progress: Optional[str] = None) -> np.ndarray:
-        """(samples, behaviors) log-likelihood of every behavior name, in `vocab.names` order."""
+        """(samples, behaviors) log-likelihood of every behavior name, in `vocab.names` order (beam mode: -inf
+        for names the beam did not reach)."""
+        if self.scoring_mode == "beam":
+            return beam_scores(self.model, self.prompt_ids(samples), self.scorer.trie, self.device, self.amp_dtype,
+                               width=self.beam_width, keep=self.beam_width, progress=progress)
         return self.scorer.score(self.prompt_ids(samples), progress=progress)
 
     def rankings(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None) -> list[list[str]]:
@@ -75,7 +81,7 @@ class BehaviorModel:
             return [[p] if p is not None else [] for p in predictions]
         scores = self.scores(samples, progress)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return [[self.vocab.names[j] for j in row] for row in top]
+        return [[self.vocab.names[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(top)]
 
     def evaluate(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None):
         rankings = self.rankings(samples, k, progress)

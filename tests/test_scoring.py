@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from behaviorlm.prompts import PromptBuilder
-from behaviorlm.scoring import CandidateScorer, CandidateTrie, naive_scores
+from behaviorlm.scoring import CandidateScorer, CandidateTrie, beam_scores, naive_scores
 from helpers import tiny_model_and_samples
 
 
@@ -31,3 +31,18 @@ def test_trie_shares_prefixes_and_feeds_no_leaf():
     assert trie.score_mask.sum().item() == 8
     with pytest.raises(ValueError, match="identical"):
         CandidateTrie.build([[1, 2], [1, 2]])
+
+
+def test_beam_search_is_exact_when_wide_and_never_invalid_when_greedy():
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    builder = PromptBuilder(tokenizer)
+    prompts = [builder.sample_prompt_ids(s) for s in samples[:6]]
+    scorer = CandidateScorer(model, [builder.answer_ids(n) for n in names], tokenizer.pad_token_id,
+                             torch.device("cpu"), None, 4)
+    exact = scorer.score(prompts)
+    full = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=len(names), keep=len(names))
+    np.testing.assert_allclose(full, exact, atol=1e-4)  # an unpruned beam finds every name with its exact score
+    greedy = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=1, keep=1)
+    found = np.isfinite(greedy)
+    assert found.any(axis=1).all()  # always a valid behavior name
+    np.testing.assert_allclose(greedy[found], exact[found], atol=1e-4)

@@ -1,0 +1,158 @@
+"""Scoring and training speed, measured side by side on the real model and NYC prompts.
+
+    python -m experiments.bench                     # make bench; writes results/bench.json
+    python -m experiments.bench --samples 4         # quicker
+
+It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU) and the same NYC prompts:
+  * exact trie ranking of all 192 behaviors per prompt (behaviorlm.scoring.CandidateScorer);
+  * the FLOP floor of that ranking: one plain forward over a sequence as long as the prompt plus the trie's
+    internal nodes (so `exact_vs_floor_forward` near 1 means the ranking costs no more than its tokens);
+  * naive ranking, one full forward per (prompt, candidate), on a few prompts (`exact_speedup_vs_naive`);
+  * rankings of both are compared (`naive_exact_top1_agreement` must be 1.0);
+  * the constrained beam (width 5): its time against one plain forward over the prompt alone
+    (`beam_vs_prompt_forward`) and its top-1 agreement with the exact ranking on test prompts;
+  * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, against this
+    machine's bf16 GEMM peak measured here (`train_flop_fraction_of_peak`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from behaviorlm.data.dataset import load_dataset
+from behaviorlm.pipeline import build_behavior_model
+from behaviorlm.scoring import beam_scores, naive_scores
+from behaviorlm.training import TrainExample, answer_loss_sum, collate
+from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
+
+
+def timed(fn, repeat: int = 1) -> float:
+    fn()  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - started) / repeat
+
+
+def gemm_peak(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    seconds = timed(lambda: a @ b, repeat)
+    return 2 * size ** 3 / seconds
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=8, help="prompts for the exact/floor timing")
+    parser.add_argument("--naive-samples", type=int, default=2, help="prompts for the naive timing")
+    parser.add_argument("--train-steps", type=int, default=6)
+    parser.add_argument("--agreement-samples", type=int, default=40, help="test prompts for beam vs exact top-1")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench.json")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=gemma3_270m")
+    args = parser.parse_args()
+
+    cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", *args.overrides])
+    dataset = load_dataset(cfg)
+    bm, _ = build_behavior_model(cfg, dataset, [])
+    samples = dataset.test[:args.samples]
+    prompts = bm.prompt_ids(samples)
+    nodes = bm.scorer.trie.n_nodes
+    mean_prompt = float(np.mean([len(p) for p in prompts]))
+    device, amp = bm.device, bm.amp_dtype
+
+    bm.scorer.batch_size = 1
+    exact_s = timed(lambda: bm.scorer.score(prompts)) / len(prompts)
+    floor_ids = [torch.randint(0, len(bm.tokenizer), (1, len(p) + nodes)) for p in prompts]
+
+    def floor_forward():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            for ids in floor_ids:
+                bm.model(input_ids=ids, logits_to_keep=nodes + 1)
+
+    floor_s = timed(floor_forward) / len(prompts)
+    candidates = [bm.prompts.answer_ids(n) for n in bm.vocab.names]
+    few = prompts[:args.naive_samples]
+    started = time.perf_counter()
+    reference = naive_scores(bm.model, few, candidates, device, amp)
+    naive_s = (time.perf_counter() - started) / len(few)
+    exact = bm.scorer.score(few)
+    agreement = float(np.mean(reference.argmax(1) == exact.argmax(1)))
+
+    # Constrained beam (width 5) against the exact ranking and against a plain forward over the prompt alone.
+    beam = partial(beam_scores, bm.model, trie=bm.scorer.trie, device=device, amp_dtype=amp, width=5, keep=5)
+    beam_s = timed(lambda: beam(prompts)) / len(prompts)
+    prompt_ids = [torch.tensor([p]) for p in prompts]
+
+    def prompt_forward():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            for ids in prompt_ids:
+                bm.model(input_ids=ids, logits_to_keep=1)
+
+    prompt_s = timed(prompt_forward) / len(prompts)
+    agreement_samples = bm.prompt_ids(dataset.test[:args.agreement_samples])
+    beam_top1 = beam(agreement_samples).argmax(1)
+    exact_top1 = bm.scorer.score(agreement_samples).argmax(1)
+    beam_agreement = float(np.mean(beam_top1 == exact_top1))
+
+    # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits.
+    examples = bm.behavior_examples(dataset.train[:cfg.train.batch_size * args.train_steps])
+    params = [p for p in bm.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    batches = [collate(examples[i:i + cfg.train.batch_size], bm.tokenizer.pad_token_id, device)
+               for i in range(0, len(examples), cfg.train.batch_size)]
+    bm.model.train()
+
+    def train_steps():
+        for batch in batches:
+            loss, tokens = answer_loss_sum(bm.model, batch, amp, device)
+            (loss / tokens).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    train_s = timed(train_steps)
+    tokens = sum(int(b[1].sum()) for b in batches)
+    base_params = sum(p.numel() for n, p in bm.model.named_parameters() if "lora" not in n and "embed" not in n)
+    # forward 2N + backward through activations 2N per token (frozen weights need no weight gradients).
+    train_flops = 4 * base_params * tokens / train_s
+    peak = gemm_peak(torch.bfloat16)
+
+    report = {
+        "machine": machine(), "model": cfg.model.name, "command": "python -m experiments.bench",
+        "trie_internal_nodes": nodes, "mean_prompt_tokens": mean_prompt, "candidates": len(bm.vocab.names),
+        "exact_seconds_per_sample": exact_s, "floor_forward_seconds_per_sample": floor_s,
+        "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
+        "beam_seconds_per_sample": beam_s, "prompt_forward_seconds_per_sample": prompt_s,
+        "beam_vs_prompt_forward": beam_s / prompt_s, "beam_speedup_vs_exact": exact_s / beam_s,
+        "beam_top1_agreement": beam_agreement, "beam_agreement_samples": len(agreement_samples),
+        "exact_speedup_vs_naive": naive_s / exact_s, "naive_exact_top1_agreement": agreement,
+        "train_samples_per_s": len(examples) / train_s, "train_tokens_per_s": tokens / train_s,
+        "train_flop_per_s": train_flops, "bf16_gemm_peak_flop_per_s": peak,
+        "train_flop_fraction_of_peak": train_flops / peak,
+    }
+    atomic_write_json(args.out, report)
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key.ljust(width)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
