@@ -84,7 +84,9 @@ def to_markdown(table: pd.DataFrame, key: str) -> str:
             name = LABELS[metric]
             if f"{name}_mean" in row and pd.notna(row[f"{name}_mean"]):
                 half = (row[f"{name}_ci_high"] - row[f"{name}_ci_low"]) / 2
-                cells.append(f"{row[f'{name}_mean']:.3f} ± {half:.3f}")
+                # one seed has no interval: print the value alone rather than a misleading "± 0"
+                cells.append(f"{row[f'{name}_mean']:.3f} ± {half:.3f}" if row["n_seeds"] > 1
+                             else f"{row[f'{name}_mean']:.3f}")
             else:
                 cells.append("n/a")
         cells.append(row["paper"])
