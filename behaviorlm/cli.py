@@ -10,7 +10,6 @@ Both read logs in the same schema as `data=csv` (columns user_id, timestamp, beh
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

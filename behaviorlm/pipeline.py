@@ -304,8 +304,3 @@ def hydra_choice(group: str) -> str | None:
         return HydraConfig.get().runtime.choices.get(group)
     except ValueError:
         return None
-
-
-def load_metrics(path: str | Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)

@@ -18,7 +18,6 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU) and 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from functools import partial
@@ -30,7 +29,7 @@ import torch
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import beam_scores, naive_scores
-from behaviorlm.training import TrainExample, answer_loss_sum, collate
+from behaviorlm.training import answer_loss_sum, collate
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
 
 

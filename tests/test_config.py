@@ -1,6 +1,5 @@
 """Config composition: the schema catches typos and wrong types at compose time; every config file loads."""
 
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
