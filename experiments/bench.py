@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from behaviorlm.data.dataset import load_dataset
+from behaviorlm.models import autocast
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import beam_scores, naive_scores
 from behaviorlm.training import answer_loss_sum, collate
@@ -82,7 +83,7 @@ def main() -> None:
     floor_ids = [torch.randint(0, len(bm.tokenizer), (1, len(p) + nodes)) for p in prompts]
 
     def floor_forward():
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.no_grad(), autocast(device, amp):
             for ids in floor_ids:
                 bm.model(input_ids=ids, logits_to_keep=nodes + 1)
 
@@ -101,7 +102,7 @@ def main() -> None:
     prompt_ids = [torch.tensor([p]) for p in prompts]
 
     def prompt_forward():
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.no_grad(), autocast(device, amp):
             for ids in prompt_ids:
                 bm.model(input_ids=ids, logits_to_keep=1)
 
