@@ -45,7 +45,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
 	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
-	sample-efficiency bench
+	sample-efficiency bench gpu-check
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -97,8 +97,12 @@ sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM
 
 paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size ## every table and figure above
 
-bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts -> results/bench.json (about 3 min)
+bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
+	$(PIP) install --quiet -e ".[bench]"
 	$(PY) -m experiments.bench $(ARGS)
+
+gpu-check: $(SETUP) ## on a GPU machine: bf16 scoring/training and 1 vs 2-process runs -> results/gpu_check.json
+	$(PY) -m experiments.gpu_check $(ARGS)
 
 clean: ## remove run outputs (keeps .venv and the model cache)
 	rm -rf outputs multirun

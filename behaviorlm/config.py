@@ -8,6 +8,7 @@ any work starts. Ranges that a type cannot express are checked by `validate_conf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -91,6 +92,7 @@ class ModelConfig:
     gguf_assemble: bool = False  # (bool) the package assembles its GGUF from parts (gemma3 package)
     pip_install: Optional[str] = None  # (str|null) the install command a user needs for this model
     precision: str = "auto"  # (str) auto | fp32 | bf16 (auto: bf16 autocast on CPU over fp32 weights, bf16 on GPU)
+    quantization: Optional[str] = None  # (str|null) 4bit: QLoRA, the frozen base in NF4 via bitsandbytes (CUDA only)
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
@@ -164,6 +166,18 @@ class CacheConfig:
 
 
 @dataclass
+class LauncherConfig:
+    name: str = "local"  # (str) local (this process) | torchrun (DDP) | accelerate (DDP, FSDP or DeepSpeed per config_file)
+    nproc_per_node: int = 1  # (int) worker processes on each node, usually its GPU count
+    nnodes: int = 1  # (int) nodes; above 1 every node runs the same command with its own node_rank
+    node_rank: int = 0  # (int) this node's rank (SLURM: ${oc.env:SLURM_NODEID,0})
+    master_addr: str = "127.0.0.1"  # (str) rendezvous host for nnodes > 1 (SLURM: the first node of the job)
+    master_port: int = 29500  # (int) rendezvous port for nnodes > 1; a single node picks a free port itself
+    config_file: Optional[str] = None  # (str|null) accelerate launch config (launch/accelerate/*.yaml)
+    mixed_precision: str = "no"  # (str) passed to accelerate; "no" keeps the pipeline's own autocast choice
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING  # (str) the repository root
     data_dir: str = MISSING  # (str) embedded data
@@ -203,6 +217,7 @@ class BehaviorLMConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     method: str = "behaviorlm"  # (str) behaviorlm | sasrec | bert4rec | popularity | user_frequent | markov
     stage_order: str = "progressive"  # (str) one of STAGE_ORDERS
@@ -247,6 +262,20 @@ def validate_config(cfg: DictConfig) -> None:
            "exact | beam | generate")
     _check(cfg.scoring.beam_width >= 1, "scoring.beam_width", cfg.scoring.beam_width, "an integer >= 1")
     _check(cfg.logger.name in ("wandb", "none"), "logger.name", cfg.logger.name, "wandb | none")
+    _check(cfg.model.quantization in (None, "4bit"), "model.quantization", cfg.model.quantization, "null | 4bit")
+    _check(cfg.launcher.name in ("local", "torchrun", "accelerate"), "launcher.name", cfg.launcher.name,
+           "local | torchrun | accelerate")
+    for key in ("nproc_per_node", "nnodes"):
+        _check(cfg.launcher[key] >= 1, f"launcher.{key}", cfg.launcher[key], "an integer >= 1")
+    _check(0 <= cfg.launcher.node_rank < cfg.launcher.nnodes, "launcher.node_rank", cfg.launcher.node_rank,
+           f"an integer in [0, launcher.nnodes={cfg.launcher.nnodes})")
+    if cfg.launcher.name == "accelerate":
+        path = cfg.launcher.config_file
+        _check(path is not None and (Path(path).is_file() or (Path(cfg.paths.root_dir) / path).is_file()),
+               "launcher.config_file", path, "an existing accelerate config file")
+    if cfg.launcher.name != "local":
+        _check(cfg.method == "behaviorlm", "method", cfg.method,
+               "behaviorlm with launcher != local (the baselines run in one process)")
     _check(set(cfg.prompt.formats) <= {"list", "sentence", "log"} and len(cfg.prompt.formats) > 0,
            "prompt.formats", list(cfg.prompt.formats), "a non-empty subset of [list, sentence, log]")
     for key in ("batch_size", "grad_accum"):

@@ -150,6 +150,11 @@ def load_backbone(model_cfg: DictConfig, cache_dir: str | Path, device: torch.de
         weight_dtype = torch.bfloat16 if device.type == "cuda" and model_cfg.precision != "fp32" else torch.float32
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
+            if model_cfg.get("quantization") == "4bit":
+                model = load_4bit(folder, device)
+                if tokenizer.pad_token_id is None:
+                    tokenizer.pad_token = tokenizer.eos_token
+                return model, tokenizer, folder
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=weight_dtype)
         except OSError as err:
             raise ModelUnavailableError(f"model '{model_cfg.name}' cannot be loaded from {folder!r}: "
@@ -160,6 +165,26 @@ def load_backbone(model_cfg: DictConfig, cache_dir: str | Path, device: torch.de
     model.to(device)
     model.eval()
     return model, tokenizer, folder
+
+
+def load_4bit(folder: str, device: torch.device):
+    """QLoRA's frozen base: NF4 weights with double quantization and bf16 compute (bitsandbytes, CUDA only)."""
+    if device.type != "cuda":
+        raise ModelUnavailableError(f"model.quantization=4bit needs a CUDA device (device is {device.type}); "
+                                    "set model.quantization=null on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelUnavailableError("model.quantization=4bit needs bitsandbytes: pip install -e '.[qlora]'")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    # device_map pins the whole model to this rank's GPU (a 4-bit model cannot be moved after loading).
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, dtype=torch.bfloat16,
+                                                 device_map={"": device.index or 0})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.eval()
+    return model
 
 
 def add_lora(model, lora_cfg: DictConfig):

@@ -8,6 +8,7 @@ Every number it prints comes from scoring held-out samples (validation after eac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from behaviorlm.cache import StageCache, digest
 from behaviorlm.config import validate_config
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import BehaviorDataset, load_dataset
+from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import format_results_table
 from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder, render_instruction
@@ -46,27 +48,32 @@ def tokenizer_corpus(dataset: BehaviorDataset, conversations, limit: int = 400) 
     return texts
 
 
-def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversations) -> tuple[BehaviorModel, Any]:
+def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversations,
+                         dist: Dist = LOCAL) -> tuple[BehaviorModel, Any]:
     """Backbone + fresh LoRA adapter + prompts + scorer. Returns it with the folder the backbone came from."""
     device = resolve_device(cfg.device)
+    if dist.enabled and dist.accelerator.device.type != "cpu":
+        device = dist.accelerator.device  # this rank's GPU
     model, tokenizer, folder = load_backbone(cfg.model, cfg.paths.model_cache_dir, device, seed=cfg.seed,
                                              tokenizer_texts=tokenizer_corpus(dataset, conversations))
     if folder is None:  # built in-process: keep the backbone with the run, before LoRA wraps its modules
         folder = str(Path(cfg.paths.output_dir) / "base_model")
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        if dist.is_main:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
     model = add_lora(model, cfg.model.lora)
     prompts = PromptBuilder(tokenizer, cfg.prompt.formats, cfg.prompt.use_chat_template, cfg.prompt.system_prompt,
                             seed=cfg.seed, include_target_time=cfg.prompt.include_target_time)
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
                              autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
-                             cfg.scoring.beam_width)
+                             cfg.scoring.beam_width, dist)
     return bm, folder
 
 
-def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out: Path) -> None:
+def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out: Path,
+                       adapter_state: dict[str, torch.Tensor]) -> None:
     """What `behaviorlm predict` needs to reuse this run: adapter, vocabulary, prompt settings, model reference."""
-    bm.model.save_pretrained(out / "adapter")
+    bm.model.save_pretrained(out / "adapter", state_dict=adapter_state)
     if Path(base_folder) == out / "base_model":
         base_folder = "base_model"  # relative: the run folder can be moved
     manifest = {
@@ -126,13 +133,16 @@ def cached_selection_scores(cfg: DictConfig, cache: StageCache, parent_key: str,
     if not uses_difficulty(cfg.selection):
         return None
     key = cache.chain(parent_key, "selection_scores", {"pool": cfg.selection.max_scored_per_behavior}, version=1)
-    entry = cache.load("selection_scores", key)
+    dist = bm.dist
+    entry = dist.agree(cache.load("selection_scores", key) if dist.is_main else None)
     if entry is not None:
         saved = np.load(entry / "scores.npz")
         return saved["pool"].tolist(), saved["scores"]
     pool, scores = selection_scores(bm, dataset.train, cfg.selection, cfg.seed)
-    cache.save("selection_scores", key, lambda folder: np.savez(folder / "scores.npz", pool=np.array(pool),
-                                                                 scores=scores))
+    if dist.is_main:
+        cache.save("selection_scores", key, lambda folder: np.savez(folder / "scores.npz", pool=np.array(pool),
+                                                                     scores=scores))
+    dist.barrier()
     return pool, scores
 
 
@@ -170,10 +180,11 @@ def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorD
     return report, selection
 
 
-def save_stage(folder: Path, stage: str, bm: BehaviorModel, report: dict, selection: Selection | None) -> None:
+def save_stage(folder: Path, stage: str, adapter_state: dict | None, report: dict,
+               selection: Selection | None) -> None:
     atomic_write_json(folder / "report.json", report)
     if stage in TUNING_STAGES:
-        torch.save(trainable_state(bm.model), folder / "adapter.pt")
+        torch.save(adapter_state, folder / "adapter.pt")
     else:
         atomic_write_json(folder / "selection.json", {"indices": selection.indices, "tiers": selection.tiers,
                                                       "per_behavior": selection.per_behavior})
@@ -190,9 +201,12 @@ def restore_stage(folder: Path, stage: str, bm: BehaviorModel,
     return report, selection
 
 
-def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, out: Path) -> dict[str, Any]:
+def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, out: Path,
+                   dist: Dist = LOCAL) -> dict[str, Any]:
+    """The stages of `stage_order`, then the test set. With several processes every rank runs this function;
+    rank 0 alone reads and writes the stage cache and the run folder (the others follow its cache decisions)."""
     conversations = load_conversations(cfg.aux.path, cfg.aux.format) if cfg.aux_ratio > 0 else []
-    bm, base_folder = build_behavior_model(cfg, dataset, conversations)
+    bm, base_folder = build_behavior_model(cfg, dataset, conversations, dist)
     k = cfg.scoring.top_k
     cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
     key = root_cache_key(cfg, dataset, bm.device)
@@ -200,7 +214,7 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
     selection = None
     for stage in STAGE_PLANS[cfg.stage_order]:
         parent_key, key = key, cache.chain(key, stage, stage_settings(cfg, stage), version=1)
-        entry = cache.load(stage, key)
+        entry = dist.agree(cache.load(stage, key) if dist.is_main else None)
         if entry is not None:
             report, selection = restore_stage(entry, stage, bm, selection)
             report["cache_hit"] = 1
@@ -215,9 +229,14 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
             if stage in TUNING_STAGES and dataset.val:
                 val_metrics, _ = bm.evaluate(dataset.val, k, progress=f"validation after {stage}")
                 report.update({f"val/{name}": value for name, value in val_metrics.items()})
-            cache.save(stage, key, partial(save_stage, stage=stage, bm=bm, report=report, selection=selection))
+            # Gathered on every rank (FSDP2 shards the adapter too), written by rank 0.
+            adapter_state = trainable_state(bm.model, full=True) if stage in TUNING_STAGES else None
+            if dist.is_main:
+                cache.save(stage, key, partial(save_stage, stage=stage, adapter_state=adapter_state, report=report,
+                                               selection=selection))
+            dist.barrier()
             report["cache_hit"] = 0
-        if stage in SELECTION_STAGES:
+        if stage in SELECTION_STAGES and dist.is_main:
             atomic_write_json(out / "selection.json", {"per_behavior": selection.per_behavior,
                                                        "tiers": selection.tier_counts()})
         stage_metrics = {f"{stage}/{name}": value for name, value in report.items()}
@@ -234,13 +253,15 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
     test_metrics, table = bm.evaluate(dataset.test, k, progress="test")
     metrics["test/seconds"] = time.perf_counter() - started
     metrics.update({f"test/{name}": value for name, value in test_metrics.items()})
-    atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
-    tracker.table("test/per_behavior", table)
-    save_run_artifacts(cfg, bm, base_folder, out)
+    adapter_state = trainable_state(bm.model, full=True)
+    if dist.is_main:
+        atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
+        tracker.table("test/per_behavior", table)
+        save_run_artifacts(cfg, bm, base_folder, out, adapter_state)
     return metrics
 
 
-RUNTIME_MARKERS = ("seconds", "samples_per_s", "cache")
+RUNTIME_MARKERS = ("seconds", "samples_per_s", "cache", "memory")
 
 
 def split_runtime(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -257,21 +278,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(cfg, out)
+        if cfg.launcher.name != "local":  # this Hydra job becomes the launcher of torchrun/accelerate workers
+            from behaviorlm.launch import launch_workers
+
+            return launch_workers(cfg, out, variant=hydra_choice("variant") or "full")
+        return run_job(cfg, out, variant=hydra_choice("variant") or "full")
     except Exception as err:
-        atomic_write_json(out / "metrics.json", {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                                                 "method": cfg.method, "stage_order": cfg.stage_order})
+        write_failure(cfg, out, err)
         raise
 
 
-def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
+def write_failure(cfg: DictConfig, out: Path, err: BaseException) -> None:
+    atomic_write_json(out / "metrics.json", {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                             "method": cfg.method, "stage_order": cfg.stage_order})
+
+
+def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dict[str, Any]:
+    """The job itself, in this process (launcher=local) or in each torchrun/accelerate worker (rank 0 writes)."""
     seed_everything(cfg.seed)
     started = time.perf_counter()
     dataset = load_dataset(cfg)
     vocab = dataset.vocab
-    with tracking(cfg, job_type=cfg.stage_order if cfg.method == "behaviorlm" else cfg.method) as tracker:
+    job_type = cfg.stage_order if cfg.method == "behaviorlm" else cfg.method
+    with tracking(cfg, job_type=job_type) if dist.is_main else contextlib.nullcontext(Tracker()) as tracker:
         if cfg.method == "behaviorlm":
-            metrics = run_behaviorlm(cfg, dataset, tracker, out)
+            metrics = run_behaviorlm(cfg, dataset, tracker, out, dist)
         else:
             from behaviorlm.baselines import run_baseline
 
@@ -283,9 +314,13 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "n_train": len(dataset.train), "n_val": len(dataset.val), "n_test": len(dataset.test),
             "n_anchor_behaviors": len(vocab.anchors), "n_tail_behaviors": len(vocab.tail),
             "n_behaviors": len(vocab.names), "seconds_total": time.perf_counter() - started, "status": "completed",
-            "variant": hydra_choice("variant") or "full",
+            "variant": variant, "n_processes": dist.world,
         })
+        if torch.cuda.is_available():
+            metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
         tracker.summary(metrics)
+    if not dist.is_main:
+        return metrics
     results, runtime = split_runtime(metrics)
     atomic_write_json(out / "run_info.json", runtime)
     atomic_write_json(out / "metrics.json", results)

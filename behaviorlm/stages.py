@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from behaviorlm.data.samples import BehaviorVocab, Sample
+from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import compute_metrics
 from behaviorlm.prompts import PromptBuilder
 from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions
@@ -41,7 +42,10 @@ STAGE_PLANS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class BehaviorModel:
-    """A backbone with its LoRA adapter, tokenizer and prompt builder, scoring over a fixed vocabulary."""
+    """A backbone with its LoRA adapter, tokenizer and prompt builder, scoring over a fixed vocabulary.
+
+    In a multi-process run (`dist`) every rank scores its shard of the samples and all ranks get all scores.
+    """
 
     model: torch.nn.Module
     tokenizer: object
@@ -52,14 +56,15 @@ class BehaviorModel:
     scorer: CandidateScorer
     scoring_mode: str = "exact"
     beam_width: int = 5
+    dist: Dist = LOCAL
 
     @classmethod
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
               amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact",
-              beam_width: int = 5):
+              beam_width: int = 5, dist: Dist = LOCAL):
         candidates = [prompts.answer_ids(name) for name in vocab.names]
         scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size)
-        return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width)
+        return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width, dist)
 
     def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
         return [self.prompts.sample_prompt_ids(s) for s in samples]
@@ -67,17 +72,22 @@ class BehaviorModel:
     def scores(self, samples: Sequence[Sample], progress: Optional[str] = None) -> np.ndarray:
         """(samples, behaviors) log-likelihood of every behavior name, in `vocab.names` order (beam mode: -inf
         for names the beam did not reach)."""
+        mine, progress = self.dist.shard(samples), progress if self.dist.is_main else None
         if self.scoring_mode == "beam":
-            return beam_scores(self.model, self.prompt_ids(samples), self.scorer.trie, self.device, self.amp_dtype,
-                               width=self.beam_width, keep=self.beam_width, progress=progress)
-        return self.scorer.score(self.prompt_ids(samples), progress=progress)
+            local = beam_scores(self.model, self.prompt_ids(mine), self.scorer.trie, self.device, self.amp_dtype,
+                                width=self.beam_width, keep=self.beam_width, progress=progress)
+        else:
+            local = self.scorer.score(self.prompt_ids(mine), progress=progress)
+        return self.dist.gather_rows(local, len(samples))
 
     def rankings(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None) -> list[list[str]]:
         if self.scoring_mode == "generate":
             longest = int(self.scorer.trie.score_mask.sum(1).max())
-            predictions = generate_predictions(self.model, self.tokenizer, self.prompt_ids(samples),
+            mine = self.dist.shard(samples)
+            predictions = generate_predictions(self.model, self.tokenizer, self.prompt_ids(mine),
                                                self.vocab.names, self.device, self.amp_dtype, longest,
-                                               progress=progress)
+                                               progress=progress if self.dist.is_main else None)
+            predictions = self.dist.gather(predictions, len(samples))
             return [[p] if p is not None else [] for p in predictions]
         scores = self.scores(samples, progress)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -127,7 +137,7 @@ def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictCon
                       warmup_ratio=train_cfg.warmup_ratio, max_grad_norm=train_cfg.max_grad_norm,
                       max_steps_per_epoch=train_cfg.max_steps_per_epoch, validate=validate,
                       patience=stage_cfg.patience, seed=seed, desc=desc, on_step=on_step,
-                      checkpoint_dir=checkpoint_dir)
+                      checkpoint_dir=checkpoint_dir, dist=bm.dist)
 
 
 def a_tuning_set(bm: BehaviorModel, train: Sequence[Sample], conversations: Sequence[list[dict]],

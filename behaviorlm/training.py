@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.models import autocast
 
 log = logging.getLogger(__name__)
@@ -92,15 +93,26 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                max_grad_norm: float = 1.0, max_steps_per_epoch: Optional[int] = None,
                validate: Optional[Callable[[], float]] = None, patience: int = 2, seed: int = 0,
                desc: str = "train", on_step: Optional[Callable[[dict], None]] = None,
-               checkpoint_dir: Optional[Path] = None) -> list[EpochResult]:
-    """Train the model's trainable (LoRA) parameters; with `validate`, keep the best epoch's weights."""
+               checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL) -> list[EpochResult]:
+    """Train the model's trainable (LoRA) parameters; with `validate`, keep the best epoch's weights.
+
+    `batch_size` is the global batch. With several processes (`dist`) every rank draws the same global batches
+    and trains on its strided slice of each; the loss is normalised by the global answer-token count, so N
+    processes take the same steps as one (up to float reduction order).
+    """
     if not examples:
         log.warning("%s: no training examples; skipping the stage", desc)
         return []
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)  # the same on every rank: all ranks cut the same global batches
+    torch.manual_seed(seed + dist.rank)  # per rank: LoRA dropout masks must differ between ranks
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    if dist.sharded and checkpoint_dir is not None:
+        log.info("%s: no epoch checkpoints under FSDP/DeepSpeed (sharded states); a killed job redoes the stage", desc)
+        checkpoint_dir = None
+    train_model = model
+    if dist.enabled:  # DDP / FSDP / DeepSpeed, as the accelerate launch config says
+        train_model, optimizer = dist.accelerator.prepare(model, optimizer)
     lengths = [len(e) for e in examples]
     batches_per_epoch = math.ceil(len(examples) / batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / grad_accum)
@@ -132,24 +144,39 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
     for epoch in range(first_epoch, max_epochs + 1):
         if stopped:
             break
-        model.train()
+        train_model.train()
         started, seen, loss_total, token_total = time.perf_counter(), 0, 0.0, 0
         batches = length_grouped_batches(lengths, batch_size, rng)[:steps_per_epoch * grad_accum]
         bar = tqdm(total=len(batches), desc=f"{desc} epoch {epoch}/{max_epochs}", unit="batch", leave=False,
-                   mininterval=2.0)
+                   mininterval=2.0, disable=not dist.is_main)
         for group_start in range(0, len(batches), grad_accum):
             group = batches[group_start:group_start + grad_accum]
-            collated = [collate([examples[i] for i in b], pad_id, device) for b in group]
-            # Normalise by the tokens of the whole accumulation group: accumulation then equals one big batch.
-            group_tokens = sum(int((c[3] != -100).sum()) for c in collated)
-            for batch in collated:
-                loss_sum, _ = answer_loss_sum(model, batch, amp_dtype, device)
-                (loss_sum / group_tokens).backward()
-                loss_total += loss_sum.item()
-                seen += batch[0].shape[0]
+            collated, weights = [], []
+            for global_batch in group:
+                mine = global_batch[dist.rank::dist.world]
+                # A rank whose slice of a short last batch is empty still runs a zero-weight forward: DDP needs
+                # every rank in every gradient all-reduce.
+                collated.append(collate([examples[i] for i in (mine or global_batch[:1])], pad_id, device))
+                weights.append(1.0 if mine else 0.0)
+            # Normalise by the tokens of the whole accumulation group on all ranks: accumulation then equals one
+            # big batch, and N processes equal one (DDP averages gradients, hence the factor world).
+            local_tokens = sum(int((c[3] != -100).sum()) * w for c, w in zip(collated, weights))
+            group_tokens = dist.sum(local_tokens)
+            group_loss = 0.0
+            for j, (batch, weight) in enumerate(zip(collated, weights)):
+                with dist.no_sync(train_model, skip=j < len(collated) - 1):
+                    loss_sum, _ = answer_loss_sum(train_model, batch, amp_dtype, device)
+                    scaled = loss_sum * weight * dist.world / group_tokens
+                    dist.accelerator.backward(scaled) if dist.enabled else scaled.backward()
+                group_loss += loss_sum.item() * weight
+                seen += batch[0].shape[0] * int(weight)
                 bar.update(1)
+            loss_total += dist.sum(group_loss)
             token_total += group_tokens
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            if dist.enabled:
+                dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -160,6 +187,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                 on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
         bar.close()
         seconds = time.perf_counter() - started
+        seen = int(dist.sum(seen))
         accuracy = validate() if validate is not None else None
         result = EpochResult(epoch, loss_total / max(1, token_total), accuracy, seen / max(seconds, 1e-9), seconds)
         history.append(result)
@@ -174,7 +202,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                 stopped = stale >= patience
                 if stopped:
                     log.info("%s: early stop after epoch %d (best val acc %.4f)", desc, epoch, best_accuracy)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and dist.is_main:
             save_checkpoint(checkpoint_dir, {
                 "epoch": epoch, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
@@ -206,8 +234,12 @@ def latest_checkpoint(folder: Optional[Path]) -> Optional[dict]:
     return torch.load(found[-1], weights_only=False) if found else None
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
+def trainable_state(model, full: bool = False) -> dict[str, torch.Tensor]:
+    """The LoRA weights. `full=True` gathers FSDP2-sharded ones (a collective: every rank must call it)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k in names}
+    state = {k: v for k, v in model.state_dict().items() if k in names}
+    if full:
+        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
+    return state
 
 

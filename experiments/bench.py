@@ -11,8 +11,15 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU) and 
   * rankings of both are compared (`naive_exact_top1_agreement` must be 1.0);
   * the constrained beam (width 5): its time against one plain forward over the prompt alone
     (`beam_vs_prompt_forward`) and its top-1 agreement with the exact ranking on test prompts;
+  * HF `generate` with the same beam width and as many new tokens as the trie is deep (`beam_speedup_vs_generate`);
   * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, against this
-    machine's bf16 GEMM peak measured here (`train_flop_fraction_of_peak`).
+    machine's bf16 GEMM peak measured here (`train_flop_fraction_of_peak`);
+  * TRL's SFTTrainer on the same model, LoRA adapter (same initial weights), batches in the same order, optimizer
+    settings and completion-only loss (`train_speedup_vs_trl`, and the largest relative gap between the two
+    loss curves over those steps). Needs `pip install -e ".[bench]"`; skipped with a note when trl is missing.
+
+`--adapter` loads a tuned LoRA (a run folder's `adapter/`) first: the beam's agreement with the exact ranking
+matters on the tuned model that selection and evaluation score with, not on the untuned base.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from behaviorlm.data.dataset import load_dataset
 from behaviorlm.models import autocast
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import beam_scores, naive_scores
-from behaviorlm.training import answer_loss_sum, collate
+from behaviorlm.training import answer_loss_sum, collate, trainable_state
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
 
 
@@ -65,6 +72,8 @@ def main() -> None:
     parser.add_argument("--naive-samples", type=int, default=2, help="prompts for the naive timing")
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--agreement-samples", type=int, default=40, help="test prompts for beam vs exact top-1")
+    parser.add_argument("--trl-steps", type=int, default=8, help="optimizer steps of the TRL comparison")
+    parser.add_argument("--adapter", type=Path, help="a tuned LoRA folder (a run's adapter/) to load first")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=gemma3_270m")
     args = parser.parse_args()
@@ -72,6 +81,8 @@ def main() -> None:
     cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", *args.overrides])
     dataset = load_dataset(cfg)
     bm, _ = build_behavior_model(cfg, dataset, [])
+    if args.adapter is not None:
+        load_adapter(bm.model, args.adapter)
     samples = dataset.test[:args.samples]
     prompts = bm.prompt_ids(samples)
     nodes = bm.scorer.trie.n_nodes
@@ -111,6 +122,7 @@ def main() -> None:
     beam_top1 = beam(agreement_samples).argmax(1)
     exact_top1 = bm.scorer.score(agreement_samples).argmax(1)
     beam_agreement = float(np.mean(beam_top1 == exact_top1))
+    generate_s = timed(lambda: hf_generate(bm, prompts, width=5)) / len(prompts)
 
     # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits.
     examples = bm.behavior_examples(dataset.train[:cfg.train.batch_size * args.train_steps])
@@ -128,6 +140,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
     train_s = timed(train_steps)
+    trl = compare_with_trl(bm, dataset.train, cfg.train.batch_size, args.trl_steps)
     tokens = sum(int(b[1].sum()) for b in batches)
     base_params = sum(p.numel() for n, p in bm.model.named_parameters() if "lora" not in n and "embed" not in n)
     # forward 2N + backward through activations 2N per token (frozen weights need no weight gradients).
@@ -142,16 +155,101 @@ def main() -> None:
         "beam_seconds_per_sample": beam_s, "prompt_forward_seconds_per_sample": prompt_s,
         "beam_vs_prompt_forward": beam_s / prompt_s, "beam_speedup_vs_exact": exact_s / beam_s,
         "beam_top1_agreement": beam_agreement, "beam_agreement_samples": len(agreement_samples),
+        "generate_seconds_per_sample": generate_s, "beam_speedup_vs_generate": generate_s / beam_s,
+        "adapter": str(args.adapter) if args.adapter else None,
         "exact_speedup_vs_naive": naive_s / exact_s, "naive_exact_top1_agreement": agreement,
         "train_samples_per_s": len(examples) / train_s, "train_tokens_per_s": tokens / train_s,
         "train_flop_per_s": train_flops, "bf16_gemm_peak_flop_per_s": peak,
-        "train_flop_fraction_of_peak": train_flops / peak,
+        "train_flop_fraction_of_peak": train_flops / peak, **trl,
     }
     atomic_write_json(args.out, report)
     width = max(len(k) for k in report)
     for key, value in report.items():
         print(f"{key.ljust(width)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
     print(f"written: {args.out}")
+
+
+def load_adapter(model, folder: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+
+
+def hf_generate(bm, prompts, width: int) -> None:
+    """HF beam search over the full vocabulary, as many new tokens as the trie is deep (the beam's worst case)."""
+    depth = int(bm.scorer.trie.score_mask.sum(1).max())
+    with torch.no_grad(), autocast(bm.device, bm.amp_dtype):
+        for prompt in prompts:
+            bm.model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                              num_beams=width, do_sample=False, max_new_tokens=depth, min_new_tokens=depth,
+                              pad_token_id=bm.tokenizer.pad_token_id)
+
+
+def compare_with_trl(bm, train_samples, batch_size: int, steps: int, learning_rate: float = 1e-4) -> dict:
+    """Our training step against TRL's SFTTrainer: same adapter start, batches, order, optimizer and loss."""
+    try:
+        from datasets import Dataset
+        from torch.utils.data import SequentialSampler
+        from transformers import TrainerCallback
+        from trl import SFTConfig, SFTTrainer
+    except ImportError as err:
+        print(f"TRL comparison skipped: {err} (pip install -e '.[bench]')")
+        return {"train_speedup_vs_trl": None}
+    examples = bm.behavior_examples(train_samples[:batch_size * steps])
+    start = {k: v.detach().clone() for k, v in trainable_state(bm.model).items()}
+    params = [p for p in bm.model.parameters() if p.requires_grad]
+
+    # Ours: the step of behaviorlm.training.train_lora (answer-only logits, left padding), constant LR.
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    bm.model.train()
+    ours_losses, marks = [], []
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i:i + batch_size], bm.tokenizer.pad_token_id, bm.device)
+        loss_sum, tokens = answer_loss_sum(bm.model, batch, bm.amp_dtype, bm.device)
+        (loss_sum / tokens).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ours_losses.append(loss_sum.item() / tokens)
+        marks.append(time.perf_counter())
+    ours_rate = batch_size * (len(marks) - 1) / (marks[-1] - marks[0])  # the first step is the warm-up
+
+    # TRL: pre-tokenized prompt+answer with a completion mask, in the same order (no shuffling), same settings.
+    bm.model.load_state_dict(start, strict=False)
+    rows = [{"input_ids": list(e.prompt_ids) + list(e.answer_ids),
+             "completion_mask": [0] * len(e.prompt_ids) + [1] * len(e.answer_ids)} for e in examples]
+
+    class InOrder(SFTTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    class StepClock(TrainerCallback):
+        marks: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SFTConfig(output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=steps,
+                           learning_rate=learning_rate, lr_scheduler_type="constant", warmup_steps=0,
+                           weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, report_to=[], save_strategy="no",
+                           gradient_checkpointing=False, bf16=bm.amp_dtype == torch.bfloat16,
+                           use_cpu=bm.device.type == "cpu", dataloader_num_workers=0, completion_only_loss=True,
+                           max_length=None, disable_tqdm=True, seed=0)
+        clock = StepClock()
+        trainer = InOrder(model=bm.model, args=config, train_dataset=Dataset.from_list(rows),
+                          processing_class=bm.tokenizer, callbacks=[clock])
+        trainer.train()
+    trl_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h][:steps]
+    trl_rate = batch_size * (len(clock.marks) - 1) / (clock.marks[-1] - clock.marks[0])
+    bm.model.load_state_dict(start, strict=False)
+    gaps = [abs(a - b) / abs(b) for a, b in zip(ours_losses, trl_losses)]
+    return {"train_speedup_vs_trl": ours_rate / trl_rate, "trl_train_samples_per_s": trl_rate,
+            "ours_same_batches_samples_per_s": ours_rate, "trl_steps": steps,
+            "loss_max_relative_gap_vs_trl": max(gaps), "ours_losses": ours_losses, "trl_losses": trl_losses}
 
 
 if __name__ == "__main__":

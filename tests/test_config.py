@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 from behaviorlm.config import ConfigError, validate_config
 from conftest import ROOT, run_entrypoint
 
-GROUPS = ["data", "model", "prompt", "aux", "train", "selection", "scoring", "logger", "debug", "experiment"]
+GROUPS = ["data", "model", "prompt", "aux", "train", "selection", "scoring", "logger", "debug", "experiment",
+          "launcher"]
 
 
 def test_default_config_has_the_swept_top_level_keys(compose):
