@@ -99,7 +99,7 @@ paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-c
 
 bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
 	$(PIP) install --quiet -e ".[bench]"
-	$(PY) -m experiments.bench $(ARGS)
+	$(PY) -m experiments.bench --adapter results/bench_adapter $(ARGS)
 
 gpu-check: $(SETUP) ## on a GPU machine: bf16 scoring/training and 1 vs 2-process runs -> results/gpu_check.json
 	$(PY) -m experiments.gpu_check $(ARGS)

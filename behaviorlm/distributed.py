@@ -39,9 +39,14 @@ class Dist:
         return self.world > 1
 
     @property
+    def engine(self) -> str:
+        """What wraps the model: NO (one process), MULTI_CPU / MULTI_GPU (DDP), FSDP or DEEPSPEED."""
+        return str(self.accelerator.distributed_type).split(".")[-1] if self.enabled else "NO"
+
+    @property
     def sharded(self) -> bool:
         """FSDP or DeepSpeed: parameters or optimizer states live in pieces across ranks."""
-        return self.enabled and str(self.accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+        return self.engine in ("FSDP", "DEEPSPEED")
 
     def shard_indices(self, n: int) -> list[int]:
         """Rank r takes items r, r + world, ...; short shards repeat the last item so all have equal length."""

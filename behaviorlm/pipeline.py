@@ -314,7 +314,7 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
             "n_train": len(dataset.train), "n_val": len(dataset.val), "n_test": len(dataset.test),
             "n_anchor_behaviors": len(vocab.anchors), "n_tail_behaviors": len(vocab.tail),
             "n_behaviors": len(vocab.names), "seconds_total": time.perf_counter() - started, "status": "completed",
-            "variant": variant, "n_processes": dist.world,
+            "variant": variant, "n_processes": dist.world, "engine": dist.engine,
         })
         if torch.cuda.is_available():
             metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.paths.output_dir)
     setup_logging(out, dist)
     log.info("%d processes (%s), device %s", dist.world, accelerator.distributed_type, accelerator.device)
+    requested = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}") == "true"]
+    if requested and not dist.sharded:
+        log.warning("the launch config asks for %s, which accelerate runs on GPUs only; this run uses %s",
+                    requested[0], dist.engine)
     try:
         run_job(cfg, out, args.variant, dist)
     except Exception as err:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -148,7 +149,7 @@ def main() -> None:
     peak = gemm_peak(torch.bfloat16)
 
     report = {
-        "machine": machine(), "model": cfg.model.name, "command": "python -m experiments.bench",
+        "machine": machine(), "model": cfg.model.name, "command": " ".join(["python -m experiments.bench", *sys.argv[1:]]),
         "trie_internal_nodes": nodes, "mean_prompt_tokens": mean_prompt, "candidates": len(bm.vocab.names),
         "exact_seconds_per_sample": exact_s, "floor_forward_seconds_per_sample": floor_s,
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,

@@ -84,6 +84,7 @@ def _assert_same_training(one, many):
         if key in one:
             assert abs(many[key] - one[key]) <= 1 / 32 + 1e-9, key
     assert one["n_processes"] == 1 and many["n_processes"] == 2
+    assert one["engine"] == "NO" and many["engine"] == "MULTI_CPU"  # DDP over gloo
 
 
 @pytest.mark.slow
