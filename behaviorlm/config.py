@@ -145,7 +145,7 @@ class SelectionConfig:
 @dataclass
 class ScoringConfig:
     mode: str = "exact"  # (str) exact (rank every candidate) | beam (constrained beam) | generate (free text)
-    beam_width: int = 5  # (int) beam mode: prefixes kept per step; acc@k is exact up to k = width
+    beam_width: int = 10  # (int) beam mode: first answer tokens kept; every name under them is scored exactly
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
 

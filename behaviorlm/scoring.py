@@ -10,6 +10,9 @@ prefix once, and vocabulary logits are taken only at the rows whose next-token d
 prompt token and the internal nodes); the end-token leaves are never fed. A candidate's score is the sum of its
 tokens' log-probabilities, exactly as if each had been run separately (tests/test_scoring.py guards this).
 
+Beam mode (`beam_scores`) keeps the prompt's KV cache, prunes to the `width` most likely first answer tokens and
+runs the same trie-masked forward over only the nodes beneath them: about the cost of the prompt alone.
+
 Generate mode decodes greedily and counts an output as a prediction only if it is a behavior name exactly.
 """
 
@@ -156,49 +159,58 @@ class CandidateScorer:
 
 @torch.no_grad()
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
-                amp_dtype: Optional[torch.dtype], width: int = 5, keep: int = 5,
-                progress: Optional[str] = None) -> np.ndarray:
-    """Constrained beam search over the candidate trie: (prompts, candidates) scores, -inf where not reached.
+                       amp_dtype: Optional[torch.dtype], width: int = 5,
+                       progress: Optional[str] = None) -> np.ndarray:
+    """Beam over the first answer token, exact below it: (prompts, candidates) scores, -inf where pruned.
 
-    The prompt runs once; each step feeds only the `width` best unfinished prefixes through the KV cache. A
-    candidate's score, when found, is its exact summed log-probability; the search stops once `keep` finished
-    candidates beat every unfinished prefix (scores only fall as a prefix grows), so its top `keep` are exact
-    whenever the beam did not prune them. Width 1 is greedy decoding restricted to behavior names: never an
-    invalid output.
+    Two forwards per prompt: the prompt alone (keeping its KV cache), which ranks the names' first tokens; then
+    one trie-masked forward over just the internal nodes under the `width` best first tokens, attending to the
+    cached prompt. Every name under a kept first token gets its exact summed log-probability; a name is pruned
+    only when its first token is outside the top `width` (most names are one or two tokens, so that is where a
+    beam's choices are made). Width 1 is greedy on the first token: never an invalid output.
     """
     was_training = model.training
     model.eval()
     out = np.full((len(prompts), len(trie.candidate_at)), -np.inf, dtype=np.float32)
+    internal = [n for n in range(1, len(trie.children)) if trie.children[n]]
+    node_of_row = {n: i for i, n in enumerate(internal)}  # internal node id -> its index among internal nodes
+    first = [(token, child) for token, child in trie.children[0].items()]
+    # The internal rows under each first-token node (the node itself included), in the trie's depth-first order.
+    under: dict[int, list[int]] = {}
+    for token, child in first:
+        stack, rows = [child], []
+        while stack:
+            node = stack.pop()
+            if trie.children[node]:
+                rows.append(node_of_row[node])
+                stack.extend(trie.children[node].values())
+        under[child] = sorted(rows)
+    first_tokens = torch.tensor([t for t, _ in first], device=device)
+    depth = torch.tensor(trie.node_depth, device=device)
+    node_tokens = torch.tensor(trie.node_tokens, device=device)
     for i, prompt in enumerate(tqdm(prompts, desc=progress, disable=progress is None, leave=False, mininterval=2.0)):
         with autocast(device, amp_dtype):
             step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
-        cache = step.past_key_values
-        logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)
-        beams = [(0, 0.0)]  # (trie node, score), one per cache row
-        finished: list[tuple[float, int]] = []
-        while beams:
-            grown = []
-            for row, (node, score) in enumerate(beams):
-                for token, child in trie.children[node].items():
-                    value = score + float(logprobs[row, token])
-                    if child in trie.candidate_at:
-                        finished.append((value, trie.candidate_at[child]))
-                    else:
-                        grown.append((value, row, child, token))
-            grown.sort(key=lambda g: -g[0])
-            grown = grown[:width]
-            finished.sort(key=lambda f: -f[0])
-            if not grown or (len(finished) >= keep and finished[keep - 1][0] >= grown[0][0]):
-                break
-            cache.reorder_cache(torch.tensor([g[1] for g in grown], device=device))
-            tokens = torch.tensor([[g[3]] for g in grown], device=device)
-            with autocast(device, amp_dtype):
-                step = model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = step.past_key_values
-            logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)
-            beams = [(g[2], g[0]) for g in grown]
-        for value, candidate in finished:
-            out[i, candidate] = value
+        first_logprobs = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
+        keep = torch.topk(first_logprobs[first_tokens], min(width, len(first))).indices.tolist()
+        rows = torch.tensor(sorted(r for k in keep for r in under[first[k][1]]), device=device)
+        n = len(prompt)
+        mask = torch.ones(1, 1, len(rows), n + len(rows), dtype=torch.bool, device=device)
+        mask[0, 0, :, n:] = trie.ancestors.to(device)[rows][:, rows]
+        with autocast(device, amp_dtype):
+            logits = model(input_ids=node_tokens[rows][None], past_key_values=step.past_key_values,
+                           attention_mask=mask, position_ids=(n - 1 + depth[rows])[None], use_cache=True).logits
+        node_logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+        # Kept logits rows: 0 = the prompt's end, j + 1 = the j-th kept node; map the trie's rows onto them.
+        remap = torch.full((trie.n_nodes + 1,), -1, dtype=torch.long, device=device)
+        remap[0] = 0
+        remap[rows + 1] = torch.arange(1, len(rows) + 1, device=device)
+        table = torch.cat([first_logprobs[None], node_logprobs])
+        score_rows = remap[trie.score_rows.to(device)]
+        reached = ((score_rows >= 0) | ~trie.score_mask.to(device)).all(1)
+        picked = table[score_rows.clamp(min=0), trie.score_tokens.to(device)] * trie.score_mask.to(device)
+        scores = picked.sum(1)
+        out[i, reached.cpu().numpy()] = scores[reached].cpu().numpy()
     model.train(was_training)
     return out
 

@@ -55,13 +55,13 @@ class BehaviorModel:
     amp_dtype: Optional[torch.dtype]
     scorer: CandidateScorer
     scoring_mode: str = "exact"
-    beam_width: int = 5
+    beam_width: int = 10
     dist: Dist = LOCAL
 
     @classmethod
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
               amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact",
-              beam_width: int = 5, dist: Dist = LOCAL):
+              beam_width: int = 10, dist: Dist = LOCAL):
         candidates = [prompts.answer_ids(name) for name in vocab.names]
         scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size)
         return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width, dist)
@@ -75,7 +75,7 @@ class BehaviorModel:
         mine, progress = self.dist.shard(samples), progress if self.dist.is_main else None
         if self.scoring_mode == "beam":
             local = beam_scores(self.model, self.prompt_ids(mine), self.scorer.trie, self.device, self.amp_dtype,
-                                width=self.beam_width, keep=self.beam_width, progress=progress)
+                                width=self.beam_width, progress=progress)
         else:
             local = self.scorer.score(self.prompt_ids(mine), progress=progress)
         return self.dist.gather_rows(local, len(samples))

@@ -9,8 +9,8 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU) and 
     internal nodes (so `exact_vs_floor_forward` near 1 means the ranking costs no more than its tokens);
   * naive ranking, one full forward per (prompt, candidate), on a few prompts (`exact_speedup_vs_naive`);
   * rankings of both are compared (`naive_exact_top1_agreement` must be 1.0);
-  * the constrained beam (width 5): its time against one plain forward over the prompt alone
-    (`beam_vs_prompt_forward`) and its top-1 agreement with the exact ranking on test prompts;
+  * beam mode (`scoring.beam_width` first tokens, exact below): its time against one plain forward over the
+    prompt alone (`beam_vs_prompt_forward`) and its top-1 agreement with the exact ranking on test prompts;
   * HF `generate` with the same beam width and as many new tokens as the trie is deep (`beam_speedup_vs_generate`);
   * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, against this
     machine's bf16 GEMM peak measured here (`train_flop_fraction_of_peak`);
@@ -25,6 +25,7 @@ matters on the tuned model that selection and evaluation score with, not on the 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -62,7 +63,9 @@ def machine() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    # The load average says whether anything else shared the cores during the run.
     return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "load_average_1min_at_start": os.getloadavg()[0],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}
 
@@ -72,7 +75,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="prompts for the exact/floor timing")
     parser.add_argument("--naive-samples", type=int, default=2, help="prompts for the naive timing")
     parser.add_argument("--train-steps", type=int, default=6)
-    parser.add_argument("--agreement-samples", type=int, default=40, help="test prompts for beam vs exact top-1")
+    parser.add_argument("--agreement-samples", type=int, default=150, help="test prompts for beam vs exact top-1")
     parser.add_argument("--trl-steps", type=int, default=8, help="optimizer steps of the TRL comparison")
     parser.add_argument("--adapter", type=Path, help="a tuned LoRA folder (a run's adapter/) to load first")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench.json")
@@ -108,8 +111,9 @@ def main() -> None:
     exact = bm.scorer.score(few)
     agreement = float(np.mean(reference.argmax(1) == exact.argmax(1)))
 
-    # Constrained beam (width 5) against the exact ranking and against a plain forward over the prompt alone.
-    beam = partial(beam_scores, bm.model, trie=bm.scorer.trie, device=device, amp_dtype=amp, width=5, keep=5)
+    # Beam mode against the exact ranking and against a plain forward over the prompt alone.
+    width = cfg.scoring.beam_width
+    beam = partial(beam_scores, bm.model, trie=bm.scorer.trie, device=device, amp_dtype=amp, width=width)
     beam_s = timed(lambda: beam(prompts)) / len(prompts)
     prompt_ids = [torch.tensor([p]) for p in prompts]
 
@@ -123,7 +127,7 @@ def main() -> None:
     beam_top1 = beam(agreement_samples).argmax(1)
     exact_top1 = bm.scorer.score(agreement_samples).argmax(1)
     beam_agreement = float(np.mean(beam_top1 == exact_top1))
-    generate_s = timed(lambda: hf_generate(bm, prompts, width=5)) / len(prompts)
+    generate_s = timed(lambda: hf_generate(bm, prompts, width=width)) / len(prompts)
 
     # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits.
     examples = bm.behavior_examples(dataset.train[:cfg.train.batch_size * args.train_steps])
@@ -155,7 +159,7 @@ def main() -> None:
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
         "beam_seconds_per_sample": beam_s, "prompt_forward_seconds_per_sample": prompt_s,
         "beam_vs_prompt_forward": beam_s / prompt_s, "beam_speedup_vs_exact": exact_s / beam_s,
-        "beam_top1_agreement": beam_agreement, "beam_agreement_samples": len(agreement_samples),
+        "beam_width": width, "beam_top1_agreement": beam_agreement, "beam_agreement_samples": len(agreement_samples),
         "generate_seconds_per_sample": generate_s, "beam_speedup_vs_generate": generate_s / beam_s,
         "adapter": str(args.adapter) if args.adapter else None,
         "exact_speedup_vs_naive": naive_s / exact_s, "naive_exact_top1_agreement": agreement,
@@ -164,9 +168,9 @@ def main() -> None:
         "train_flop_fraction_of_peak": train_flops / peak, **trl,
     }
     atomic_write_json(args.out, report)
-    width = max(len(k) for k in report)
+    pad = max(len(k) for k in report)
     for key, value in report.items():
-        print(f"{key.ljust(width)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
+        print(f"{key.ljust(pad)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(pad)}  {value}")
     print(f"written: {args.out}")
 
 

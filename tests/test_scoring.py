@@ -40,9 +40,13 @@ def test_beam_search_is_exact_when_wide_and_never_invalid_when_greedy():
     scorer = CandidateScorer(model, [builder.answer_ids(n) for n in names], tokenizer.pad_token_id,
                              torch.device("cpu"), None, 4)
     exact = scorer.score(prompts)
-    full = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=len(names), keep=len(names))
+    full = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=len(names))
     np.testing.assert_allclose(full, exact, atol=1e-4)  # an unpruned beam finds every name with its exact score
-    greedy = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=1, keep=1)
+    greedy = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=1)
     found = np.isfinite(greedy)
     assert found.any(axis=1).all()  # always a valid behavior name
+    first_token = [builder.answer_ids(n)[0] for n in names]
+    for row in found:  # width 1 keeps one first token and scores every name under it
+        kept = {first_token[j] for j in np.flatnonzero(row)}
+        assert len(kept) == 1 and row.sum() == first_token.count(kept.pop())
     np.testing.assert_allclose(greedy[found], exact[found], atol=1e-4)
