@@ -38,8 +38,8 @@ class CandidateTrie:
     score_rows: torch.Tensor  # (candidates, max_len) row of the kept logits that predicts each token; 0 = prompt end
     score_tokens: torch.Tensor  # (candidates, max_len) the token predicted there
     score_mask: torch.Tensor  # (candidates, max_len) bool: real token, not padding
-    children: list[dict[int, int]] = field(default_factory=list)  # every node's token -> child (node 0: root)
-    candidate_at: dict[int, int] = field(default_factory=dict)  # a candidate's last node -> its index
+    # first answer token -> indices (into node_tokens, ascending) of the internal nodes beneath it (itself included)
+    first_rows: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, sequences: Sequence[Sequence[int]]) -> "CandidateTrie":
@@ -82,8 +82,14 @@ class CandidateTrie:
                 rows[c, j] = row_of[parent[node]]
                 toks[c, j] = tokens[node]
                 mask[c, j] = True
+        first_rows: dict[int, list[int]] = {}
+        for i, n in enumerate(internal):
+            top = n
+            while depth[top] > 1:
+                top = parent[top]
+            first_rows.setdefault(tokens[top], []).append(i)
         return cls([tokens[n] for n in internal], [depth[n] for n in internal], ancestors, rows, toks, mask,
-                   children, {end: c for c, end in enumerate(ends)})
+                   first_rows)
 
     @property
     def n_nodes(self) -> int:
@@ -159,8 +165,7 @@ class CandidateScorer:
 
 @torch.no_grad()
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
-                       amp_dtype: Optional[torch.dtype], width: int = 5,
-                       progress: Optional[str] = None) -> np.ndarray:
+                amp_dtype: Optional[torch.dtype], width: int = 5, progress: Optional[str] = None) -> np.ndarray:
     """Beam over the first answer token, exact below it: (prompts, candidates) scores, -inf where pruned.
 
     Two forwards per prompt: the prompt alone (keeping its KV cache), which ranks the names' first tokens; then
@@ -171,32 +176,22 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     """
     was_training = model.training
     model.eval()
-    out = np.full((len(prompts), len(trie.candidate_at)), -np.inf, dtype=np.float32)
-    internal = [n for n in range(1, len(trie.children)) if trie.children[n]]
-    node_of_row = {n: i for i, n in enumerate(internal)}  # internal node id -> its index among internal nodes
-    first = [(token, child) for token, child in trie.children[0].items()]
-    # The internal rows under each first-token node (the node itself included), in the trie's depth-first order.
-    under: dict[int, list[int]] = {}
-    for token, child in first:
-        stack, rows = [child], []
-        while stack:
-            node = stack.pop()
-            if trie.children[node]:
-                rows.append(node_of_row[node])
-                stack.extend(trie.children[node].values())
-        under[child] = sorted(rows)
-    first_tokens = torch.tensor([t for t, _ in first], device=device)
+    out = np.full((len(prompts), trie.score_rows.shape[0]), -np.inf, dtype=np.float32)
+    first = list(trie.first_rows)
+    first_tokens = torch.tensor(first, device=device)
     depth = torch.tensor(trie.node_depth, device=device)
     node_tokens = torch.tensor(trie.node_tokens, device=device)
+    ancestors = trie.ancestors.to(device)
+    trie_rows, trie_tokens, trie_mask = (t.to(device) for t in (trie.score_rows, trie.score_tokens, trie.score_mask))
     for i, prompt in enumerate(tqdm(prompts, desc=progress, disable=progress is None, leave=False, mininterval=2.0)):
         with autocast(device, amp_dtype):
             step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
         first_logprobs = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
         keep = torch.topk(first_logprobs[first_tokens], min(width, len(first))).indices.tolist()
-        rows = torch.tensor(sorted(r for k in keep for r in under[first[k][1]]), device=device)
+        rows = torch.tensor(sorted(r for k in keep for r in trie.first_rows[first[k]]), device=device)
         n = len(prompt)
         mask = torch.ones(1, 1, len(rows), n + len(rows), dtype=torch.bool, device=device)
-        mask[0, 0, :, n:] = trie.ancestors.to(device)[rows][:, rows]
+        mask[0, 0, :, n:] = ancestors[rows][:, rows]
         with autocast(device, amp_dtype):
             logits = model(input_ids=node_tokens[rows][None], past_key_values=step.past_key_values,
                            attention_mask=mask, position_ids=(n - 1 + depth[rows])[None], use_cache=True).logits
@@ -206,10 +201,9 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
         remap[0] = 0
         remap[rows + 1] = torch.arange(1, len(rows) + 1, device=device)
         table = torch.cat([first_logprobs[None], node_logprobs])
-        score_rows = remap[trie.score_rows.to(device)]
-        reached = ((score_rows >= 0) | ~trie.score_mask.to(device)).all(1)
-        picked = table[score_rows.clamp(min=0), trie.score_tokens.to(device)] * trie.score_mask.to(device)
-        scores = picked.sum(1)
+        score_rows = remap[trie_rows]
+        reached = ((score_rows >= 0) | ~trie_mask).all(1)
+        scores = (table[score_rows.clamp(min=0), trie_tokens] * trie_mask).sum(1)
         out[i, reached.cpu().numpy()] = scores[reached].cpu().numpy()
     model.train(was_training)
     return out
