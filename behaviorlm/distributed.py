@@ -22,13 +22,11 @@ import numpy as np
 class Dist:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     accelerator: Optional[Any] = None  # accelerate.Accelerator in a multi-process run
 
     @classmethod
     def from_accelerator(cls, accelerator) -> "Dist":
-        return cls(accelerator.process_index, accelerator.num_processes, accelerator.local_process_index,
-                   accelerator)
+        return cls(accelerator.process_index, accelerator.num_processes, accelerator)
 
     @property
     def is_main(self) -> bool:

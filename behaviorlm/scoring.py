@@ -165,7 +165,7 @@ class CandidateScorer:
 
 @torch.no_grad()
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
-                amp_dtype: Optional[torch.dtype], width: int = 5, progress: Optional[str] = None) -> np.ndarray:
+                amp_dtype: Optional[torch.dtype], width: int = 10, progress: Optional[str] = None) -> np.ndarray:
     """Beam over the first answer token, exact below it: (prompts, candidates) scores, -inf where pruned.
 
     Two forwards per prompt: the prompt alone (keeping its KV cache), which ranks the names' first tokens; then
