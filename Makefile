@@ -24,11 +24,12 @@ SETUP ?= $(VENV)/.installed
 # Where tables, plots and sweep folders go: $(RESULTS)/<target>/.
 RESULTS ?= results
 
-# $(call sweep,TARGET,ABLATION,KEY): run the ablation's sweep into results/TARGET/runs, then tabulate and plot.
+# $(call sweep,TARGET,ABLATION,KEY,REFERENCE): run the ablation's sweep into results/TARGET/runs, then tabulate
+# and plot; with REFERENCE, paired differences and McNemar tests against that value of KEY (paired.csv).
 define sweep
 	rm -rf $(RESULTS)/$(1)/runs
 	$(PY) run.py $(2) $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/$(1)/runs logger.group=$(1) $(ARGS)
-	$(PY) -m experiments.collect $(RESULTS)/$(1) --key $(3) $(COLLECT_ARGS)
+	$(PY) -m experiments.collect $(RESULTS)/$(1) --key $(3) $(if $(4),--reference $(4)) $(COLLECT_ARGS)
 endef
 
 $(VENV)/.installed: pyproject.toml
@@ -67,16 +68,16 @@ data-summary: $(VENV)/.installed ## print and save the NYC dataset summary (resu
 	$(PY) -m behaviorlm.data.summary $(ARGS)
 
 ablation-aux: $(SETUP) ## paper Table 6: aux_ratio 0 / 0.05 / 0.2 x 3 seeds -> results/ablation-aux/
-	$(call sweep,ablation-aux,+ablation=aux_ratio,aux_ratio)
+	$(call sweep,ablation-aux,+ablation=aux_ratio,aux_ratio,0.05)
 
 ablation-few-shot: $(SETUP) ## paper Fig. 3b: F = 5/10/20/50 x 3 seeds (A-Tuning cached) -> results/ablation-few-shot/
-	$(call sweep,ablation-few-shot,+ablation=few_shot,samples_per_behavior)
+	$(call sweep,ablation-few-shot,+ablation=few_shot,samples_per_behavior,20)
 
-ablation-stage-order: $(SETUP) ## paper Fig. 4: six stage orders x 3 seeds -> results/ablation-stage-order/
-	$(call sweep,ablation-stage-order,+ablation=stage_order,stage_order)
+ablation-stage-order: $(SETUP) ## paper Fig. 4: eight stage orders x 3 seeds -> results/ablation-stage-order/
+	$(call sweep,ablation-stage-order,+ablation=stage_order,stage_order,joint)
 
 ablation-components: $(SETUP) ## paper Table 5: full / no aux / no contrastive / no difficulty -> results/ablation-components/
-	$(call sweep,ablation-components,+ablation=components,variant)
+	$(call sweep,ablation-components,+ablation=components,variant,full)
 
 ablation-anchor-threshold: $(SETUP) ## anchor threshold 0.5/1/5/10% x 3 seeds -> results/ablation-anchor-threshold/
 	$(call sweep,ablation-anchor-threshold,+ablation=anchor_threshold,anchor_threshold)
@@ -85,7 +86,7 @@ ablation-model-size: $(SETUP) ## SmolLM2-135M vs Gemma-3-270m (needs make instal
 	$(call sweep,ablation-model-size,+ablation=model_size,model)
 
 paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-shot x 3 seeds -> results/paper-main/
-	$(call sweep,paper-main,+ablation=paper_main,stage_order)
+	$(call sweep,paper-main,+ablation=paper_main,stage_order,joint)
 
 sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F -> results/sample-efficiency/
 	rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs

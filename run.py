@@ -6,11 +6,13 @@
     python run.py +ablation=few_shot                 # a paper ablation as a ready-made sweep
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from behaviorlm.config import register_configs
-from behaviorlm.utils import exit_on_user_error, register_resolvers
+from behaviorlm.config import register_configs, validate_config
+from behaviorlm.utils import compose_config, exit_on_user_error, register_resolvers
 
 register_configs()
 register_resolvers()
@@ -29,5 +31,17 @@ def main(cfg: DictConfig) -> float:
         return run(cfg)["test/acc_overall"]  # what a sweeper would optimise
 
 
+def check_printed_config(argv: list[str]) -> None:
+    """`--cfg job` prints the config without running a job, so the range checks would never see it: run them
+    first, so that a printed config is one that would run (one line and exit status 2 otherwise)."""
+    printing = any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
+    if not printing or any(a in ("-m", "--multirun") for a in argv):
+        return
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith("hydra.")]
+    with exit_on_user_error():
+        validate_config(compose_config(overrides))
+
+
 if __name__ == "__main__":
+    check_printed_config(sys.argv[1:])
     main()

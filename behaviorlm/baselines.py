@@ -7,7 +7,11 @@
   bert4rec       Sun et al. 2019: bidirectional self-attention trained with the cloze (masked item) objective
 
 Every learned model is fitted on training samples only, selected on validation accuracy, and scored on test. The
-sequence models score all behaviors (full softmax, no negative sampling), like the LLM's exact ranking.
+sequence models score all behaviors (full softmax, no negative sampling), like the LLM's exact ranking, and with
+`baselines.time_features` (the default) they see what the LLM's prompt states: the weekday and hour of every
+history event and of the predicted one, as embeddings added to each position (SASRec: the event's own time and
+the next event's, the one it predicts; BERT4Rec: each event's time, the [MASK] slot carrying the target's). The
+counting baselines stay time-free.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ from torch import nn
 
 from behaviorlm.data.dataset import BehaviorDataset
 from behaviorlm.data.samples import Sample
-from behaviorlm.metrics import compute_metrics
-from behaviorlm.utils import atomic_write_text
+from behaviorlm.metrics import compute_metrics, evaluate_rankings
 
 log = logging.getLogger(__name__)
 PAD, MASK = 0, 1  # reserved ids; behavior j has id j + 2
@@ -80,12 +83,18 @@ class SequenceEncoder(nn.Module):
     """Behavior-ID + learned position embeddings into a stack of self-attention blocks (causal or not)."""
 
     def __init__(self, n_items: int, max_len: int, hidden: int, layers: int, heads: int, dropout: float,
-                 causal: bool):
+                 causal: bool, time_features: bool = False):
         super().__init__()
         self.causal = causal
         self.heads = heads
         self.items = nn.Embedding(n_items + 2, hidden, padding_idx=PAD)
         self.positions = nn.Embedding(max_len + 1, hidden)
+        self.time_features = time_features
+        if time_features:  # id 0 = no time (padding); weekday w -> w + 1, hour h -> h + 1
+            self.weekday, self.hour = nn.Embedding(8, hidden, padding_idx=0), nn.Embedding(25, hidden, padding_idx=0)
+            if causal:  # SASRec position i predicts event i + 1: it also sees when that event happens
+                self.next_weekday = nn.Embedding(8, hidden, padding_idx=0)
+                self.next_hour = nn.Embedding(25, hidden, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
         block = nn.TransformerEncoderLayer(hidden, heads, hidden * 4, dropout, batch_first=True, norm_first=True,
                                            activation="gelu")
@@ -93,10 +102,16 @@ class SequenceEncoder(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.out_bias = nn.Parameter(torch.zeros(n_items + 2))
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(batch, length) ids -> (batch, length, items) logits over all ids (output tied to the embeddings)."""
+    def forward(self, ids: torch.Tensor, times: Optional[torch.Tensor] = None,
+                next_times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(batch, length) ids -> (batch, length, items) logits over all ids (output tied to the embeddings).
+        `times` / `next_times`: (batch, length, 2) weekday and hour ids of each position's event / of the next."""
         length = ids.shape[1]
         x = self.items(ids) + self.positions(torch.arange(length, device=ids.device))[None]
+        if self.time_features:
+            x = x + self.weekday(times[..., 0]) + self.hour(times[..., 1])
+            if self.causal:
+                x = x + self.next_weekday(next_times[..., 0]) + self.next_hour(next_times[..., 1])
         # One mask for padding and causality; every query may see itself, so no row is fully masked (NaN).
         allowed = (ids != PAD)[:, None, :].expand(-1, length, -1)
         if self.causal:
@@ -117,6 +132,7 @@ class SequenceModelConfig:
     max_epochs: int
     patience: int
     mask_prob: float = 0.2
+    time_features: bool = True
 
 
 class SequenceRecommender:
@@ -127,25 +143,34 @@ class SequenceRecommender:
         self.index = {n: j + 2 for j, n in enumerate(self.names)}
         torch.manual_seed(seed)
         self.model = SequenceEncoder(len(self.names), max_len + 1, config.hidden, config.layers, config.heads,
-                                     config.dropout, causal=kind == "sasrec")
+                                     config.dropout, causal=kind == "sasrec", time_features=config.time_features)
 
-    def _ids(self, samples: Sequence[Sample], with_target: bool) -> torch.Tensor:
-        """Left-padded id rows: history (+ target when training, + [MASK] slot for BERT4Rec inference)."""
+    def _rows(self, samples: Sequence[Sample], with_target: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded rows of the history followed by the target event's slot: ids (the target when training;
+        at inference [MASK] for BERT4Rec, PAD for SASRec, which never reads that column) and (weekday, hour) ids
+        of every event, the target's included (its time is known at prediction, as in the prompt)."""
         width = self.max_len + 1
-        rows = torch.full((len(samples), width), PAD, dtype=torch.long)
+        ids = torch.full((len(samples), width), PAD, dtype=torch.long)
+        times = torch.zeros((len(samples), width, 2), dtype=torch.long)
         for r, sample in enumerate(samples):
-            seq = [self.index.get(b, PAD) for b in sample.history[-self.max_len:]]
-            if with_target:
-                seq.append(self.index[sample.target])
-            elif self.kind == "bert4rec":
-                seq.append(MASK)
-            rows[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        return rows
+            last = self.index[sample.target] if with_target else (MASK if self.kind == "bert4rec" else PAD)
+            seq = [self.index.get(b, PAD) for b in sample.history[-self.max_len:]] + [last]
+            stamps = list(sample.history_times[-self.max_len:]) + [(sample.time.weekday(), sample.time.hour)]
+            ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            times[r, width - len(seq):] = torch.tensor(stamps, dtype=torch.long) + 1
+        return ids, times
 
-    def _loss(self, ids: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """SASRec reads every column but the target slot, each position also told the next event's time;
+        BERT4Rec reads the whole row."""
+        if self.kind == "sasrec":
+            return self.model(ids[:, :-1], times[:, :-1], times[:, 1:])
+        return self.model(ids, times)
+
+    def _loss(self, ids: torch.Tensor, times: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         if self.kind == "sasrec":
             # Every position predicts the next one; the loss covers all real transitions of the window.
-            logits = self.model(ids[:, :-1])
+            logits = self._forward(ids, times)
             targets = ids[:, 1:].clone()
             targets[ids[:, :-1] == PAD] = PAD
             return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
@@ -158,7 +183,7 @@ class SequenceRecommender:
         masked[last_only, -1] = True
         masked[~masked.any(1), -1] = True
         inputs = ids.masked_fill(masked, MASK)
-        logits = self.model(inputs)
+        logits = self._forward(inputs, times)
         targets = ids.masked_fill(~masked, PAD)
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                            ignore_index=PAD)
@@ -168,25 +193,24 @@ class SequenceRecommender:
         self.model.eval()
         out = []
         for start in range(0, len(samples), 512):
-            ids = self._ids(samples[start:start + 512], with_target=False)
-            if self.kind == "sasrec":
-                logits = self.model(ids[:, 1:])[:, -1]  # the window's last real position predicts the next
-            else:
-                logits = self.model(ids)[:, -1]  # the [MASK] slot
+            ids, times = self._rows(samples[start:start + 512], with_target=False)
+            # SASRec: the last history position predicts the next event; BERT4Rec: the [MASK] slot.
+            logits = self._forward(ids, times)[:, -1]
             out.append(logits[:, 2:].numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.names)))
 
     def fit(self, train: Sequence[Sample], val: Sequence[Sample]) -> list[dict]:
         rng = np.random.default_rng(self.seed)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
-        ids = self._ids(train, with_target=True)
+        ids, times = self._rows(train, with_target=True)
         best, best_state, stale, history = -1.0, None, 0, []
         for epoch in range(1, self.config.max_epochs + 1):
             self.model.train()
             order = rng.permutation(len(train))
             total = 0.0
             for start in range(0, len(order), self.config.batch_size):
-                loss = self._loss(ids[order[start:start + self.config.batch_size]], rng)
+                batch = order[start:start + self.config.batch_size]
+                loss = self._loss(ids[batch], times[batch], rng)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -215,7 +239,7 @@ def build_baseline(cfg: DictConfig, dataset: BehaviorDataset):
     if cfg.method in ("popularity", "user_frequent", "markov"):
         return CountingBaseline(cfg.method, names)
     params = cfg.baselines[cfg.method]
-    config = SequenceModelConfig(**params)
+    config = SequenceModelConfig(**params, time_features=cfg.baselines.time_features)
     return SequenceRecommender(cfg.method, names, cfg.data.history_len, config, cfg.seed)
 
 
@@ -239,8 +263,11 @@ def run_baseline(cfg: DictConfig, dataset: BehaviorDataset, out: Path) -> dict:
         val_metrics, _ = compute_metrics([s.target for s in dataset.val],
                                          _rank(model.scores(dataset.val), dataset.vocab.names, k), dataset.vocab, k)
         metrics.update({f"{cfg.method}/val/{key}": v for key, v in val_metrics.items()})
-    test_metrics, table = compute_metrics([s.target for s in dataset.test],
-                                          _rank(model.scores(dataset.test), dataset.vocab.names, k), dataset.vocab, k)
+    rankings = _rank(model.scores(dataset.test), dataset.vocab.names, k)
+    test_metrics, table, predictions = evaluate_rankings(dataset.test, rankings, dataset.vocab, k,
+                                                         dataset.test_weights)
     metrics.update({f"test/{key}": v for key, v in test_metrics.items()})
-    atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
+    from behaviorlm.pipeline import write_test_outputs
+
+    write_test_outputs(out, table, predictions)
     return metrics

@@ -7,6 +7,7 @@ any work starts. Ranges that a type cannot express are checked by `validate_conf
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,7 +15,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "tail_first", "zero_shot")
+STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "balanced_first", "tail_first", "tail_only",
+                "zero_shot")
+MONITORS = ("acc_overall", "acc_tail", "macro_f1")  # what early stopping may watch on the validation slice
 METHODS = ("behaviorlm", "sasrec", "bert4rec", "popularity", "user_frequent", "markov")
 
 
@@ -63,6 +66,8 @@ class DataConfig:
     max_train_per_behavior: Optional[int] = None  # (int|null) cap training samples per target behavior (k-shot)
     max_val_samples: Optional[int] = None  # (int|null) subsample validation samples
     max_test_samples: Optional[int] = None  # (int|null) subsample test samples
+    eval_seed: int = 0  # (int) draws the validation/test subsamples and prompt formats: one evaluation set per sweep
+    test_sampling: str = "uniform"  # (str) uniform | stratified (equal anchor and tail test samples, reweighted)
 
 
 @dataclass
@@ -118,6 +123,7 @@ class StageTrainConfig:
     max_epochs: int = 8  # (int) upper bound on epochs (paper: 8)
     learning_rate: float = 2e-4  # (float) AdamW learning rate
     patience: int = 2  # (int) epochs without validation-accuracy gain before early stopping
+    monitor: str = "acc_overall"  # (str) what early stopping keeps the best of: acc_overall | acc_tail | macro_f1
 
 
 @dataclass
@@ -200,6 +206,7 @@ class SequenceBaselineConfig:
 
 @dataclass
 class BaselinesConfig:
+    time_features: bool = True  # (bool) weekday and hour of each event and of the target, as the prompts carry
     sasrec: SequenceBaselineConfig = field(default_factory=SequenceBaselineConfig)
     bert4rec: SequenceBaselineConfig = field(default_factory=lambda: SequenceBaselineConfig(
         heads=2, dropout=0.1, learning_rate=1e-3, batch_size=256, mask_prob=0.2))
@@ -283,3 +290,22 @@ def validate_config(cfg: DictConfig) -> None:
     for stage in ("a_tuning", "b_tuning"):
         _check(cfg.train[stage].max_epochs >= 1, f"train.{stage}.max_epochs", cfg.train[stage].max_epochs,
                "an integer >= 1")
+        _check(cfg.train[stage].monitor in MONITORS, f"train.{stage}.monitor", cfg.train[stage].monitor,
+               " | ".join(MONITORS))
+    _check(cfg.data.test_sampling in ("uniform", "stratified"), "data.test_sampling", cfg.data.test_sampling,
+           "uniform | stratified")
+    check_selection_pool(cfg.samples_per_behavior, cfg.selection.max_scored_per_behavior)
+
+
+def check_selection_pool(samples_per_behavior: int, max_scored: Optional[int]) -> None:
+    """Difficulty selection needs a choice: a scored pool per behavior no larger than F keeps every scored sample
+    whatever its difficulty, so it selects nothing."""
+    if max_scored is None:
+        return
+    if max_scored < samples_per_behavior:
+        raise ConfigError(f"config key 'selection.max_scored_per_behavior' = {max_scored} is below "
+                          f"'samples_per_behavior' = {samples_per_behavior}: the scored pool must exceed F for "
+                          "difficulty selection to choose (null scores every training sample)")
+    if max_scored < 3 * samples_per_behavior:
+        warnings.warn(f"selection.max_scored_per_behavior = {max_scored} is under 3 x samples_per_behavior "
+                      f"({3 * samples_per_behavior}): difficulty selection has little to choose from", stacklevel=2)

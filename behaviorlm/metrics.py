@@ -8,12 +8,16 @@ The anchor/tail variants restrict the averaged behaviors to that group.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from behaviorlm.data.samples import BehaviorVocab
+from behaviorlm.data.samples import BehaviorVocab, Sample
+
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def _f1_table(targets: Sequence[str], predictions: Sequence[Optional[str]]) -> pd.DataFrame:
@@ -90,6 +94,74 @@ def _weighted(table: pd.DataFrame, rows) -> Optional[float]:
     return float(np.average(part["f1"], weights=part["support"]))
 
 
+def wilson_interval(p: float, n: float, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion p observed on n trials (n may be an effective, non-integer size)."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def stratified_proportion(correct: np.ndarray, strata: dict[str, np.ndarray],
+                          weights: dict[str, float]) -> tuple[float, float]:
+    """(estimate, effective sample size) of a proportion from stratified samples reweighted to `weights`.
+
+    The estimate is sum_h w_h p_h; its variance sum_h w_h^2 p_h (1 - p_h) / n_h gives Kish's effective size
+    p (1 - p) / variance, which the Wilson interval then uses (every stratum's n when the variance is 0)."""
+    present = {h: mask for h, mask in strata.items() if mask.any() and weights.get(h, 0) > 0}
+    total = sum(weights[h] for h in present)
+    estimate = sum(weights[h] / total * correct[mask].mean() for h, mask in present.items())
+    variance = sum((weights[h] / total) ** 2 * correct[mask].mean() * (1 - correct[mask].mean()) / mask.sum()
+                   for h, mask in present.items())
+    n_eff = estimate * (1 - estimate) / variance if variance > 0 else float(sum(m.sum() for m in present.values()))
+    return float(estimate), float(n_eff)
+
+
+def sample_id(sample: Sample) -> str:
+    """A sample's identity across runs: user, target time and target (a user has one event per time)."""
+    return f"{sample.user}|{pd.Timestamp(sample.time).isoformat()}|{sample.target}"
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    """A short hash of which samples a set holds (order-free): equal digests mean an identical evaluation set."""
+    return hashlib.sha256("\n".join(sorted(sample_id(s) for s in samples)).encode()).hexdigest()[:16]
+
+
+def evaluate_rankings(samples: Sequence[Sample], rankings: Sequence[Sequence[str]], vocab: BehaviorVocab, k: int = 5,
+                      weights: Optional[dict[str, float]] = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Test-set metrics with 95% Wilson intervals, the evaluation set's digest and per-sample predictions.
+
+    With `weights` (stratified test sampling: each stratum's share of the full test period), `acc_overall` and
+    `acc_at_k` are reweighted to that mix and `acc_overall_sample` keeps the plain mean over the sample; the
+    F1 scores and the per-stratum accuracies are computed on the sample as drawn.
+    """
+    targets = [s.target for s in samples]
+    metrics, table = compute_metrics(targets, rankings, vocab, k)
+    correct = np.array([len(r) > 0 and r[0] == t for t, r in zip(targets, rankings)], dtype=float)
+    in_top_k = np.array([t in list(r[:k]) for t, r in zip(targets, rankings)], dtype=float)
+    anchor = np.array([t in vocab.anchors for t in targets], dtype=bool)
+    strata = {"anchor": anchor, "tail": ~anchor}
+    n_overall = float(len(samples))
+    if weights is not None and len(samples):
+        metrics["acc_overall_sample"] = metrics["acc_overall"]
+        metrics["acc_overall"], n_overall = stratified_proportion(correct, strata, weights)
+        metrics[f"acc_at_{k}"], _ = stratified_proportion(in_top_k, strata, weights)
+        metrics["weight_anchor"] = weights["anchor"]
+    for name, value, n in (("acc_overall", metrics["acc_overall"], n_overall),
+                           ("acc_anchor", metrics["acc_anchor"], anchor.sum()),
+                           ("acc_tail", metrics["acc_tail"], (~anchor).sum())):
+        if value is not None:
+            metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = wilson_interval(value, n)
+    metrics["samples_digest"] = samples_digest(samples)
+    predictions = pd.DataFrame({
+        "sample_id": [sample_id(s) for s in samples], "target": targets,
+        "role": [vocab.role(t) for t in targets],
+        f"top{k}": [json.dumps(list(r[:k])) for r in rankings], "correct": correct.astype(int),
+    })
+    return metrics, table, predictions
+
+
 def format_results_table(metrics: dict, prefix: str = "test/") -> str:
     """The head/tail/overall table printed at the end of a run."""
     def cell(key: str) -> str:
@@ -103,4 +175,8 @@ def format_results_table(metrics: dict, prefix: str = "test/") -> str:
     lines = [f"{'':12s} {'anchor':>7s} {'tail':>7s} {'overall':>7s}"]
     lines += [f"{name:12s} {cell(a):>7s} {cell(t):>7s} {cell(o):>7s}" for name, a, t, o in rows]
     lines.append(f"{'unseen tail':12s} {'':>7s} {cell('acc_unseen_tail'):>7s}")
+    intervals = [f"{cell(f'{name}_ci_low').strip()}-{cell(f'{name}_ci_high').strip()}"
+                 for name in ("acc_anchor", "acc_tail", "acc_overall")]
+    if metrics.get(prefix + "acc_overall_ci_low") is not None:
+        lines.append(f"{'95% Wilson':12s} " + " ".join(f"{i:>7s}" for i in intervals))
     return "\n".join(lines)

@@ -25,12 +25,13 @@ from behaviorlm.config import validate_config
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import BehaviorDataset, load_dataset
 from behaviorlm.distributed import LOCAL, Dist
-from behaviorlm.metrics import format_results_table
+from behaviorlm.data.samples import subsample
+from behaviorlm.metrics import evaluate_rankings, format_results_table
 from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
 from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, difficulty_selection, random_balanced,
-                               selection_scores, tune, uses_difficulty)
+                               role_counts, selection_scores, tail_balanced, tune, uses_difficulty)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
 from behaviorlm.utils import atomic_write_json, atomic_write_text, seed_everything
@@ -62,8 +63,9 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
     model = add_lora(model, cfg.model.lora)
+    # Prompt formats are drawn per sample with the evaluation seed: a test sample reads the same in every job.
     prompts = PromptBuilder(tokenizer, cfg.prompt.formats, cfg.prompt.use_chat_template, cfg.prompt.system_prompt,
-                            seed=cfg.seed, include_target_time=cfg.prompt.include_target_time)
+                            seed=cfg.data.eval_seed, include_target_time=cfg.prompt.include_target_time)
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
                              autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
                              cfg.scoring.beam_width, dist)
@@ -79,7 +81,7 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
     manifest = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "base_model_folder": base_folder,
-        "prompt": {**OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed},
+        "prompt": {**OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.data.eval_seed},
         "history_len": cfg.data.history_len,
         "vocab": bm.vocab.to_dict(),
     }
@@ -87,10 +89,10 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
 
 
 TUNING_STAGES = ("a_tuning", "joint_tuning", "b_tuning")
-SELECTION_STAGES = ("difficulty_selection", "random_balanced")
+SELECTION_STAGES = ("difficulty_selection", "random_balanced", "tail_balanced")
 # The modules whose code determines a stage's output: any edit to them changes every cache key.
-STAGE_CODE = ("stages.py", "training.py", "scoring.py", "selection.py", "prompts.py", "models.py",
-              "data/samples.py", "data/conversations.py")
+STAGE_CODE = ("stages.py", "training.py", "scoring.py", "selection.py", "prompts.py", "models.py", "metrics.py",
+              "data/samples.py", "data/conversations.py", "data/dataset.py")
 
 
 def code_fingerprint() -> str:
@@ -104,6 +106,7 @@ def root_cache_key(cfg: DictConfig, dataset: BehaviorDataset, device: torch.devi
     return digest({"samples": digest(samples), "anchors": sorted(dataset.vocab.anchors),
                    "model": OmegaConf.to_container(cfg.model, resolve=True),
                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed,
+                   "eval_seed": cfg.data.eval_seed,
                    "device": device.type, "code": code_fingerprint(),
                    # an in-process tokenizer is trained on the conversations too when they are used
                    "tokenizer_saw_aux": cfg.model.source == "tiny_random" and cfg.aux_ratio > 0,
@@ -154,30 +157,46 @@ def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorD
         selection, report = difficulty_selection(bm, dataset.train, cfg.samples_per_behavior, cfg.selection,
                                                  cfg.seed, scored)
         return report, selection
-    if stage == "random_balanced":
-        selection, report = random_balanced(bm, dataset.train, cfg.samples_per_behavior, cfg.seed)
+    if stage in ("random_balanced", "tail_balanced"):
+        pick = random_balanced if stage == "random_balanced" else tail_balanced
+        selection, report = pick(bm, dataset.train, cfg.samples_per_behavior, cfg.seed)
         return report, selection
     report: dict[str, Any] = {}
     if stage == "a_tuning":
         examples, report = a_tuning_set(bm, dataset.train, conversations, cfg.aux_ratio,
                                         cfg.aux.max_response_tokens, cfg.seed)
-        stage_cfg = cfg.train.a_tuning
+        samples, stage_cfg = [s for s in dataset.train if s.target in bm.vocab.anchors], cfg.train.a_tuning
     elif stage == "joint_tuning":
-        examples, stage_cfg = bm.behavior_examples(dataset.train), cfg.train.a_tuning
+        samples, stage_cfg = dataset.train, cfg.train.a_tuning
+        examples = bm.behavior_examples(samples)
     else:
-        examples = bm.behavior_examples([dataset.train[i] for i in selection.indices])
-        stage_cfg = cfg.train.b_tuning
+        samples, stage_cfg = [dataset.train[i] for i in selection.indices], cfg.train.b_tuning
+        examples = bm.behavior_examples(samples)
+    report.update(role_counts(samples, bm.vocab))
 
     def on_step(record: dict) -> None:
         tracker.log({f"{stage}/train/loss": record["loss"], f"{stage}/train/lr": record["lr"]})
 
-    val_for_stopping = dataset.val[:cfg.train.val_samples_for_early_stopping]
-    history = tune(bm, examples, stage_cfg, cfg.train, val_for_stopping, cfg.seed, stage, on_step, checkpoint_dir)
+    val_for_stopping, records = early_stopping_slice(cfg, dataset), []
+    history = tune(bm, examples, stage_cfg, cfg.train, val_for_stopping, cfg.seed, stage, on_step, checkpoint_dir,
+                   k=cfg.scoring.top_k, records=records)
     report.update({"n_examples": len(examples), "epochs": len(history)})
+    if history and len(records) == len(history) and len(val_for_stopping) == len(dataset.val):
+        # The slice is the whole validation set and the kept adapter is the best epoch's: its metrics are the
+        # stage's validation metrics, already scored (a resumed stage lacks earlier epochs' and is scored again).
+        scores = [h.val_accuracy for h in history]
+        report.update({f"val/{name}": value for name, value in records[scores.index(max(scores))].items()})
+        report["best_epoch"] = scores.index(max(scores)) + 1
     if history:
         report["final_train_loss"] = history[-1].train_loss
         report["train_samples_per_s"] = history[-1].samples_per_s
     return report, selection
+
+
+def early_stopping_slice(cfg: DictConfig, dataset: BehaviorDataset):
+    """A seeded random slice of validation (data.eval_seed: the same for every job), not its first rows, which
+    are ordered by user."""
+    return subsample(dataset.val, cfg.train.val_samples_for_early_stopping, cfg.data.eval_seed)
 
 
 def save_stage(folder: Path, stage: str, adapter_state: dict | None, report: dict,
@@ -226,7 +245,7 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
             report, selection = run_stage(cfg, stage, bm, dataset, conversations, selection, tracker, scored,
                                           cache.partial_dir(stage, key))
             report["seconds"] = time.perf_counter() - started
-            if stage in TUNING_STAGES and dataset.val:
+            if stage in TUNING_STAGES and dataset.val and "val/acc_overall" not in report:
                 val_metrics, _ = bm.evaluate(dataset.val, k, progress=f"validation after {stage}")
                 report.update({f"val/{name}": value for name, value in val_metrics.items()})
             # Gathered on every rank (FSDP2 shards the adapter too), written by rank 0.
@@ -250,15 +269,22 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         metrics.get(f"{stage}/n_examples", 0) - metrics.get(f"{stage}/n_aux_examples", 0) for stage in TUNING_STAGES)
 
     started = time.perf_counter()
-    test_metrics, table = bm.evaluate(dataset.test, k, progress="test")
+    rankings = bm.rankings(dataset.test, k, progress="test")
+    test_metrics, table, predictions = evaluate_rankings(dataset.test, rankings, bm.vocab, k, dataset.test_weights)
     metrics["test/seconds"] = time.perf_counter() - started
     metrics.update({f"test/{name}": value for name, value in test_metrics.items()})
     adapter_state = trainable_state(bm.model, full=True)
     if dist.is_main:
-        atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
+        write_test_outputs(out, table, predictions)
         tracker.table("test/per_behavior", table)
         save_run_artifacts(cfg, bm, base_folder, out, adapter_state)
     return metrics
+
+
+def write_test_outputs(out: Path, table, predictions) -> None:
+    """per_behavior.csv, and test_predictions.csv: one row per test sample, what the paired tests compare."""
+    atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
+    atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False))
 
 
 RUNTIME_MARKERS = ("seconds", "samples_per_s", "cache", "memory")
@@ -315,6 +341,7 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
             "n_anchor_behaviors": len(vocab.anchors), "n_tail_behaviors": len(vocab.tail),
             "n_behaviors": len(vocab.names), "seconds_total": time.perf_counter() - started, "status": "completed",
             "variant": variant, "n_processes": dist.world, "engine": dist.engine,
+            "eval_seed": cfg.data.eval_seed, "test_sampling": cfg.data.test_sampling,
         })
         if torch.cuda.is_available():
             metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9

@@ -57,8 +57,10 @@ def scoring_pool(samples: Sequence[Sample], max_per_behavior: Optional[int], see
 
 def select_balanced(samples: Sequence[Sample], vocab: BehaviorVocab, samples_per_behavior: int, seed: int,
                     scores: Optional[np.ndarray] = None, scored: Optional[Sequence[int]] = None,
-                    difficulty: bool = True, contrastive: bool = True) -> Selection:
-    """Build the balanced set. `scores[k]` holds candidate scores (in `vocab.names` order) of sample `scored[k]`."""
+                    difficulty: bool = True, contrastive: bool = True,
+                    behaviors: Optional[set[str]] = None) -> Selection:
+    """Build the balanced set. `scores[k]` holds candidate scores (in `vocab.names` order) of sample `scored[k]`;
+    `behaviors` restricts the set to those target behaviors (None: all)."""
     rng = np.random.default_rng(seed)
     use_scores = difficulty and scores is not None
     contrastive = contrastive and vocab.has_categories
@@ -78,7 +80,8 @@ def select_balanced(samples: Sequence[Sample], vocab: BehaviorVocab, samples_per
 
     by_behavior: dict[str, list[int]] = defaultdict(list)
     for i, sample in enumerate(samples):
-        by_behavior[sample.target].append(i)
+        if behaviors is None or sample.target in behaviors:
+            by_behavior[sample.target].append(i)
 
     indices, tiers, per_behavior = [], [], {}
     for name in sorted(by_behavior, key=lambda n: vocab.names.index(n) if n in column else len(column)):

@@ -2,8 +2,9 @@
 
   a_tuning              LoRA on anchor-behavior samples + `aux_ratio` general conversations
   difficulty_selection  score training samples with the current model, keep F hard ones per behavior
-  random_balanced       F random samples per behavior (balanced_only / tail_first / the random control)
-  b_tuning              continue the same adapter on the balanced set
+  random_balanced       F random samples per behavior (balanced_only / balanced_first / the random control)
+  tail_balanced         F random samples per tail behavior, no anchor sample (tail_first / tail_only)
+  b_tuning              continue the same adapter on the balanced (or tail) set
   joint_tuning          plain fine-tuning on every training sample (the paper's baseline)
 
 `STAGE_PLANS` maps each `stage_order` to the stages it runs, in order.
@@ -31,12 +32,14 @@ from behaviorlm.training import TrainExample, train_lora
 log = logging.getLogger(__name__)
 
 STAGE_PLANS: dict[str, tuple[str, ...]] = {
-    "progressive": ("a_tuning", "difficulty_selection", "b_tuning"),
-    "joint": ("joint_tuning",),
-    "anchor_only": ("a_tuning",),
-    "balanced_only": ("random_balanced", "b_tuning"),
-    "tail_first": ("random_balanced", "b_tuning", "a_tuning"),
-    "zero_shot": (),
+    "progressive": ("a_tuning", "difficulty_selection", "b_tuning"),  # the paper's BehaviorLM
+    "joint": ("joint_tuning",),  # plain fine-tuning on every training sample
+    "anchor_only": ("a_tuning",),  # A-Tuning alone (the paper's anchor-only zero-shot comparison)
+    "balanced_only": ("random_balanced", "b_tuning"),  # a random balanced set of all behaviors, no A-Tuning
+    "balanced_first": ("random_balanced", "b_tuning", "a_tuning"),  # the reverse order on a balanced set
+    "tail_first": ("tail_balanced", "b_tuning", "a_tuning"),  # paper Fig. 4: tail behaviors, then anchors
+    "tail_only": ("tail_balanced", "b_tuning"),  # tail behaviors only
+    "zero_shot": (),  # the pretrained model as it is
 }
 
 
@@ -123,13 +126,31 @@ def aux_examples(bm: BehaviorModel, conversations: Sequence[list[dict]], count: 
     return examples
 
 
+def validation_monitor(bm: BehaviorModel, val_samples: Sequence[Sample], monitor: str, k: int = 1,
+                       records: Optional[list] = None) -> Callable[[], float]:
+    """Early stopping's objective: `monitor` (acc_overall | acc_tail | macro_f1) on the validation slice; a slice
+    without tail samples falls back to overall accuracy rather than stopping on a constant. Each epoch's full
+    metrics are appended to `records`, so the best epoch's need not be scored again."""
+    def validate() -> float:
+        metrics = bm.evaluate(val_samples, k=k)[0]
+        if records is not None:
+            records.append(metrics)
+        if metrics.get(monitor) is None:
+            log.warning("the validation slice has no sample for monitor %s: early stopping uses acc_overall", monitor)
+            return float(metrics["acc_overall"])
+        return float(metrics[monitor])
+
+    return validate
+
+
 def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictConfig, train_cfg: DictConfig,
          val_samples: Sequence[Sample], seed: int, desc: str, on_step: Optional[Callable[[dict], None]] = None,
-         checkpoint_dir: Optional[Path] = None):
-    """One LoRA training stage with early stopping on validation accuracy."""
+         checkpoint_dir: Optional[Path] = None, k: int = 1, records: Optional[list] = None):
+    """One LoRA training stage with early stopping on `stage_cfg.monitor` over the validation slice (each epoch's
+    validation metrics at acc@`k` go to `records`)."""
     validate = None
     if train_cfg.early_stopping and val_samples:
-        validate = lambda: bm.accuracy(val_samples)  # noqa: E731
+        validate = validation_monitor(bm, val_samples, stage_cfg.monitor, k, records)
     return train_lora(bm.model, examples, pad_id=bm.tokenizer.pad_token_id, device=bm.device,
                       amp_dtype=bm.amp_dtype, max_epochs=stage_cfg.max_epochs,
                       learning_rate=stage_cfg.learning_rate, batch_size=train_cfg.batch_size,
@@ -172,8 +193,11 @@ def difficulty_selection(bm: BehaviorModel, train: Sequence[Sample], samples_per
         pool, scores = scored if scored is not None else selection_scores(bm, train, selection_cfg, seed)
     selection = select_balanced(train, bm.vocab, samples_per_behavior, seed, scores=scores, scored=pool,
                                 difficulty=uses_difficulty(selection_cfg), contrastive=selection_cfg.contrastive)
+    tiers = selection.tier_counts()
     report = {"n_scored": len(pool), "n_selected": len(selection.indices),
-              **{f"tier_{k}": v for k, v in selection.tier_counts().items()}}
+              # slots filled at random because a behavior had no scored sample left: selection did not choose them
+              "share_random_fill": tiers.get("unscored", 0) / max(1, len(selection.indices)),
+              **{f"tier_{k}": v for k, v in tiers.items()}}
     if scores is not None:
         predicted = np.argmax(scores, axis=1)
         report["train_acc_scored"] = float(np.mean([bm.vocab.names[p] == train[i].target
@@ -185,3 +209,17 @@ def random_balanced(bm: BehaviorModel, train: Sequence[Sample], samples_per_beha
                     seed: int) -> tuple[Selection, dict]:
     selection = select_balanced(train, bm.vocab, samples_per_behavior, seed, difficulty=False)
     return selection, {"n_selected": len(selection.indices)}
+
+
+def tail_balanced(bm: BehaviorModel, train: Sequence[Sample], samples_per_behavior: int,
+                  seed: int) -> tuple[Selection, dict]:
+    """F random samples of each tail behavior and none of an anchor: the tail set of tail_first / tail_only."""
+    selection = select_balanced(train, bm.vocab, samples_per_behavior, seed, difficulty=False,
+                                behaviors=bm.vocab.tail)
+    return selection, {"n_selected": len(selection.indices)}
+
+
+def role_counts(samples: Sequence[Sample], vocab: BehaviorVocab) -> dict[str, int]:
+    """How many of the samples a stage trained on have an anchor or a tail target."""
+    anchors = sum(s.target in vocab.anchors for s in samples)
+    return {"n_anchor_targets": anchors, "n_tail_targets": len(samples) - anchors}

@@ -1,12 +1,16 @@
-"""Collect a sweep's metrics.json files into paper-style tables (mean ± 95% bootstrap CI over seeds) and plots.
+"""Collect a sweep's metrics.json files into paper-style tables and plots, with honest statistics over seeds.
 
     python -m experiments.collect results/ablation-few-shot --key samples_per_behavior
-    python -m experiments.collect results/ablation-components --key variant --wandb
+    python -m experiments.collect results/paper-main --key stage_order --reference joint --wandb
 
-Reads <dir>/runs/*/metrics.json and writes, in <dir>:
+Reads <dir>/runs/*/metrics.json (and each job's test_predictions.csv) and writes, in <dir>:
   jobs.csv     one row per sweep job (its settings and test metrics)
-  table.csv    one row per value of --key: n seeds, mean and 95% CI of each metric, the paper's figure if stated
-  table.md     the same as markdown (also printed)
+  table.csv    one row per value of --key: n seeds, mean, standard deviation and Student-t 95% interval (n - 1
+               degrees of freedom) of each metric over seeds, the paper's figure if stated
+  paired.csv   with --reference: per value, per metric (acc_overall, acc_anchor, acc_tail), the mean paired
+               difference to the reference over seeds with its t-interval, and the exact McNemar p-value pooled
+               over seeds on the identical test samples (each seed's job paired with the reference's job)
+  table.md     the table as markdown, with the difference to the reference, its interval and p (also printed)
   *.png        anchor / tail / overall accuracy against the key
 """
 
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1", "test/acc_at_5"]
 LABELS = {"test/acc_overall": "overall", "test/acc_anchor": "anchor", "test/acc_tail": "tail",
@@ -34,14 +39,28 @@ PAPER = {
 }
 
 
-def bootstrap_ci(values: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean (a single value gives a zero-width interval)."""
+def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean (n - 1 degrees of freedom); NaN bounds for fewer than two values."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
-        return float(values.mean()), float(values.mean())
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts (b: only the method right, c: only the
+    reference right): a binomial test of b successes in b + c trials at 1/2; 1.0 without discordant pairs."""
+    if b + c == 0:
+        return 1.0
+    return float(stats.binomtest(int(b), int(b + c), 0.5).pvalue)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A plain markdown table of a frame (None/NaN as empty cells)."""
+    cells = [[("" if pd.isna(v) else str(v)) for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def load_jobs(sweep_dir: Path) -> pd.DataFrame:
@@ -66,8 +85,9 @@ def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
             values = group[metric].dropna().to_numpy(dtype=float)
             if len(values) == 0:
                 continue
-            low, high = bootstrap_ci(values)
+            low, high = t_interval(values)
             row[f"{LABELS[metric]}_mean"] = values.mean()
+            row[f"{LABELS[metric]}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
             row[f"{LABELS[metric]}_ci_low"] = low
             row[f"{LABELS[metric]}_ci_high"] = high
         row["paper"] = PAPER.get(key, {}).get(value, "")
@@ -75,8 +95,86 @@ def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(table: pd.DataFrame, key: str) -> str:
-    header = [key, "seeds"] + [LABELS[m] for m in METRICS] + ["paper"]
+PAIRED_METRICS = {"acc_overall": None, "acc_anchor": "anchor", "acc_tail": "tail"}  # metric -> test samples
+
+
+def _predictions(jobs_dir: Path, job: str) -> pd.DataFrame:
+    path = jobs_dir / job / "test_predictions.csv"
+    if not path.exists():
+        raise SystemExit(f"error: {path} is missing: paired tests need every job's per-sample predictions")
+    return pd.read_csv(path, usecols=["sample_id", "role", "correct"]).set_index("sample_id")
+
+
+def coerce_reference(jobs: pd.DataFrame, key: str, reference: str):
+    """The reference as the key column's type (`--reference 0.05` against a float column)."""
+    matches = [v for v in jobs[key].unique() if str(v) == reference or
+               (pd.api.types.is_number(v) and _is_float(reference) and float(v) == float(reference))]
+    if not matches:
+        raise SystemExit(f"error: --reference {reference!r} is not a value of {key!r}; values: "
+                         f"{sorted(map(str, jobs[key].unique()))}")
+    return matches[0]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFrame:
+    """Each value of `key` against `reference`, paired by seed: the t-interval of the per-seed differences and the
+    exact McNemar test on the discordant test samples pooled over seeds (samples must be identical: same digest)."""
+    for value, group in jobs.groupby(key):
+        if group["seed"].duplicated().any():
+            raise SystemExit(f"error: {key}={value} has several jobs per seed; pairing by seed needs one")
+    ref_jobs = jobs[jobs[key] == reference].set_index("seed")
+    rows = []
+    for value, group in jobs[jobs[key] != reference].groupby(key, sort=True):
+        group = group.set_index("seed")
+        seeds = sorted(set(group.index) & set(ref_jobs.index))
+        if "test/samples_digest" in jobs:
+            different = [s for s in seeds if group.loc[s, "test/samples_digest"] != ref_jobs.loc[s, "test/samples_digest"]]
+            if different:
+                raise SystemExit(f"error: {key}={value} and the reference {reference} were scored on different test "
+                                 f"samples (test/samples_digest differs for seeds {different}); pair identical sets")
+        pairs = [(_predictions(jobs_dir, group.loc[s, "job"]), _predictions(jobs_dir, ref_jobs.loc[s, "job"]))
+                 for s in seeds]
+        for metric, role in PAIRED_METRICS.items():
+            diffs = (group.loc[seeds, f"test/{metric}"].astype(float)
+                     - ref_jobs.loc[seeds, f"test/{metric}"].astype(float)).dropna().to_numpy()
+            b = c = 0
+            for mine, ref in pairs:
+                joined = mine.join(ref.add_suffix("_ref"), how="inner")
+                if role == "anchor":
+                    joined = joined[joined["role"] == "anchor"]
+                elif role == "tail":
+                    joined = joined[joined["role"] != "anchor"]
+                b += int(((joined["correct"] == 1) & (joined["correct_ref"] == 0)).sum())
+                c += int(((joined["correct"] == 0) & (joined["correct_ref"] == 1)).sum())
+            low, high = t_interval(diffs)
+            rows.append({"method": value, "reference": reference, "metric": metric, "n_seeds": len(diffs),
+                         "mean_diff": float(diffs.mean()) if len(diffs) else float("nan"), "ci_low": low,
+                         "ci_high": high, "p_value": mcnemar_exact(b, c), "n_only_method": b, "n_only_reference": c})
+    return pd.DataFrame(rows, columns=["method", "reference", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high",
+                                       "p_value", "n_only_method", "n_only_reference"])
+
+
+def _delta_cell(pairs: pd.DataFrame, value, metric: str) -> str:
+    row = pairs[(pairs["method"] == value) & (pairs["metric"] == metric)]
+    if row.empty:
+        return "ref."
+    row = row.iloc[0]
+    interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    return f"{row['mean_diff']:+.3f}{interval} p={row['p_value']:.2g}"
+
+
+def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None) -> str:
+    """Mean ± half-width of the Student-t 95% interval over seeds (the value alone for one seed); with a
+    reference, the paired difference in overall and tail accuracy [t-interval] and McNemar's p."""
+    deltas = [] if pairs is None else ["Δ overall", "Δ tail"]
+    header = [key, "seeds"] + [LABELS[m] for m in METRICS] + deltas + ["paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row[key]), str(row["n_seeds"])]
@@ -85,10 +183,12 @@ def to_markdown(table: pd.DataFrame, key: str) -> str:
             if f"{name}_mean" in row and pd.notna(row[f"{name}_mean"]):
                 half = (row[f"{name}_ci_high"] - row[f"{name}_ci_low"]) / 2
                 # one seed has no interval: print the value alone rather than a misleading "± 0"
-                cells.append(f"{row[f'{name}_mean']:.3f} ± {half:.3f}" if row["n_seeds"] > 1
+                cells.append(f"{row[f'{name}_mean']:.3f} ± {half:.3f}" if pd.notna(half)
                              else f"{row[f'{name}_mean']:.3f}")
             else:
                 cells.append("n/a")
+        if pairs is not None:
+            cells += [_delta_cell(pairs, row[key], "acc_overall"), _delta_cell(pairs, row[key], "acc_tail")]
         cells.append(row["paper"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -107,7 +207,7 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> list[Path]:
         if f"{name}_mean" not in table:
             continue
         mean = table[f"{name}_mean"].to_numpy()
-        err = np.vstack([mean - table[f"{name}_ci_low"], table[f"{name}_ci_high"] - mean])
+        err = np.nan_to_num(np.vstack([mean - table[f"{name}_ci_low"], table[f"{name}_ci_high"] - mean]))
         if numeric:
             ax.errorbar(table[key], mean, yerr=err, marker="o", capsize=3, label=name)
         else:
@@ -118,7 +218,7 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> list[Path]:
             ax.set_xscale("log")
     else:
         ax.set_xticks(positions, table[key].astype(str), rotation=20)
-    ax.set_ylabel("test accuracy (mean, 95% CI over seeds)")
+    ax.set_ylabel("test accuracy (mean, Student-t 95% CI over seeds)")
     ax.set_title(f"accuracy vs {key}")
     ax.legend()
     fig.tight_layout()
@@ -143,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--key", required=True, help="the metrics.json field the sweep varies")
+    parser.add_argument("--reference", help="the key's value the others are compared with (paired.csv)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to the sweep's W&B group")
     args = parser.parse_args(argv)
     jobs = load_jobs(args.sweep_dir)
@@ -153,13 +254,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: {len(jobs) - len(completed)} failed jobs are left out of the table (see jobs.csv)")
     table = summarise(completed, args.key)
     table.to_csv(args.sweep_dir / "table.csv", index=False)
-    markdown = to_markdown(table, args.key)
+    pairs = None
+    if args.reference is not None:
+        jobs_dir = args.sweep_dir / "runs" if (args.sweep_dir / "runs").is_dir() else args.sweep_dir
+        pairs = paired(completed, args.key, coerce_reference(completed, args.key, args.reference), jobs_dir)
+        pairs.to_csv(args.sweep_dir / "paired.csv", index=False)
+    markdown = to_markdown(table, args.key, pairs)
     (args.sweep_dir / "table.md").write_text(markdown + "\n")
     images = plot(table, args.key, args.sweep_dir)
     if args.wandb:
         log_to_wandb(args.sweep_dir, args.key, table, images, group=args.sweep_dir.name)
     print(f"{args.sweep_dir.name}: {len(jobs)} jobs\n{markdown}\nwritten: {args.sweep_dir}/table.md, table.csv, "
-          f"jobs.csv, {', '.join(p.name for p in images)}")
+          f"jobs.csv{', paired.csv' if pairs is not None else ''}, {', '.join(p.name for p in images)}")
 
 
 if __name__ == "__main__":

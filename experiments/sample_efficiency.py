@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.collect import bootstrap_ci
+from experiments.collect import t_interval
 
 
 def load(folder: Path) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def curves(jobs: pd.DataFrame) -> pd.DataFrame:
         row = {"method": method, "setting": "all" if setting == -1 else int(setting),
                "n_samples": float(group["n_train_examples_used"].mean()), "n_seeds": len(group)}
         for metric in ("test/acc_tail", "test/acc_overall"):
-            low, high = bootstrap_ci(group[metric].to_numpy(dtype=float))
+            low, high = t_interval(group[metric].to_numpy(dtype=float))
             row[metric] = float(group[metric].mean())
             row[f"{metric}_ci"] = (high - low) / 2
         rows.append(row)

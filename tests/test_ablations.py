@@ -14,7 +14,7 @@ from conftest import ROOT
 TARGETS = {  # target -> (jobs in the SMOKE sweep, key)
     "ablation-aux": (3 * 2, "aux_ratio"),
     "ablation-few-shot": (4 * 2, "samples_per_behavior"),
-    "ablation-stage-order": (6 * 2, "stage_order"),
+    "ablation-stage-order": (8 * 2, "stage_order"),
     "ablation-components": (4 * 2, "variant"),
     "ablation-anchor-threshold": (4 * 2, "anchor_threshold"),
     "ablation-model-size": (1 * 2, "model"),
@@ -41,6 +41,16 @@ def test_smoke_target_writes_table_rows_and_plots(tmp_path, target):
     assert (folder / "table.md").read_text().count("\n") == len(table) + 2
     assert list(folder.glob("*.png"))
     assert "jobs" in result.stdout  # the table is printed
+    # every sweep with a reference is paired against it; the anchor threshold redefines the strata (not pairable)
+    if target not in ("ablation-model-size", "ablation-anchor-threshold"):
+        paired = pd.read_csv(folder / "paired.csv")
+        assert list(paired.columns[:8]) == ["method", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
+                                            "ci_high", "p_value"]
+        assert len(paired) == 3 * (len(table) - 1) and set(paired["metric"]) == {"acc_overall", "acc_anchor",
+                                                                                "acc_tail"}
+        assert "Δ overall" in (folder / "table.md").read_text()
+        digests = pd.read_csv(folder / "jobs.csv")["test/samples_digest"]
+        assert digests.nunique() == 1  # every job of the sweep scored the same test samples
     if target == "ablation-few-shot":
         # A-Tuning and the selection scores are computed once per seed and reused by the other F values.
         infos = [json.loads(p.read_text()) for p in folder.glob("runs/*/run_info.json")]
