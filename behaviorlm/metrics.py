@@ -175,8 +175,8 @@ def format_results_table(metrics: dict, prefix: str = "test/") -> str:
     lines = [f"{'':12s} {'anchor':>7s} {'tail':>7s} {'overall':>7s}"]
     lines += [f"{name:12s} {cell(a):>7s} {cell(t):>7s} {cell(o):>7s}" for name, a, t, o in rows]
     lines.append(f"{'unseen tail':12s} {'':>7s} {cell('acc_unseen_tail'):>7s}")
-    intervals = [f"{cell(f'{name}_ci_low').strip()}-{cell(f'{name}_ci_high').strip()}"
-                 for name in ("acc_anchor", "acc_tail", "acc_overall")]
-    if metrics.get(prefix + "acc_overall_ci_low") is not None:
-        lines.append(f"{'95% Wilson':12s} " + " ".join(f"{i:>7s}" for i in intervals))
+    if metrics.get(prefix + "acc_overall_ci_low") is not None:  # under the accuracy row: its 95% Wilson interval
+        lines[2:2] = [f"{'  95% ' + bound:12s} " + " ".join(f"{cell(f'{name}_ci_{bound}'):>7s}"
+                                                          for name in ("acc_anchor", "acc_tail", "acc_overall"))
+                      for bound in ("low", "high")]
     return "\n".join(lines)
