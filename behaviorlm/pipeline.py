@@ -24,8 +24,8 @@ from behaviorlm.cache import StageCache, digest
 from behaviorlm.config import validate_config
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import BehaviorDataset, load_dataset
-from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.data.samples import subsample
+from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import evaluate_rankings, format_results_table
 from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder, render_instruction
