@@ -107,6 +107,8 @@ def root_cache_key(cfg: DictConfig, dataset: BehaviorDataset, device: torch.devi
                    "model": OmegaConf.to_container(cfg.model, resolve=True),
                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed,
                    "eval_seed": cfg.data.eval_seed,
+                   # the scorer decides the early-stopping epoch and the selection scores
+                   "scoring": {"mode": cfg.scoring.mode, "beam_width": cfg.scoring.beam_width},
                    "device": device.type, "code": code_fingerprint(),
                    # an in-process tokenizer is trained on the conversations too when they are used
                    "tokenizer_saw_aux": cfg.model.source == "tiny_random" and cfg.aux_ratio > 0,

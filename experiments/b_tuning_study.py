@@ -14,7 +14,6 @@ per-epoch curves also show which epoch each early-stopping monitor would keep. W
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from behaviorlm.selection import select_balanced
 from behaviorlm.stages import a_tuning_set, selection_scores, tune
 from behaviorlm.training import trainable_state
 from behaviorlm.utils import atomic_write_text, compose_config, seed_everything
+from experiments.bench import machine
 from experiments.collect import markdown_table
 
 # The study's base: quick_cpu's model and prompts with enough data that F = 10 is meaningful, beam scoring for
@@ -67,6 +67,10 @@ def b_set(kind: str, train, vocab, F: int, seed: int, pool, scores) -> list[int]
         rng = np.random.default_rng(seed)
         chosen = chosen + rng.choice(rest, size=min(len(rest), len(chosen)), replace=False).tolist()
     return chosen
+
+
+def describe(facts: dict) -> str:
+    return f"{facts['cpu']}, {facts['threads']} threads, torch {facts['torch']}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,9 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     header = (f"B-Tuning study on validation only ({len(val)} samples, {n_val_tail} tail; train {len(train)}, "
               f"F = {cfg.samples_per_behavior}, pool {cfg.selection.max_scored_per_behavior} per behavior, "
               f"model {cfg.model.name}, seed {cfg.seed}).\n"
-              f"Command: python -m experiments.b_tuning_study {args.out} "
-              f"{'--overrides ' + ' '.join(overrides) if args.overrides is not None else ''}\n"
-              f"Machine: {platform.machine()} {platform.processor() or ''} ({time.perf_counter() - started:.0f} s)\n")
+              f"Command: python -m experiments.b_tuning_study {args.out}"
+              f"{' --overrides ' + ' '.join(overrides) if args.overrides is not None else ''}\n"
+              f"Machine: {describe(machine())}; {time.perf_counter() - started:.0f} s\n")
     atomic_write_text(args.out / "study.md", header + "\n" + markdown_table(curves.round(3)) + "\n")
     print(header + curves.round(3).to_string(index=False))
 
