@@ -258,7 +258,8 @@ def run_baseline(cfg: DictConfig, dataset: BehaviorDataset, out: Path) -> dict:
     history = fit_baseline(model, dataset.train, dataset.val)
     k = cfg.scoring.top_k
     metrics: dict = {f"{cfg.method}/train/seconds": time.perf_counter() - started,
-                     f"{cfg.method}/train/epochs": len(history), "n_train_examples_used": len(dataset.train)}
+                     f"{cfg.method}/train/epochs": len(history), "n_train_examples_used": len(dataset.train),
+                     "time_features": bool(cfg.baselines.time_features and isinstance(model, SequenceRecommender))}
     if dataset.val:
         val_metrics, _ = compute_metrics([s.target for s in dataset.val],
                                          _rank(model.scores(dataset.val), dataset.vocab.names, k), dataset.vocab, k)
