@@ -242,11 +242,18 @@ def log_to_wandb(out: Path, key: str, table: pd.DataFrame, images: list[Path], g
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--key", required=True, help="the metrics.json field the sweep varies")
+    parser.add_argument("--key", required=True,
+                        help="the metrics.json field the sweep varies; several joined by commas (method,time_features)")
     parser.add_argument("--reference", help="the key's value the others are compared with (paired.csv)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to the sweep's W&B group")
     args = parser.parse_args(argv)
     jobs = load_jobs(args.sweep_dir)
+    if "," in args.key:  # one label per combination, e.g. "sasrec True"
+        fields = args.key.split(",")
+        missing = [f for f in fields if f not in jobs.columns]
+        if missing:
+            raise SystemExit(f"error: --key fields {missing} are not metrics.json fields")
+        jobs[args.key] = jobs[fields].astype(str).agg(" ".join, axis=1)
     args.sweep_dir.mkdir(parents=True, exist_ok=True)
     jobs.to_csv(args.sweep_dir / "jobs.csv", index=False)
     completed = jobs[jobs["status"] == "completed"] if "status" in jobs else jobs

@@ -327,3 +327,19 @@ def test_a_stages_validation_metrics_are_its_kept_epochs_without_scoring_again(c
     assert metrics["a_tuning/epochs"] >= 2 and 1 <= metrics["a_tuning/best_epoch"] <= metrics["a_tuning/epochs"]
     for name in ("acc_overall", "acc_anchor", "acc_at_5", "macro_f1"):
         assert metrics[f"a_tuning/val/{name}"] == pytest.approx(fresh["a_tuning"][name])
+
+
+def test_collect_groups_by_several_keys_joined_by_commas(tmp_path):
+    for seed in range(2):
+        for job, (method, time_features) in enumerate([("sasrec", True), ("sasrec", False)]):
+            folder = tmp_path / "runs" / f"{seed}{job}"
+            write_job(folder, "joint", seed, [1, int(time_features)], ["anchor", "tail"])
+            metrics = json.loads((folder / "metrics.json").read_text())
+            (folder / "metrics.json").write_text(json.dumps({**metrics, "method": method,
+                                                             "time_features": time_features}))
+    collect.main([str(tmp_path), "--key", "method,time_features"])
+    table = pd.read_csv(tmp_path / "table.csv").set_index("method,time_features")
+    assert table.loc["sasrec True", "tail_mean"] == 1.0 and table.loc["sasrec False", "tail_mean"] == 0.0
+    assert set(table["n_seeds"]) == {2}
+    with pytest.raises(SystemExit, match="not metrics.json fields"):
+        collect.main([str(tmp_path), "--key", "method,heads"])
