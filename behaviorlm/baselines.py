@@ -95,6 +95,12 @@ class SequenceEncoder(nn.Module):
             if causal:  # SASRec position i predicts event i + 1: it also sees when that event happens
                 self.next_weekday = nn.Embedding(8, hidden, padding_idx=0)
                 self.next_hour = nn.Embedding(25, hidden, padding_idx=0)
+            # Start at zero: the model begins as the time-free one and moves the time embeddings only as far as
+            # the data supports. With the default N(0, 1) init, four random time vectors swamp the item vector
+            # and, on 2,000 NYC samples, cost SASRec 0.04 and BERT4Rec 0.11 of overall accuracy (3 seeds).
+            for table in (self.weekday, self.hour, getattr(self, "next_weekday", None), getattr(self, "next_hour", None)):
+                if table is not None:
+                    nn.init.zeros_(table.weight)
         self.dropout = nn.Dropout(dropout)
         block = nn.TransformerEncoderLayer(hidden, heads, hidden * 4, dropout, batch_first=True, norm_first=True,
                                            activation="gelu")
