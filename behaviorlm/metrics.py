@@ -16,8 +16,16 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.data.samples import BehaviorVocab, Sample
+from behaviorlm.utils import atomic_write_text
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def hits(targets: Sequence[str], rankings: Sequence[Sequence[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: is the target ranked first, and is it among the first k (boolean arrays)."""
+    correct = np.array([len(r) > 0 and r[0] == t for t, r in zip(targets, rankings)], dtype=bool)
+    in_top_k = np.array([t in list(r[:k]) for t, r in zip(targets, rankings)], dtype=bool)
+    return correct, in_top_k
 
 
 def _f1_table(targets: Sequence[str], predictions: Sequence[Optional[str]]) -> pd.DataFrame:
@@ -51,8 +59,7 @@ def compute_metrics(targets: Sequence[str], rankings: Sequence[Sequence[str]], v
     Returns flat metrics (None where a group has no sample) and the per-behavior table.
     """
     top1 = [r[0] if len(r) else None for r in rankings]
-    correct = np.array([t == p for t, p in zip(targets, top1)], dtype=bool)
-    in_top_k = np.array([t in list(r[:k]) for t, r in zip(targets, rankings)], dtype=bool)
+    correct, in_top_k = hits(targets, rankings, k)
     roles = np.array([vocab.role(t) for t in targets])
     anchor = roles == "anchor"
     tail = ~anchor
@@ -138,8 +145,7 @@ def evaluate_rankings(samples: Sequence[Sample], rankings: Sequence[Sequence[str
     """
     targets = [s.target for s in samples]
     metrics, table = compute_metrics(targets, rankings, vocab, k)
-    correct = np.array([len(r) > 0 and r[0] == t for t, r in zip(targets, rankings)], dtype=float)
-    in_top_k = np.array([t in list(r[:k]) for t, r in zip(targets, rankings)], dtype=float)
+    correct, in_top_k = (hit.astype(float) for hit in hits(targets, rankings, k))
     anchor = np.array([t in vocab.anchors for t in targets], dtype=bool)
     strata = {"anchor": anchor, "tail": ~anchor}
     n_overall = float(len(samples))
@@ -160,6 +166,12 @@ def evaluate_rankings(samples: Sequence[Sample], rankings: Sequence[Sequence[str
         f"top{k}": [json.dumps(list(r[:k])) for r in rankings], "correct": correct.astype(int),
     })
     return metrics, table, predictions
+
+
+def write_test_outputs(out, table: pd.DataFrame, predictions: pd.DataFrame) -> None:
+    """per_behavior.csv, and test_predictions.csv: one row per test sample, what the paired tests compare."""
+    atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
+    atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False))
 
 
 def format_results_table(metrics: dict, prefix: str = "test/") -> str:

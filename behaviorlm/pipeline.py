@@ -26,7 +26,7 @@ from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import BehaviorDataset, load_dataset
 from behaviorlm.data.samples import subsample
 from behaviorlm.distributed import LOCAL, Dist
-from behaviorlm.metrics import evaluate_rankings, format_results_table
+from behaviorlm.metrics import evaluate_rankings, format_results_table, write_test_outputs
 from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
@@ -34,7 +34,7 @@ from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, difficu
                                role_counts, selection_scores, tail_balanced, tune, uses_difficulty)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
-from behaviorlm.utils import atomic_write_json, atomic_write_text, seed_everything
+from behaviorlm.utils import atomic_write_json, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,9 @@ def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorD
         # The slice is the whole validation set and the kept adapter is the best epoch's: its metrics are the
         # stage's validation metrics, already scored (a resumed stage lacks earlier epochs' and is scored again).
         scores = [h.val_accuracy for h in history]
-        report.update({f"val/{name}": value for name, value in records[scores.index(max(scores))].items()})
-        report["best_epoch"] = scores.index(max(scores)) + 1
+        best = scores.index(max(scores))  # the first best epoch: the one train_lora keeps
+        report.update({f"val/{name}": value for name, value in records[best].items()})
+        report["best_epoch"] = best + 1
     if history:
         report["final_train_loss"] = history[-1].train_loss
         report["train_samples_per_s"] = history[-1].samples_per_s
@@ -281,12 +282,6 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         tracker.table("test/per_behavior", table)
         save_run_artifacts(cfg, bm, base_folder, out, adapter_state)
     return metrics
-
-
-def write_test_outputs(out: Path, table, predictions) -> None:
-    """per_behavior.csv, and test_predictions.csv: one row per test sample, what the paired tests compare."""
-    atomic_write_text(out / "per_behavior.csv", table.to_csv(index=False))
-    atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False))
 
 
 RUNTIME_MARKERS = ("seconds", "samples_per_s", "cache", "memory")

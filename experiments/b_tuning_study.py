@@ -24,6 +24,7 @@ import pandas as pd
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.data.samples import subsample
+from behaviorlm.metrics import compute_metrics
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.selection import select_balanced
 from behaviorlm.stages import a_tuning_set, selection_scores, tune
@@ -47,8 +48,6 @@ VARIANTS = {
 
 def val_metrics(bm, val, anchors) -> dict:
     rankings = bm.rankings(val, k=1)
-    from behaviorlm.metrics import compute_metrics
-
     metrics, _ = compute_metrics([s.target for s in val], rankings, bm.vocab, k=1)
     predicted = [r[0] for r in rankings if r]
     return {"acc_overall": metrics["acc_overall"], "acc_anchor": metrics["acc_anchor"],
@@ -63,7 +62,8 @@ def b_set(kind: str, train, vocab, F: int, seed: int, pool, scores) -> list[int]
         return select_balanced(train, vocab, F, seed, difficulty=False).indices
     chosen = select_balanced(train, vocab, F, seed, scores=scores, scored=pool).indices
     if kind == "replay":
-        rest = [i for i, s in enumerate(train) if s.target in vocab.anchors and i not in set(chosen)]
+        taken = set(chosen)
+        rest = [i for i, s in enumerate(train) if s.target in vocab.anchors and i not in taken]
         rng = np.random.default_rng(seed)
         chosen = chosen + rng.choice(rest, size=min(len(rest), len(chosen)), replace=False).tolist()
     return chosen
@@ -88,11 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     conversations = load_conversations(cfg.aux.path, cfg.aux.format) if cfg.aux_ratio > 0 else []
     bm, _ = build_behavior_model(cfg, dataset, conversations)
     val, train, vocab = dataset.val, dataset.train, dataset.vocab
-    no_stopping = cfg.train.copy()
-    no_stopping.early_stopping = False  # every epoch is scored here; the monitors are compared afterwards
 
     examples, _ = a_tuning_set(bm, train, conversations, cfg.aux_ratio, cfg.aux.max_response_tokens, cfg.seed)
-    tune(bm, examples, cfg.train.a_tuning, no_stopping, [], cfg.seed, "a_tuning")
+    # No validation slice is passed to tune: every epoch is scored here and the monitors compared afterwards.
+    tune(bm, examples, cfg.train.a_tuning, cfg.train, [], cfg.seed, "a_tuning")
     a_state = {k: v.clone() for k, v in trainable_state(bm.model).items()}
     rows = [{"variant": "after A-Tuning", "epoch": 0, "n_b": 0, "b_anchor_share": None,
              **val_metrics(bm, val, vocab.anchors)}]
@@ -102,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         kind, lr = VARIANTS[name]
         indices = b_set(kind, train, vocab, cfg.samples_per_behavior, cfg.seed, pool, scores)
         samples = [train[i] for i in indices]
+        examples = bm.behavior_examples(samples)
         anchor_share = float(np.mean([s.target in vocab.anchors for s in samples]))
         bm.model.load_state_dict(a_state, strict=False)
         stage = cfg.train.b_tuning.copy()
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         # Epoch by epoch, so that each epoch is scored; the learning rate restarts its (linear) schedule each
         # epoch, which is the schedule of a 1-epoch stage repeated.
         for epoch in range(1, args.epochs + 1):
-            tune(bm, bm.behavior_examples(samples), stage, no_stopping, [], cfg.seed + epoch, f"{name} epoch {epoch}")
+            tune(bm, examples, stage, cfg.train, [], cfg.seed + epoch, f"{name} epoch {epoch}")
             rows.append({"variant": name, "epoch": epoch, "n_b": len(samples), "b_anchor_share": anchor_share,
                          **val_metrics(bm, val, vocab.anchors)})
             print(rows[-1], flush=True)
