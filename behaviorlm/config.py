@@ -68,6 +68,8 @@ class DataConfig:
     max_test_samples: Optional[int] = None  # (int|null) subsample test samples
     eval_seed: int = 0  # (int) draws the validation/test subsamples and prompt formats: one evaluation set per sweep
     test_sampling: str = "uniform"  # (str) uniform | stratified (equal anchor and tail test samples, reweighted)
+    time_unit: Optional[str] = None  # (str|null) data=csv: s | ms reads the time column as Unix epoch numbers
+    duplicates: str = "drop"  # (str) data=csv: exact repeats of (user, time, behavior): drop (counted) | keep | error
 
 
 @dataclass
@@ -294,6 +296,9 @@ def validate_config(cfg: DictConfig) -> None:
                " | ".join(MONITORS))
     _check(cfg.data.test_sampling in ("uniform", "stratified"), "data.test_sampling", cfg.data.test_sampling,
            "uniform | stratified")
+    _check(cfg.data.time_unit in (None, "s", "ms"), "data.time_unit", cfg.data.time_unit, "null | s | ms")
+    _check(cfg.data.duplicates in ("drop", "keep", "error"), "data.duplicates", cfg.data.duplicates,
+           "drop | keep | error")
     check_selection_pool(cfg.samples_per_behavior, cfg.selection.max_scored_per_behavior)
 
 

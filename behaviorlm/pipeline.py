@@ -30,8 +30,8 @@ from behaviorlm.metrics import evaluate_rankings, format_results_table, write_te
 from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
-from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, difficulty_selection, random_balanced,
-                               role_counts, selection_scores, tail_balanced, tune, uses_difficulty)
+from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, check_anchors, difficulty_selection,
+                               random_balanced, role_counts, selection_scores, tail_balanced, tune, uses_difficulty)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
 from behaviorlm.utils import atomic_write_json, seed_everything
@@ -193,6 +193,7 @@ def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorD
     if history:
         report["final_train_loss"] = history[-1].train_loss
         report["train_samples_per_s"] = history[-1].samples_per_s
+        report["skipped_steps"] = sum(h.skipped_steps for h in history)  # non-finite loss or gradient
     return report, selection
 
 
@@ -322,6 +323,8 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
     started = time.perf_counter()
     dataset = load_dataset(cfg)
     vocab = dataset.vocab
+    if cfg.method == "behaviorlm":
+        check_anchors(cfg.stage_order, vocab)
     job_type = cfg.stage_order if cfg.method == "behaviorlm" else cfg.method
     with tracking(cfg, job_type=job_type) if dist.is_main else contextlib.nullcontext(Tracker()) as tracker:
         if cfg.method == "behaviorlm":

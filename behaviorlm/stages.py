@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from behaviorlm.config import ConfigError
 from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import compute_metrics
@@ -41,6 +42,18 @@ STAGE_PLANS: dict[str, tuple[str, ...]] = {
     "tail_only": ("tail_balanced", "b_tuning"),  # tail behaviors only
     "zero_shot": (),  # the pretrained model as it is
 }
+
+
+def check_anchors(stage_order: str, vocab: BehaviorVocab) -> None:
+    """A stage order that A-tunes needs anchor behaviors: without any, A-Tuning would be skipped in silence."""
+    if "a_tuning" not in STAGE_PLANS[stage_order] or vocab.anchors:
+        return
+    total = max(1, sum(vocab.train_counts.values()))
+    top = max(vocab.names, key=lambda name: vocab.train_counts[name])
+    share = vocab.train_counts[top] / total
+    raise ConfigError(f"config key 'anchor_threshold' = {vocab.anchor_threshold} leaves no anchor behavior (the "
+                      f"largest share of training targets is {share:.4f}, {top!r}), and stage_order={stage_order} "
+                      f"A-tunes on anchors: set anchor_threshold below {share:.4f}")
 
 
 @dataclass

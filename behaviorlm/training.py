@@ -78,6 +78,16 @@ def answer_loss_sum(model, batch, amp_dtype, device) -> tuple[torch.Tensor, int]
     return loss, int((labels != -100).sum())
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Too many optimizer steps had a non-finite loss or gradient: the adapter would be garbage."""
+
+
+# A step whose gradient norm is NaN/inf is skipped (one bad batch must not turn every weight into NaN, which then
+# scores every answer alike: the first full-scale run on an H100 trained three epochs on NaN and went on to select
+# with it). More than this share of skipped steps in an epoch stops the stage with an error instead.
+MAX_SKIPPED_STEP_SHARE = 0.01
+
+
 @dataclass
 class EpochResult:
     epoch: int
@@ -85,6 +95,7 @@ class EpochResult:
     val_accuracy: Optional[float]
     samples_per_s: float
     seconds: float
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
 
 
 def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: torch.device,
@@ -145,7 +156,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
         if stopped:
             break
         train_model.train()
-        started, seen, loss_total, token_total = time.perf_counter(), 0, 0.0, 0
+        started, seen, loss_total, token_total, skipped = time.perf_counter(), 0, 0.0, 0, 0
         batches = length_grouped_batches(lengths, batch_size, rng)[:steps_per_epoch * grad_accum]
         bar = tqdm(total=len(batches), desc=f"{desc} epoch {epoch}/{max_epochs}", unit="batch", leave=False,
                    mininterval=2.0, disable=not dist.is_main)
@@ -171,13 +182,20 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                 group_loss += loss_sum.item() * weight
                 seen += batch[0].shape[0] * int(weight)
                 bar.update(1)
-            loss_total += dist.sum(group_loss)
-            token_total += group_tokens
             if dist.enabled:
-                dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
+                grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
             else:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            # The norm is taken after the all-reduce, so every rank makes the same decision.
+            if torch.isfinite(torch.as_tensor(grad_norm)):
+                loss_total += dist.sum(group_loss)
+                token_total += group_tokens
+                optimizer.step()
+            else:
+                skipped += 1
+                widths = [int(c[0].shape[1]) for c in collated]
+                log.warning("%s epoch %d step %d: non-finite loss or gradient (loss sum %s over %d answer tokens, "
+                            "row widths %s): step skipped", desc, epoch, step + 1, group_loss, group_tokens, widths)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -186,10 +204,16 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
             if on_step is not None:
                 on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
         bar.close()
+        if skipped > max(1, MAX_SKIPPED_STEP_SHARE * len(batches) / grad_accum):
+            raise NonFiniteTrainingError(
+                f"{desc} epoch {epoch}: {skipped} of {math.ceil(len(batches) / grad_accum)} steps had a non-finite "
+                f"loss or gradient (model weights {next(model.parameters()).dtype} on {device.type}); try "
+                "model.precision=fp32 or a lower learning rate")
         seconds = time.perf_counter() - started
         seen = int(dist.sum(seen))
         accuracy = validate() if validate is not None else None
-        result = EpochResult(epoch, loss_total / max(1, token_total), accuracy, seen / max(seconds, 1e-9), seconds)
+        result = EpochResult(epoch, loss_total / max(1, token_total), accuracy, seen / max(seconds, 1e-9), seconds,
+                             skipped)
         history.append(result)
         log.info("%s epoch %d: loss %.4f, val acc %s, %.1f samples/s", desc, epoch, result.train_loss,
                  "n/a" if accuracy is None else f"{accuracy:.4f}", result.samples_per_s)

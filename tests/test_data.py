@@ -127,7 +127,6 @@ def test_parquet_and_jsonl_logs_read_like_csv(tmp_path, hand_log):
                                                                           "yesterday-ish"]),
     (lambda f: f.assign(behavior=["Home"] * 4 + [None] + ["Gym"] * 4), ["column 'behavior'", "line 6"]),
     (lambda f: f.assign(behavior=["Home"] * 4 + ["  "] + ["Gym"] * 4), ["column 'behavior'", "line 6"]),
-    (lambda f: pd.concat([f, f.iloc[[2]]]), ["duplicates an earlier event", "line 11"]),
 ])
 def test_bad_logs_give_one_clear_error(tmp_path, hand_log, mutate, fragments):
     path = write(tmp_path, mutate(hand_log))

@@ -52,7 +52,8 @@ def load_events(data_cfg: DictConfig, seed: int = 0) -> pd.DataFrame:
         raise DataError(f"data={data_cfg.name} needs data.path=FILE (a CSV, Parquet or JSONL behavior log)")
     columns = data_cfg.columns
     return read_behavior_log(data_cfg.path, user=columns.user, time=columns.time, behavior=columns.behavior,
-                             category=columns.category)
+                             category=columns.category, time_unit=data_cfg.time_unit,
+                             duplicates=data_cfg.duplicates)
 
 
 def load_dataset(cfg: DictConfig) -> BehaviorDataset:

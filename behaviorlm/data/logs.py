@@ -27,6 +27,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     """Read CSV, Parquet or JSONL (optionally gzip-compressed) as strings, with clear errors."""
     if not path.exists():
         raise DataError(f"data file '{path}' does not exist")
+    if path.is_dir():
+        raise DataError(f"data file '{path}' is a directory: data.path must name one log file (.csv, .tsv, "
+                        ".jsonl or .parquet, optionally .gz)")
     if path.stat().st_size == 0:
         raise DataError(f"data file '{path}' is empty (0 bytes)")
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".zst", ".xz")]
@@ -61,23 +64,66 @@ def _row_label(frame: pd.DataFrame, index) -> str:
     return f"line {frame.index.get_loc(index) + 2}"
 
 
-def parse_times(values: pd.Series, source: str, column: str) -> pd.Series:
-    """Parse event times to naive wall-clock timestamps; the first unparseable value is an error."""
-    times = pd.to_datetime(values, errors="coerce", format="mixed")
-    if getattr(times.dt, "tz", None) is not None:
-        # Keep the wall clock that was written: weekday and hour are what the prompt shows.
-        times = times.dt.tz_localize(None)
+TIME_UNITS = ("s", "ms")
+DUPLICATE_POLICIES = ("drop", "keep", "error")
+
+
+def _line(values: pd.Series, index) -> int:
+    return values.index.get_loc(index) + 2  # +1 for the header line, +1 because people count lines from 1
+
+
+def _wall_clock(value) -> pd.Timestamp:
+    """One value as the wall clock that was written (an offset or zone, if any, is dropped, not converted)."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
+def parse_times(values: pd.Series, source: str, column: str, unit: Optional[str] = None) -> pd.Series:
+    """Parse event times to naive wall-clock timestamps; the first unparseable value is an error.
+
+    Weekday and hour are what the prompt shows, so a value written with an offset keeps its written wall clock;
+    a column mixing values with and without offsets is parsed value by value the same way. `unit` (s | ms) reads
+    Unix epoch numbers (UTC)."""
+    if unit is not None:
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna()
+        if bad.any():
+            first = bad.idxmax()
+            raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: "
+                            f"{values.loc[first]!r} is not a number of {unit} since 1970 (data.time_unit={unit})")
+        return pd.to_datetime(numbers, unit=unit)
+    try:
+        times = pd.to_datetime(values, errors="coerce", format="mixed")
+        if getattr(times.dt, "tz", None) is not None:
+            times = times.dt.tz_localize(None)
+    except (ValueError, TypeError):  # offsets mixed with naive values, or several offsets: value by value
+        parsed = {}
+        for value in pd.unique(values.dropna()):
+            try:
+                parsed[value] = _wall_clock(value)
+            except (ValueError, TypeError):
+                parsed[value] = pd.NaT
+        times = pd.to_datetime(values.map(parsed))
     bad = times.isna()
     if bad.any():
         first = bad.idxmax()
-        raise DataError(f"data file '{source}': column '{column}' line {values.index.get_loc(first) + 2}: "
-                        f"cannot parse {values.loc[first]!r} as a time")
+        value = values.loc[first]
+        hint = ""
+        if isinstance(value, str) and value.strip().isdigit():
+            hint = " (Unix epoch numbers: set data.time_unit=s or data.time_unit=ms)"
+        raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: "
+                        f"cannot parse {value!r} as a time{hint}")
     return times
 
 
 def canonicalize(frame: pd.DataFrame, source: str, user: str, time: str, behavior: str,
-                 category: Optional[str]) -> pd.DataFrame:
-    """Map a raw table onto the canonical columns, validating every field it uses."""
+                 category: Optional[str], time_unit: Optional[str] = None,
+                 duplicates: str = "drop") -> pd.DataFrame:
+    """Map a raw table onto the canonical columns, validating every field it uses.
+
+    `duplicates` decides what an exact repeat of (user, time, behavior) does: real check-in logs hold double
+    check-ins (the same second, the same venue, two event ids), so `drop` (default) keeps the first and counts the
+    rest, `keep` keeps all, `error` stops at the first one."""
     config_keys = {user: "data.columns.user", time: "data.columns.time", behavior: "data.columns.behavior"}
     for column, key in config_keys.items():
         if column not in frame.columns:
@@ -102,7 +148,7 @@ def canonicalize(frame: pd.DataFrame, source: str, user: str, time: str, behavio
 
     out = pd.DataFrame({
         "user": users.astype(str).to_numpy(),
-        "time": parse_times(frame[time], source, time).to_numpy(),
+        "time": parse_times(frame[time], source, time, time_unit).to_numpy(),
         "behavior": stripped.astype(str).to_numpy(),
     })
     if has_category:
@@ -110,12 +156,19 @@ def canonicalize(frame: pd.DataFrame, source: str, user: str, time: str, behavio
         out["category"] = cats.where(cats.notna() & (cats != ""), None).astype(object).to_numpy()
     else:
         out["category"] = None
+    if duplicates not in DUPLICATE_POLICIES:
+        raise DataError(f"data.duplicates={duplicates!r} is not one of {', '.join(DUPLICATE_POLICIES)}")
     duplicated = out.duplicated(subset=["user", "time", "behavior"])
-    if duplicated.any():
+    if duplicated.any() and duplicates == "error":
         first = int(duplicated.to_numpy().argmax())
         row = out.iloc[first]
         raise DataError(f"data file '{source}': line {first + 2} duplicates an earlier event (user {row.user!r}, "
-                        f"time {row.time}, behavior {row.behavior!r}); remove duplicated rows")
+                        f"time {row.time}, behavior {row.behavior!r}) and data.duplicates=error")
+    if duplicated.any() and duplicates == "drop":
+        log.warning("data file '%s': dropped %d exact duplicate events (same user, time and behavior; "
+                    "data.duplicates=drop), %.2f%% of the rows", source, int(duplicated.sum()),
+                    100 * float(duplicated.mean()))
+        out = out[~duplicated.to_numpy()].reset_index(drop=True)
     return out
 
 
@@ -138,9 +191,11 @@ def fill_categories(events: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def read_behavior_log(path: str | Path, user: str = "user_id", time: str = "timestamp",
-                      behavior: str = "behavior", category: Optional[str] = "category") -> pd.DataFrame:
+                      behavior: str = "behavior", category: Optional[str] = "category",
+                      time_unit: Optional[str] = None, duplicates: str = "drop") -> pd.DataFrame:
     """Read a user's own log (CSV, Parquet, JSONL) into the canonical frame, sorted by user and time."""
     path = Path(path)
     frame = _read_table(path)
-    events = fill_categories(canonicalize(frame, str(path), user, time, behavior, category), str(path))
+    events = canonicalize(frame, str(path), user, time, behavior, category, time_unit, duplicates)
+    events = fill_categories(events, str(path))
     return events.sort_values(["user", "time"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,64 @@
+"""A non-finite step is skipped and counted, never applied; many of them stop the stage with a clear error."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import behaviorlm.training as training
+from behaviorlm.models import add_lora
+from behaviorlm.training import NonFiniteTrainingError, TrainExample, train_lora
+from helpers import tiny_model_and_samples
+
+
+def lora_model_and_examples(n: int = 40):
+    model, tokenizer, _, _, _ = tiny_model_and_samples()
+    model = add_lora(model, OmegaConf.create({"r": 4, "alpha": 8, "dropout": 0.0,
+                                              "target_modules": ["q_proj", "v_proj"]}))
+    rng = np.random.default_rng(0)
+    vocab = len(tokenizer)
+    examples = [TrainExample(tuple(rng.integers(3, vocab, rng.integers(5, 12)).tolist()),
+                             tuple(rng.integers(3, vocab, 2).tolist())) for _ in range(n)]
+    return model, tokenizer, examples
+
+
+def poison(monkeypatch, bad_calls: set[int]):
+    """answer_loss_sum returns NaN on the given calls (0-based), as a bf16 overflow on a GPU did."""
+    original, calls = training.answer_loss_sum, {"n": 0}
+
+    def patched(model, batch, amp_dtype, device):
+        loss, tokens = original(model, batch, amp_dtype, device)
+        if calls["n"] in bad_calls:
+            loss = loss * float("nan")
+        calls["n"] += 1
+        return loss, tokens
+
+    monkeypatch.setattr(training, "answer_loss_sum", patched)
+
+
+def train(model, tokenizer, examples, epochs=1):
+    return train_lora(model, examples, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None,
+                      max_epochs=epochs, learning_rate=1e-2, batch_size=2, desc="a_tuning")
+
+
+def test_one_nan_step_is_skipped_and_the_adapter_stays_finite(monkeypatch):
+    model, tokenizer, examples = lora_model_and_examples()  # 20 steps an epoch: one skip is allowed
+    poison(monkeypatch, {3})
+    history = train(model, tokenizer, examples)
+    assert history[0].skipped_steps == 1
+    assert np.isfinite(history[0].train_loss)
+    lora = [p for n, p in model.named_parameters() if "lora" in n]
+    assert lora and all(torch.isfinite(p).all() for p in lora)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # the other steps trained
+
+
+def test_a_clean_run_skips_nothing():
+    model, tokenizer, examples = lora_model_and_examples()
+    assert [h.skipped_steps for h in train(model, tokenizer, examples, epochs=2)] == [0, 0]
+
+
+def test_many_nan_steps_stop_the_stage_with_one_clear_line(monkeypatch):
+    model, tokenizer, examples = lora_model_and_examples()
+    poison(monkeypatch, set(range(100)))
+    with pytest.raises(NonFiniteTrainingError, match=r"a_tuning epoch 1: 20 of 20 steps had a non-finite loss"):
+        train(model, tokenizer, examples)
