@@ -92,7 +92,8 @@ TUNING_STAGES = ("a_tuning", "joint_tuning", "b_tuning")
 SELECTION_STAGES = ("difficulty_selection", "random_balanced", "tail_balanced")
 # The modules whose code determines a stage's output: any edit to them changes every cache key.
 STAGE_CODE = ("stages.py", "training.py", "scoring.py", "selection.py", "prompts.py", "models.py", "metrics.py",
-              "data/samples.py", "data/conversations.py", "data/dataset.py")
+              "pipeline.py", "data/samples.py", "data/conversations.py", "data/dataset.py", "data/logs.py",
+              "data/foursquare.py")
 
 
 def code_fingerprint() -> str:
@@ -104,6 +105,8 @@ def root_cache_key(cfg: DictConfig, dataset: BehaviorDataset, device: torch.devi
     """Everything every stage depends on: the exact samples, the model, the prompts, the seed, the code."""
     samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val]
     return digest({"samples": digest(samples), "anchors": sorted(dataset.vocab.anchors),
+                   # contrastive selection reads each behavior's category (data.columns.category, the taxonomy)
+                   "categories": digest(sorted(dataset.vocab.categories.items())),
                    "model": OmegaConf.to_container(cfg.model, resolve=True),
                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed,
                    "eval_seed": cfg.data.eval_seed,
