@@ -47,7 +47,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
 	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
-	sample-efficiency bench gpu-check
+	sample-efficiency bench gpu-check dashboard claims
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -102,6 +102,12 @@ paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-c
 bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
 	$(PIP) install --quiet -e ".[bench]"
 	$(PY) -m experiments.bench --adapter results/bench_adapter $(ARGS)
+
+dashboard: $(SETUP) ## W&B workspace + report for a sweep: make dashboard SWEEP=results/paper-main [ARGS=--dry-run]
+	$(PY) -m behaviorlm.dashboard $(SWEEP) $(ARGS)
+
+claims: $(SETUP) ## the paper's claims with verdicts from the sweeps' paired tests -> results/claims.md
+	$(PY) -m experiments.claims
 
 gpu-check: $(SETUP) ## on a GPU machine: bf16 scoring/training and 1 vs 2-process runs -> results/gpu_check.json
 	$(PY) -m experiments.gpu_check $(ARGS)

@@ -22,13 +22,14 @@ register_resolvers()
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    from behaviorlm.pipeline import run
+    from behaviorlm.pipeline import optimized_value, run
 
+    # What a sweeper optimises is a validation metric (optimized_metric), never the test set.
     if HydraConfig.get().mode.name == "MULTIRUN":
         # Let a failing job raise: Hydra records it as failed and the other jobs still run.
-        return run(cfg)["test/acc_overall"]
+        return optimized_value(cfg, run(cfg))
     with exit_on_user_error():  # a single run ends on bad input with one line and exit status 2
-        return run(cfg)["test/acc_overall"]  # what a sweeper would optimise
+        return optimized_value(cfg, run(cfg))
 
 
 def check_printed_config(argv: list[str]) -> None:

@@ -2,6 +2,7 @@
 
     behaviorlm predict RUN_DIR --input events.csv [--k 5] [--output preds.csv] [--every-event]
     behaviorlm evaluate RUN_DIR --input events.csv [--output metrics.json]
+    behaviorlm dashboard SWEEP_DIR [--dry-run --output spec.json]    # a W&B workspace + report (behaviorlm.dashboard)
 
 Both read logs in the same schema as `data=csv` (columns user_id, timestamp, behavior, category by default;
 --user-col/--time-col/--behavior-col/--category-col map other names).
@@ -107,6 +108,11 @@ def cmd_evaluate(args, predictor, events: pd.DataFrame) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dashboard"]:
+        from behaviorlm.dashboard import main as dashboard
+
+        return dashboard(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from behaviorlm.predict import BehaviorPredictor

@@ -236,6 +236,7 @@ class BehaviorLMConfig:
     seed: int = 0  # (int) seeds data subsampling, prompt formats, selection and training
     device: str = "auto"  # (str) auto | cpu | cuda
     task_name: str = "behaviorlm"  # (str) names the output folder
+    optimized_metric: Optional[str] = None  # (str|null) what run.py returns to a sweeper; null: last stage's val acc
     extras: dict[str, Any] = field(default_factory=dict)  # (dict) free-form notes carried into metrics.json
 
 
@@ -296,6 +297,9 @@ def validate_config(cfg: DictConfig) -> None:
                " | ".join(MONITORS))
     _check(cfg.data.test_sampling in ("uniform", "stratified"), "data.test_sampling", cfg.data.test_sampling,
            "uniform | stratified")
+    _check(cfg.optimized_metric is None or not str(cfg.optimized_metric).startswith("test/"), "optimized_metric",
+           cfg.optimized_metric, "a validation metric such as b_tuning/val/acc_overall (a sweeper must not tune on "
+           "the test set)")
     _check(cfg.data.time_unit in (None, "s", "ms"), "data.time_unit", cfg.data.time_unit, "null | s | ms")
     _check(cfg.data.duplicates in ("drop", "keep", "error"), "data.duplicates", cfg.data.duplicates,
            "drop | keep | error")

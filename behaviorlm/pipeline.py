@@ -362,6 +362,20 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
     return metrics
 
 
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
+    """What a sweeper optimises: `optimized_metric`, or the last tuning stage's validation accuracy (validate_config
+    refuses a test metric: tuning on it would leave no held-out estimate)."""
+    key = cfg.optimized_metric
+    if key is None:
+        stages = [s for s in STAGE_PLANS.get(cfg.stage_order, ()) if f"{s}/val/acc_overall" in metrics]
+        key = f"{stages[-1]}/val/acc_overall" if stages else None
+    value = metrics.get(key) if key else None
+    if value is None:
+        log.warning("optimized_metric %s is not in this job's metrics: returning NaN to the sweeper", key)
+        return float("nan")
+    return float(value)
+
+
 def hydra_choice(group: str) -> str | None:
     """The option chosen for a config group in this Hydra job (None outside Hydra or when unset)."""
     try:

@@ -64,6 +64,34 @@ def _group(cfg: DictConfig) -> Optional[str]:
     return None
 
 
+def _hydra_job() -> tuple[dict[str, Any], Optional[str]]:
+    """(the config-group choices, the job's overrides as one short string) inside a Hydra job; ({}, None) outside."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return {}, None
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    return choices, hydra_cfg.job.override_dirname or None
+
+
+def run_name(override_dirname: Optional[str], job_type: str) -> str:
+    """A readable run name from the job's overrides: `stage_order=joint,seed=1` -> `joint seed=1`."""
+    if not override_dirname:
+        return job_type
+    parts = [p for p in override_dirname.split(",") if not p.startswith(("logger.", "experiment=", "+ablation="))]
+    return " ".join(p.split("=", 1)[1] if p.startswith(("stage_order=", "method=")) else p for p in parts) or job_type
+
+
+def run_config(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config plus the Hydra choices (variant, experiment, ...), so a dashboard can group by them."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["hydra_choices"] = choices
+    config["variant"] = choices.get("variant") or "full"
+    return config
+
+
 @contextlib.contextmanager
 def tracking(cfg: DictConfig, job_type: str = "behaviorlm") -> Iterator[Tracker]:
     if cfg.logger.name != "wandb":
@@ -71,10 +99,12 @@ def tracking(cfg: DictConfig, job_type: str = "behaviorlm") -> Iterator[Tracker]
         return
     import wandb
 
+    choices, overrides = _hydra_job()
+    tags = [*cfg.logger.tags, f"method:{cfg.method}", f"stage_order:{cfg.stage_order}", f"model:{cfg.model.name}"]
     settings = wandb.Settings(silent=True, console="off")
     with wandb.init(project=cfg.logger.project or f"behaviorlm-{cfg.data.name}", entity=cfg.logger.entity,
-                    group=_group(cfg), job_type=job_type, tags=list(cfg.logger.tags) or None,
-                    config=OmegaConf.to_container(cfg, resolve=True), dir=cfg.paths.output_dir,
+                    group=_group(cfg), job_type=job_type, name=run_name(overrides, job_type), tags=tags,
+                    config=run_config(cfg, choices), dir=cfg.paths.output_dir,
                     mode=os.environ.get("WANDB_MODE", "offline"), settings=settings) as run:
         yield Tracker(run)
 
