@@ -229,11 +229,19 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> list[Path]:
 
 
 def log_to_wandb(out: Path, key: str, table: pd.DataFrame, images: list[Path], group: str) -> None:
+    """The sweep's summary run, in the project and group its jobs logged to (read from a job's Hydra config)."""
     import os
 
     import wandb
+    from omegaconf import OmegaConf
 
-    with wandb.init(project=os.environ.get("WANDB_PROJECT", "behaviorlm-results"), group=group, job_type="summary",
+    project, entity = os.environ.get("WANDB_PROJECT", "behaviorlm-results"), None
+    configs = sorted(out.glob("runs/*/.hydra/config.yaml"))
+    if configs:
+        cfg = OmegaConf.load(configs[0])
+        project, entity = cfg.logger.project or f"behaviorlm-{cfg.data.name}", cfg.logger.entity
+        group = cfg.logger.group or group
+    with wandb.init(project=project, entity=entity, group=group, job_type="summary", name=f"{group} summary",
                     dir=str(out), mode=os.environ.get("WANDB_MODE", "offline")) as run:
         run.log({f"{key}/table": wandb.Table(dataframe=table),
                  **{f"{key}/{p.stem}": wandb.Image(str(p)) for p in images}})
