@@ -22,8 +22,12 @@ COLLECT_ARGS := --wandb
 endif
 # The environment a target needs; tests that already run inside it pass SETUP= to skip the check.
 SETUP ?= $(VENV)/.installed
-# Where tables, plots and sweep folders go: $(RESULTS)/<target>/.
+# Where tables, plots and sweep folders go: $(RESULTS)/<target>/ (smoke runs never overwrite real results).
+ifeq ($(SMOKE),1)
+RESULTS ?= results/smoke
+else
 RESULTS ?= results
+endif
 
 # $(call sweep,TARGET,ABLATION,KEY,REFERENCE): run the ablation's sweep into results/TARGET/runs, then tabulate
 # and plot; with REFERENCE, paired differences and McNemar tests against that value of KEY (paired.csv).

@@ -34,7 +34,7 @@ from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, check_a
                                random_balanced, role_counts, selection_scores, tail_balanced, tune, uses_difficulty)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
-from behaviorlm.utils import atomic_write_json, seed_everything
+from behaviorlm.utils import atomic_write_json, provenance, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
     if not dist.is_main:
         return metrics
     results, runtime = split_runtime(metrics)
-    atomic_write_json(out / "run_info.json", runtime)
+    atomic_write_json(out / "run_info.json", {**runtime, **provenance()})
     atomic_write_json(out / "metrics.json", results)
     name = f"behaviorlm / {cfg.stage_order} / {cfg.model.name}" if cfg.method == "behaviorlm" else cfg.method
     print(f"\n{name} on {cfg.data.name} "

@@ -81,3 +81,27 @@ def exit_on_user_error() -> Iterator[None]:
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def provenance() -> dict[str, Any]:
+    """Which code made a result: library versions and, in a git checkout, the commit and whether it was dirty."""
+    import importlib.metadata
+    import subprocess
+
+    versions = {}
+    for package in ("behaviorlm", "torch", "transformers", "peft", "accelerate", "hydra-core", "omegaconf", "wandb"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        if commit:
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout
+            dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"versions": versions, "git_commit": commit, "git_dirty": dirty}

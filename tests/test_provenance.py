@@ -1,0 +1,15 @@
+"""run_info.json says which code made a result."""
+
+import re
+
+import torch
+
+from behaviorlm.utils import provenance
+
+
+def test_provenance_names_library_versions_and_the_git_commit():
+    info = provenance()
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["versions"]["hydra-core"] and info["versions"]["behaviorlm"]
+    assert re.fullmatch(r"[0-9a-f]{40}", info["git_commit"])  # the tests run inside a checkout
+    assert isinstance(info["git_dirty"], bool)
