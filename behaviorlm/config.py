@@ -151,11 +151,17 @@ class SelectionConfig:
 
 
 @dataclass
+class LogitAdjustmentConfig:
+    tau: float = 0.0  # (float) test ranking adds tau*(log p_train - log p_last_tuned_set); 0: off, 1: full prior
+
+
+@dataclass
 class ScoringConfig:
     mode: str = "exact"  # (str) exact (rank every candidate) | beam (constrained beam) | generate (free text)
     beam_width: int = 10  # (int) beam mode: first answer tokens kept; every name under them is scored exactly
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
+    logit_adjustment: LogitAdjustmentConfig = field(default_factory=lambda: LogitAdjustmentConfig())
 
 
 @dataclass

@@ -31,7 +31,8 @@ from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_d
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
 from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, check_anchors, difficulty_selection,
-                               random_balanced, role_counts, selection_scores, tail_balanced, tune, uses_difficulty)
+                               logit_adjustment, random_balanced, role_counts, selection_scores, tail_balanced,
+                               tune, uses_difficulty)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
 from behaviorlm.utils import atomic_write_json, provenance, seed_everything
@@ -275,6 +276,14 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
     metrics["n_train_examples_used"] = sum(
         metrics.get(f"{stage}/n_examples", 0) - metrics.get(f"{stage}/n_aux_examples", 0) for stage in TUNING_STAGES)
 
+    tau = cfg.scoring.logit_adjustment.tau
+    last_tuned = [stage for stage in STAGE_PLANS[cfg.stage_order] if stage in TUNING_STAGES][-1:]
+    if tau and last_tuned:
+        bm.score_offset = logit_adjustment(bm.vocab, tuned_targets(last_tuned[0], dataset, selection), tau)
+    elif tau:
+        log.warning("scoring.logit_adjustment.tau=%s: stage_order=%s tunes nothing, so there is no tuned prior to "
+                    "adjust; ranking unadjusted", tau, cfg.stage_order)
+    metrics["test/logit_adjustment_tau"] = tau if bm.score_offset is not None else 0.0
     started = time.perf_counter()
     rankings = bm.rankings(dataset.test, k, progress="test")
     test_metrics, table, predictions = evaluate_rankings(dataset.test, rankings, bm.vocab, k, dataset.test_weights)
@@ -360,6 +369,15 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
           f"(test: {len(dataset.test)} samples, {runtime['seconds_total']:.0f} s)\n{format_results_table(metrics)}\n"
           f"metrics: {out / 'metrics.json'}")
     return metrics
+
+
+def tuned_targets(stage: str, dataset: BehaviorDataset, selection: Selection | None) -> list[str]:
+    """The behavior targets a tuning stage trained on (aux conversations aside): its prior, for logit adjustment."""
+    if stage == "a_tuning":
+        return [s.target for s in dataset.train if s.target in dataset.vocab.anchors]
+    if stage == "b_tuning":
+        return [dataset.train[i].target for i in selection.indices]
+    return [s.target for s in dataset.train]
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:

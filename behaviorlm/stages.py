@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 
@@ -56,6 +57,18 @@ def check_anchors(stage_order: str, vocab: BehaviorVocab) -> None:
                       f"A-tunes on anchors: set anchor_threshold below {share:.4f}")
 
 
+def logit_adjustment(vocab: BehaviorVocab, tuned_targets: Sequence[str], tau: float) -> np.ndarray:
+    """tau * (log p_train - log p_tuned) per behavior, in `vocab.names` order (Menon et al., ICLR 2021).
+
+    A stage tuned on a balanced set leaves the model with that set's flat prior; adding this restores the training
+    prior by tau (0: off, 1: fully). Both priors are add-one smoothed, so a behavior absent from one set keeps a
+    finite offset."""
+    tuned = pd.Series(list(tuned_targets), dtype=object).value_counts()
+    train = np.array([vocab.train_counts.get(n, 0) for n in vocab.names], dtype=float) + 1.0
+    last = np.array([tuned.get(n, 0) for n in vocab.names], dtype=float) + 1.0
+    return tau * (np.log(train / train.sum()) - np.log(last / last.sum()))
+
+
 @dataclass
 class BehaviorModel:
     """A backbone with its LoRA adapter, tokenizer and prompt builder, scoring over a fixed vocabulary.
@@ -73,6 +86,8 @@ class BehaviorModel:
     scoring_mode: str = "exact"
     beam_width: int = 10
     dist: Dist = LOCAL
+    # Added to every candidate's log-likelihood before ranking (post-hoc logit adjustment); None: off.
+    score_offset: Optional[np.ndarray] = None
 
     @classmethod
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
@@ -106,6 +121,8 @@ class BehaviorModel:
             predictions = self.dist.gather(predictions, len(samples))
             return [[p] if p is not None else [] for p in predictions]
         scores = self.scores(samples, progress)
+        if self.score_offset is not None:
+            scores = scores + self.score_offset  # -inf (outside the beam) stays -inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [[self.vocab.names[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(top)]
 
