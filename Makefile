@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 # SMOKE=1: every experiment target runs on tiny_random + synthetic data in seconds (2 seeds, a few steps).
 # EXPERIMENT: the base every ablation sweeps over; quick_cpu fits this 2-core machine (about 10 min a job),
 # nyc_cpu is the scale that can answer the paper's questions here (about 50 min a seed of paper-main),
-# use EXPERIMENT= with ARGS="model=llama3_8b ..." on GPUs for the paper's full scale.
+# EXPERIMENT=paper_nyc is the paper's full NYC scale for GPUs (ARGS="model=llama3_8b model.path=..." for its model).
 SMOKE ?= 0
 EXPERIMENT ?= quick_cpu
 ifeq ($(SMOKE),1)
