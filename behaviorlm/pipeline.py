@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -294,10 +295,14 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         write_test_outputs(out, table, predictions)
         tracker.table("test/per_behavior", table)
         save_run_artifacts(cfg, bm, base_folder, out, adapter_state)
+        # What `behaviorlm predict` needs, as a W&B model artifact (alias: the stage order, then the seed).
+        metrics["wandb/model_artifact"] = tracker.artifact(
+            "model", [out / "adapter", out / "manifest.json", out / "per_behavior.csv"],
+            aliases=[cfg.stage_order, f"seed{cfg.seed}"])
     return metrics
 
 
-RUNTIME_MARKERS = ("seconds", "samples_per_s", "cache", "memory")
+RUNTIME_MARKERS = ("seconds", "samples_per_s", "cache", "memory", "wandb/")
 
 
 def split_runtime(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -345,6 +350,7 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
             from behaviorlm.baselines import run_baseline
 
             metrics = run_baseline(cfg, dataset, out)
+            tracker.table("test/per_behavior", pd.read_csv(out / "per_behavior.csv"))
         metrics.update({
             "method": cfg.method, "stage_order": cfg.stage_order, "model": cfg.model.name, "data": cfg.data.name,
             "seed": cfg.seed, "aux_ratio": cfg.aux_ratio, "anchor_threshold": cfg.anchor_threshold,

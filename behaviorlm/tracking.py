@@ -43,6 +43,21 @@ class Tracker:
 
             self.run.log({key: wandb.Table(dataframe=frame.reset_index(drop=True))})
 
+    def artifact(self, kind: str, paths: list[Path], aliases: list[str]) -> Optional[str]:
+        """Log files and folders as one artifact of `kind` named after the run; returns `name:alias` (None: off)."""
+        if self.run is None:
+            return None
+        import wandb
+
+        artifact = wandb.Artifact(f"{kind}-{self.run.id}", type=kind)
+        for path in paths:
+            if path.is_dir():
+                artifact.add_dir(str(path), name=path.name)
+            elif path.exists():
+                artifact.add_file(str(path))
+        self.run.log_artifact(artifact, aliases=aliases)
+        return f"{artifact.name}:{aliases[0]}"
+
     def image(self, key: str, path: str | Path) -> None:
         if self.run is not None:
             import wandb

@@ -78,3 +78,8 @@ def test_aux_ratio_sweep_writes_three_metrics_files_and_three_wandb_runs(tmp_pat
             assert key in metrics
     runs = sorted(Path(tmp_path).glob("*/wandb/offline-run-*"))
     assert len(runs) == 3 and len({r.name.split("-")[-1] for r in runs}) == 3
+    for f in files:  # each job logged its adapter, manifest and per-behavior table as a model artifact
+        run_id = next((f.parent / "wandb").glob("offline-run-*")).name.split("-")[-1]
+        info = json.loads((f.parent / "run_info.json").read_text())
+        assert info["wandb/model_artifact"] == f"model-{run_id}:progressive"
+        assert "wandb/model_artifact" not in json.loads(f.read_text())  # metrics.json stays run-independent
