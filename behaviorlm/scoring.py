@@ -165,14 +165,17 @@ class CandidateScorer:
 
 @torch.no_grad()
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
-                amp_dtype: Optional[torch.dtype], width: int = 10, progress: Optional[str] = None) -> np.ndarray:
+                amp_dtype: Optional[torch.dtype], width: int = 10, progress: Optional[str] = None,
+                batch_size: int = 1) -> np.ndarray:
     """Beam over the first answer token, exact below it: (prompts, candidates) scores, -inf where pruned.
 
-    Two forwards per prompt: the prompt alone (keeping its KV cache), which ranks the names' first tokens; then
-    one trie-masked forward over just the internal nodes under the `width` best first tokens, attending to the
-    cached prompt. Every name under a kept first token gets its exact summed log-probability; a name is pruned
+    Two forwards per batch of prompts: the prompts alone (left-padded, keeping their KV cache), which rank the
+    names' first tokens; then one trie-masked forward over just the internal nodes under each prompt's `width` best
+    first tokens, attending to its cached prompt (prompts whose kept subtrees are smaller get padding nodes that see
+    only themselves). Every name under a kept first token gets its exact summed log-probability; a name is pruned
     only when its first token is outside the top `width` (most names are one or two tokens, so that is where a
-    beam's choices are made). Width 1 is greedy on the first token: never an invalid output.
+    beam's choices are made). Width 1 is greedy on the first token: never an invalid output. Batching changes
+    nothing but speed (one prompt a time costs Python and kernel launches, which dominate on a GPU).
     """
     was_training = model.training
     model.eval()
@@ -183,28 +186,51 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     node_tokens = torch.tensor(trie.node_tokens, device=device)
     ancestors = trie.ancestors.to(device)
     trie_rows, trie_tokens, trie_mask = (t.to(device) for t in (trie.score_rows, trie.score_tokens, trie.score_mask))
-    for i, prompt in enumerate(tqdm(prompts, desc=progress, disable=progress is None, leave=False, mininterval=2.0)):
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
+    bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, leave=False, mininterval=2.0)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch, n = len(chunk), max(len(prompts[i]) for i in chunk)
+        ids = torch.zeros(batch, n, dtype=torch.long, device=device)
+        real = torch.zeros(batch, n, dtype=torch.bool, device=device)
+        for b, i in enumerate(chunk):
+            ids[b, n - len(prompts[i]):] = torch.tensor(list(prompts[i]), device=device)
+            real[b, n - len(prompts[i]):] = True
+        positions = (real.cumsum(1) - 1).clamp(min=0)
         with autocast(device, amp_dtype):
-            step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
-        first_logprobs = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
-        keep = torch.topk(first_logprobs[first_tokens], min(width, len(first))).indices.tolist()
-        rows = torch.tensor(sorted(r for k in keep for r in trie.first_rows[first[k]]), device=device)
-        n = len(prompt)
-        mask = torch.ones(1, 1, len(rows), n + len(rows), dtype=torch.bool, device=device)
-        mask[0, 0, :, n:] = ancestors[rows][:, rows]
+            step = model(input_ids=ids, attention_mask=real.long(), position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)  # (batch, vocab)
+        keep = torch.topk(first_logprobs[:, first_tokens], min(width, len(first)), dim=1).indices.tolist()
+        kept = [torch.tensor(sorted(r for k in row for r in trie.first_rows[first[k]]), device=device)
+                for row in keep]
+        span = max(len(rows) for rows in kept)
+        rows = torch.zeros(batch, span, dtype=torch.long, device=device)
+        valid = torch.zeros(batch, span, dtype=torch.bool, device=device)
+        for b, r in enumerate(kept):
+            rows[b, :len(r)], valid[b, :len(r)] = r, True
+        mask = torch.zeros(batch, 1, span, n + span, dtype=torch.bool, device=device)
+        mask[:, 0, :, :n] = real[:, None, :] & valid[:, :, None]
+        mask[:, 0, :, n:] = ancestors[rows[:, :, None], rows[:, None, :]] & valid[:, :, None] & valid[:, None, :]
+        mask[:, 0, torch.arange(span), n + torch.arange(span)] = True  # a padding node sees itself, is never read
+        node_positions = (real.sum(1, keepdim=True) - 1) + depth[rows]
         with autocast(device, amp_dtype):
-            logits = model(input_ids=node_tokens[rows][None], past_key_values=step.past_key_values,
-                           attention_mask=mask, position_ids=(n - 1 + depth[rows])[None], use_cache=True).logits
-        node_logprobs = torch.log_softmax(logits[0].float(), dim=-1)
-        # Kept logits rows: 0 = the prompt's end, j + 1 = the j-th kept node; map the trie's rows onto them.
-        remap = torch.full((trie.n_nodes + 1,), -1, dtype=torch.long, device=device)
-        remap[0] = 0
-        remap[rows + 1] = torch.arange(1, len(rows) + 1, device=device)
-        table = torch.cat([first_logprobs[None], node_logprobs])
-        score_rows = remap[trie_rows]
-        reached = ((score_rows >= 0) | ~trie_mask).all(1)
-        scores = (table[score_rows.clamp(min=0), trie_tokens] * trie_mask).sum(1)
-        out[i, reached.cpu().numpy()] = scores[reached].cpu().numpy()
+            logits = model(input_ids=node_tokens[rows], past_key_values=step.past_key_values, attention_mask=mask,
+                           position_ids=node_positions, use_cache=True).logits
+        node_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, span, vocab)
+        for b, i in enumerate(chunk):
+            r = kept[b]
+            # Table rows: 0 = the prompt's end, j + 1 = the j-th kept node; map the trie's rows onto them.
+            remap = torch.full((trie.n_nodes + 1,), -1, dtype=torch.long, device=device)
+            remap[0] = 0
+            remap[r + 1] = torch.arange(1, len(r) + 1, device=device)
+            table = torch.cat([first_logprobs[b][None], node_logprobs[b, :len(r)]])
+            score_rows = remap[trie_rows]
+            reached = ((score_rows >= 0) | ~trie_mask).all(1)
+            scores = (table[score_rows.clamp(min=0), trie_tokens] * trie_mask).sum(1)
+            out[i, reached.cpu().numpy()] = scores[reached].cpu().numpy()
+        bar.update(batch)
+    bar.close()
     model.train(was_training)
     return out
 

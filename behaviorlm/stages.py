@@ -106,7 +106,7 @@ class BehaviorModel:
         mine, progress = self.dist.shard(samples), progress if self.dist.is_main else None
         if self.scoring_mode == "beam":
             local = beam_scores(self.model, self.prompt_ids(mine), self.scorer.trie, self.device, self.amp_dtype,
-                                width=self.beam_width, progress=progress)
+                                width=self.beam_width, progress=progress, batch_size=self.scorer.batch_size)
         else:
             local = self.scorer.score(self.prompt_ids(mine), progress=progress)
         return self.dist.gather_rows(local, len(samples))

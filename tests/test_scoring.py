@@ -50,3 +50,16 @@ def test_beam_search_is_exact_when_wide_and_never_invalid_when_greedy():
         kept = {first_token[j] for j in np.flatnonzero(row)}
         assert len(kept) == 1 and row.sum() == first_token.count(kept.pop())
     np.testing.assert_allclose(greedy[found], exact[found], atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_batched_beam_scores_equal_one_prompt_at_a_time(width):
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    builder = PromptBuilder(tokenizer)
+    prompts = [builder.sample_prompt_ids(s) for s in samples[:7]]  # different lengths: left padding in a batch
+    assert len({len(p) for p in prompts}) > 1
+    trie = CandidateTrie.build([builder.answer_ids(n) for n in names])
+    one = beam_scores(model, prompts, trie, torch.device("cpu"), None, width=width)
+    batched = beam_scores(model, prompts, trie, torch.device("cpu"), None, width=width, batch_size=4)
+    assert (np.isfinite(one) == np.isfinite(batched)).all()  # the same names kept
+    np.testing.assert_allclose(batched[np.isfinite(one)], one[np.isfinite(one)], atol=1e-4)
