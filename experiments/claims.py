@@ -151,7 +151,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"))
-    parser.add_argument("--out", type=Path, default=None, help="folder for claims.md and claims.csv (default: --results)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for claims.md and claims.csv (default: --results)")
     args = parser.parse_args()
     out = args.out or args.results
     table = claims_table(args.results)

@@ -138,7 +138,8 @@ def padding_check(device_name: str) -> list[dict]:
     vocab = shape_kwargs["vocab_size"]
     examples = [TrainExample(tuple(torch.randint(0, vocab, (int(n),), generator=rng).tolist()),
                              tuple(torch.randint(0, vocab, (int(a),), generator=rng).tolist()))
-                for n, a in zip(torch.randint(40, 200, (16,), generator=rng), torch.randint(2, 6, (16,), generator=rng))]
+                for n, a in zip(torch.randint(40, 200, (16,), generator=rng),
+                                torch.randint(2, 6, (16,), generator=rng))]
     results = []
     for attention in ("sdpa", "eager"):
         for weights, amp in (("bf16", None), ("fp32", torch.bfloat16)):
@@ -201,7 +202,8 @@ def nan_probe(device_name: str, steps: int = 24) -> dict:
             batch = collate(examples[32 * step:32 * (step + 1)], bm.tokenizer.pad_token_id, device=bm.device)
             loss, tokens = answer_loss_sum(bm.model, batch, bm.amp_dtype, bm.device)
             (loss / tokens).backward()
-            bad_grads = [n for n, p in bm.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            bad_grads = [n for n, p in bm.model.named_parameters()
+                         if p.grad is not None and not torch.isfinite(p.grad).all()]
             run["losses"].append(round(float(loss / tokens), 4))
             if not torch.isfinite(loss) or bad_grads:
                 run["first_bad"] = {"step": step, "loss": float(loss), "tokens": tokens, "bad_grads": bad_grads[:4],

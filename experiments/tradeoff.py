@@ -7,8 +7,8 @@ score its validation and test samples once with the job's own scoring mode, then
 τ · (log p_train − log p_B) added for each τ, p_B being the B set the job recorded in selection.json
 (`scoring.logit_adjustment.tau` does the same inside a run). The rebuilt test set must be the job's (same digest)
 and τ = 0 must reproduce the job's test accuracy within one sample (bf16 scoring of a differently padded batch is
-not bit-identical); the script stops otherwise. Writes `jobs.csv` (seed × τ), `table.md` (mean and Student-t 95% interval over seeds
-of anchor, tail and overall accuracy per τ, paired against τ = 0 with exact McNemar tests pooled over seeds, the
+not bit-identical); the script stops otherwise. Writes `jobs.csv` (seed × τ), `table.md` (mean and Student-t 95%
+interval over seeds of anchor, tail and overall accuracy per τ, paired against τ = 0 with exact McNemar tests pooled over seeds, the
 sweep's other stage orders as reference points) and `anchor_vs_tail.png`. The operating point a user should take
 is chosen on validation (`τ_val`, the τ with the best mean validation accuracy), never on the test.
 """
