@@ -11,7 +11,8 @@ does it survive seed-to-seed variation (Student-t 95% interval over seeds exclud
 - **does not hold**: both, in the opposite direction;
 - **inconclusive at this scale**: anything else. The row then says how many paired test predictions (samples x
   seeds) would resolve a difference of the paper's size, from the discordant pairs' variance:
-  N' = N (1.96 se / d)^2 with se the standard error of the mean per-sample difference.
+  N' = N (1.96 se / d)^2 with se the standard error of the mean per-sample difference, or, when the seeds disagree,
+  how many seeds would make the t-interval narrower than the paper's difference.
 Claims whose sweep has not been run say so, with the command that would run it.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+from scipy import stats
 
 from behaviorlm.utils import atomic_write_text
 
@@ -78,6 +80,14 @@ def decisive_n(row: pd.Series, n_samples: int, effect: float) -> Optional[int]:
     return math.ceil(variance * (1.96 / effect) ** 2)
 
 
+def seeds_to_resolve(row: pd.Series, effect: float, most: int = 100) -> Optional[int]:
+    """Seeds for a Student-t 95% half-width below `effect`, at the seed-to-seed spread the interval shows."""
+    n = int(row.n_seeds)
+    spread = (row.ci_high - row.ci_low) / 2 * math.sqrt(n) / stats.t.ppf(0.975, n - 1)  # the per-seed sd
+    return next((m for m in range(2, most + 1) if stats.t.ppf(0.975, m - 1) * spread / math.sqrt(m) < abs(effect)),
+                None)
+
+
 def verdict(claim: Claim, row: pd.Series, n_samples: int, ref_mean: Optional[float]) -> tuple[str, str]:
     """(verdict, why) for one claim from its paired.csv row."""
     diff, p = float(row.mean_diff), float(row.p_value)
@@ -104,6 +114,11 @@ def verdict(claim: Claim, row: pd.Series, n_samples: int, ref_mean: Optional[flo
         reasons.append("one seed: no interval over seeds")
     elif not excludes_zero:
         reasons.append("the seed interval includes 0")
+        if claim.relative_effect and ref_mean:
+            seeds = seeds_to_resolve(row, claim.relative_effect * ref_mean)
+            if seeds:
+                reasons.append(f"about {seeds} seeds would narrow it below the paper's difference "
+                               f"({claim.relative_effect * ref_mean:+.3f})")
     if p >= ALPHA and claim.relative_effect and ref_mean:
         needed = decisive_n(row, n_samples, claim.relative_effect * ref_mean)
         if needed:

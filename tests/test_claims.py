@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from experiments.claims import CLAIMS, Claim, claims_table, decisive_n, verdict
+from experiments.claims import CLAIMS, Claim, claims_table, decisive_n, seeds_to_resolve, verdict
 
 TAIL_CLAIM = Claim("tail up", "paper-main", "progressive", "joint", "acc_tail", +1, 0.274)
 
@@ -39,6 +39,16 @@ def test_inconclusive_row_says_how_many_predictions_would_decide():
     n = 1800
     variance = 77 / n - (3 / n) ** 2
     assert needed == pytest.approx(variance * (1.96 / 0.0274) ** 2, abs=1)
+
+
+def test_seeds_needed_follow_the_spread_over_seeds():
+    row = paired_row(-0.013, -0.075, 0.048, 0.024)  # 3 seeds: half-width 0.0615 = t(2) sd / sqrt(3)
+    # sd = 0.0615 sqrt(3) / 4.303 = 0.0248; 4 seeds: t(3) sd / 2 = 0.039 < 0.046, 3 seeds: 0.0615 > 0.046
+    assert seeds_to_resolve(row, 0.046) == 4
+    assert seeds_to_resolve(row, 0.0001) is None  # not within 100 seeds
+    decision, why = verdict(Claim("overall up", "paper-main", "progressive", "joint", "acc_overall", +1, 0.204),
+                            row, 600, 0.226)
+    assert decision == "inconclusive at this scale" and "about 4 seeds" in why
 
 
 def test_claims_table_reads_paired_csv_and_marks_missing_sweeps(tmp_path):
