@@ -58,7 +58,7 @@ CLAIMS = (
           "no_difficulty", "full", "acc_overall", -1, 0.0623),
     Claim("Mixing 5% auxiliary data beats none (0% vs 5%)", "ablation-aux", "0.0", "0.05", "acc_overall", -1),
     Claim("Mixing 5% auxiliary data beats 20%", "ablation-aux", "0.2", "0.05", "acc_overall", -1),
-    Claim("F = 20 samples per behavior is enough: F = 40 is no better", "ablation-few-shot", "40", "20",
+    Claim("F = 20 samples per behavior is enough: F = 50 is no better", "ablation-few-shot", "50", "20",
           "acc_overall", 0),
     Claim("100x sample efficiency over SASRec/BERT4Rec", "sample-efficiency", "", "", "", 0),
 )
