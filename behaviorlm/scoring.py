@@ -163,6 +163,12 @@ class CandidateScorer:
         return out
 
 
+def top_k_names(scores: np.ndarray, names: Sequence[str], k: int) -> list[list[str]]:
+    """Each row's k best names, best first; a -inf score (a name the beam pruned) is never ranked."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[names[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(top)]
+
+
 @torch.no_grad()
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
                 amp_dtype: Optional[torch.dtype], width: int = 10, progress: Optional[str] = None,

@@ -27,7 +27,7 @@ from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import compute_metrics
 from behaviorlm.prompts import PromptBuilder
-from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions
+from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions, top_k_names
 from behaviorlm.selection import Selection, scoring_pool, select_balanced
 from behaviorlm.training import TrainExample, train_lora
 
@@ -123,8 +123,7 @@ class BehaviorModel:
         scores = self.scores(samples, progress)
         if self.score_offset is not None:
             scores = scores + self.score_offset  # -inf (outside the beam) stays -inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return [[self.vocab.names[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(top)]
+        return top_k_names(scores, self.vocab.names, k)
 
     def evaluate(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None):
         rankings = self.rankings(samples, k, progress)

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.metrics import evaluate_rankings
 from behaviorlm.predict import BehaviorPredictor
+from behaviorlm.scoring import top_k_names
 from behaviorlm.stages import logit_adjustment
 from behaviorlm.utils import atomic_write_text, compose_config
 from experiments.collect import markdown_table, mcnemar_exact, t_interval
@@ -44,11 +45,6 @@ def b_set_targets(job_dir: Path) -> list[str]:
     return [name for name, tiers in per_behavior.items() for _ in range(sum(tiers.values()))]
 
 
-def rank(scores: np.ndarray, names: list[str], k: int) -> list[list[str]]:
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [[names[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(top)]
-
-
 def study_job(job_dir: Path, taus: list[float], batch_size: int | None) -> tuple[list[dict], dict[float, np.ndarray]]:
     cfg = job_config(job_dir)
     recorded = json.loads((job_dir / "metrics.json").read_text())
@@ -63,9 +59,9 @@ def study_job(job_dir: Path, taus: list[float], batch_size: int | None) -> tuple
     rows, hits = [], {}
     for tau in taus:
         offset = logit_adjustment(bm.vocab, targets, tau)
-        val, _, _ = evaluate_rankings(dataset.val, rank(val_scores + offset, names, k), bm.vocab, k)
-        test, _, predictions = evaluate_rankings(dataset.test, rank(test_scores + offset, names, k), bm.vocab, k,
-                                                 dataset.test_weights)
+        val, _, _ = evaluate_rankings(dataset.val, top_k_names(val_scores + offset, names, k), bm.vocab, k)
+        test, _, predictions = evaluate_rankings(dataset.test, top_k_names(test_scores + offset, names, k),
+                                                 bm.vocab, k, dataset.test_weights)
         if test["samples_digest"] != recorded["test/samples_digest"]:
             raise SystemExit(f"error: {job_dir}: the test set rebuilt here (digest {test['samples_digest']}) is not "
                              f"the one the job was tested on ({recorded['test/samples_digest']})")
