@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from behaviorlm.cache import StageCache, digest
+from behaviorlm.cache import StageCache
 from behaviorlm.config import validate_config
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import BehaviorDataset, load_dataset
@@ -36,6 +36,7 @@ from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, check_a
                                tune, uses_difficulty)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
+from behaviorlm.cache_keys import root_cache_key, stage_settings
 from behaviorlm.utils import atomic_write_json, provenance, seed_everything
 
 log = logging.getLogger(__name__)
@@ -92,50 +93,6 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
 
 TUNING_STAGES = ("a_tuning", "joint_tuning", "b_tuning")
 SELECTION_STAGES = ("difficulty_selection", "random_balanced", "tail_balanced")
-# The modules whose code determines a stage's output: any edit to them changes every cache key.
-STAGE_CODE = ("stages.py", "training.py", "scoring.py", "selection.py", "prompts.py", "models.py", "metrics.py",
-              "pipeline.py", "data/samples.py", "data/conversations.py", "data/dataset.py", "data/logs.py",
-              "data/foursquare.py")
-
-
-def code_fingerprint() -> str:
-    package = Path(__file__).resolve().parent
-    return digest([(name, (package / name).read_text(encoding="utf-8")) for name in STAGE_CODE])
-
-
-def root_cache_key(cfg: DictConfig, dataset: BehaviorDataset, device: torch.device) -> str:
-    """Everything every stage depends on: the exact samples, the model, the prompts, the seed, the code."""
-    samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val]
-    return digest({"samples": digest(samples), "anchors": sorted(dataset.vocab.anchors),
-                   # contrastive selection reads each behavior's category (data.columns.category, the taxonomy)
-                   "categories": digest(sorted(dataset.vocab.categories.items())),
-                   "model": OmegaConf.to_container(cfg.model, resolve=True),
-                   "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed,
-                   "eval_seed": cfg.data.eval_seed,
-                   # the scorer decides the early-stopping epoch and the selection scores
-                   "scoring": {"mode": cfg.scoring.mode, "beam_width": cfg.scoring.beam_width},
-                   "device": device.type, "code": code_fingerprint(),
-                   # an in-process tokenizer is trained on the conversations too when they are used
-                   "tokenizer_saw_aux": cfg.model.source == "tiny_random" and cfg.aux_ratio > 0,
-                   "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
-                             if k not in ("a_tuning", "b_tuning")}})
-
-
-def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """The settings a stage reads beyond its inputs (the earlier stages are chained into its key)."""
-    container = partial(OmegaConf.to_container, resolve=True)
-    if stage == "a_tuning":
-        return {"train": container(cfg.train.a_tuning), "aux_ratio": cfg.aux_ratio,
-                "aux": container(cfg.aux) if cfg.aux_ratio > 0 else None}
-    if stage == "joint_tuning":
-        return {"train": container(cfg.train.a_tuning)}
-    if stage == "b_tuning":
-        return {"train": container(cfg.train.b_tuning)}
-    if stage == "difficulty_selection":
-        return {"F": cfg.samples_per_behavior, "selection": container(cfg.selection)}
-    return {"F": cfg.samples_per_behavior}
-
-
 def cached_selection_scores(cfg: DictConfig, cache: StageCache, parent_key: str, bm: BehaviorModel,
                             dataset: BehaviorDataset) -> tuple[list[int], np.ndarray] | None:
     """Scores of the selection pool under the model so far; they do not depend on F, so a sweep over F (or over

@@ -5,7 +5,7 @@ import dataclasses
 import torch
 
 from behaviorlm.data.dataset import load_dataset
-from behaviorlm.pipeline import STAGE_CODE, root_cache_key
+from behaviorlm.cache_keys import STAGE_CODE, root_cache_key
 
 
 def test_root_key_follows_scoring_categories_and_code(compose):
