@@ -77,21 +77,28 @@ def gemm_peak(device: torch.device, size: int = 8192, repeat: int = 10) -> float
     return 2 * size ** 3 * repeat / (time.perf_counter() - started)
 
 
-def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: int, steps: int, peak: float) -> dict:
-    """Training throughput and MFU of our LoRA step on a randomly initialised model of a real shape."""
+def random_lora_model(shape: str, device: torch.device, dtype: torch.dtype, attention: str | None = None):
+    """A real architecture with random weights (seed 0) and its config file's LoRA adapter: speed needs no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from behaviorlm.models import add_lora, resolve_device
+    from behaviorlm.models import add_lora
 
-    model_type, model_config_name, shape_kwargs, default_batch = SHAPES[shape]
-    batch_size = batch_size or default_batch
-    device = resolve_device(device_name)
+    model_type, model_config_name, shape_kwargs, _ = SHAPES[shape]
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, **shape_kwargs)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    extra = {"attn_implementation": attention} if attention else {}
+    config = AutoConfig.for_model(model_type, **shape_kwargs, **extra)
     with device:  # initialise on the card: a 1.5B model's random init on the host takes longer than the timing
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model = add_lora(model, compose_config([f"model={model_config_name}"]).model.lora)
+    return add_lora(model, compose_config([f"model={model_config_name}"]).model.lora), config
+
+
+def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: int, steps: int, peak: float) -> dict:
+    """Training throughput and MFU of our LoRA step on a randomly initialised model of a real shape."""
+    from behaviorlm.models import resolve_device
+
+    batch_size = batch_size or SHAPES[shape][3]
+    device = resolve_device(device_name)
+    model, config = random_lora_model(shape, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     base_params = sum(p.numel() for n, p in model.named_parameters() if "lora" not in n and "embed" not in n)
     answer_width = 4  # about a venue name's tokens: the loss covers only the answer, as in training
     generator = torch.Generator().manual_seed(0)
@@ -127,13 +134,11 @@ def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: i
 def padding_check(device_name: str) -> list[dict]:
     """Is a left-padded LoRA training step finite? One step on the SmolLM2 shape (random weights) per attention
     kernel and precision, with our collate (left padding, pad rows attend to nothing) and loss."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from behaviorlm.models import add_lora, resolve_device
+    from behaviorlm.models import resolve_device
     from behaviorlm.training import TrainExample
 
     device = resolve_device(device_name)
-    model_type, model_config_name, shape_kwargs, _ = SHAPES["smollm2_135m"]
+    shape_kwargs = SHAPES["smollm2_135m"][2]
     rng = torch.Generator().manual_seed(0)
     vocab = shape_kwargs["vocab_size"]
     examples = [TrainExample(tuple(torch.randint(0, vocab, (int(n),), generator=rng).tolist()),
@@ -145,12 +150,8 @@ def padding_check(device_name: str) -> list[dict]:
         for weights, amp in (("bf16", None), ("fp32", torch.bfloat16)):
             for padded in (True, False):
                 batch_examples = examples if padded else [examples[0]] * len(examples)
-                torch.manual_seed(0)
-                config = AutoConfig.for_model(model_type, **shape_kwargs, attn_implementation=attention)
-                with device:
-                    model = AutoModelForCausalLM.from_config(
-                        config, dtype=torch.bfloat16 if weights == "bf16" else torch.float32)
-                model = add_lora(model, compose_config([f"model={model_config_name}"]).model.lora)
+                model, _ = random_lora_model("smollm2_135m", device,
+                                             torch.bfloat16 if weights == "bf16" else torch.float32, attention)
                 model.train()
                 batch = collate(batch_examples, 0, device)
                 loss, tokens = answer_loss_sum(model, batch, amp, device)
