@@ -43,6 +43,10 @@ class Claim:
     relative_effect: Optional[float] = None  # the paper's relative effect, to size the experiment that decides
 
 
+# The key each target sweeps (the Makefile's --key): every jobs.csv also has the other columns, constant.
+SWEPT_KEY = {"paper-main": "stage_order", "ablation-components": "variant", "ablation-aux": "aux_ratio",
+             "ablation-few-shot": "samples_per_behavior"}
+
 CLAIMS = (
     Claim("BehaviorLM beats plain fine-tuning on tail behaviors (+27.4% tail accuracy)", "paper-main",
           "progressive", "joint", "acc_tail", +1, 0.274),
@@ -144,7 +148,7 @@ def claims_table(results: Path) -> pd.DataFrame:
             continue
         row = match.iloc[0]
         jobs = pd.read_csv(jobs_csv)
-        key = next(k for k in ("stage_order", "variant", "aux_ratio", "samples_per_behavior") if k in jobs)
+        key = SWEPT_KEY[claim.target]
         n_samples = int(jobs["test/n_samples"].iloc[0])
         ref_mean = reference_mean(jobs, key, claim.reference, claim.metric)
         decision, why = verdict(claim, row, n_samples, ref_mean)

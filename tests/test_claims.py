@@ -69,6 +69,19 @@ def test_claims_table_reads_paired_csv_and_marks_missing_sweeps(tmp_path):
     assert (table.loc[[c.text for c in CLAIMS if c.target == "ablation-aux"], "verdict"] == "not run yet").all()
 
 
+def test_a_claim_reads_its_reference_by_the_key_its_target_sweeps(tmp_path):
+    folder = tmp_path / "ablation-components"
+    folder.mkdir()
+    pd.DataFrame([{"method": "no_aux", "reference": "full", "metric": "acc_overall", "n_seeds": 3, "mean_diff": -0.01,
+                   "ci_low": -0.05, "ci_high": 0.03, "p_value": 0.5, "n_only_method": 20,
+                   "n_only_reference": 24}]).to_csv(folder / "paired.csv", index=False)
+    # every job of a components sweep is progressive: stage_order is a constant column beside the swept variant
+    pd.DataFrame({"stage_order": "progressive", "variant": ["full", "no_aux"] * 3, "test/n_samples": 600,
+                  "test/acc_overall": [0.25, 0.24] * 3}).to_csv(folder / "jobs.csv", index=False)
+    row = claims_table(tmp_path).set_index("claim").loc[CLAIMS[3].text]
+    assert row["reference_mean"] == pytest.approx(0.25) and row["verdict"] == "inconclusive at this scale"
+
+
 @pytest.mark.slow
 def test_gpu_paper_main_driver_runs_on_cpu_with_a_tiny_model(tmp_path):
     out = tmp_path / "gpu-paper-main"
