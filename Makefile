@@ -29,11 +29,15 @@ else
 RESULTS ?= results
 endif
 
+# One id per make invocation: a target's W&B group is TARGET-RUN_ID, so a rerun starts a new group and the group
+# holds exactly the jobs of the local table (which `rm -rf runs` empties first).
+RUN_ID := $(shell date +%Y%m%d-%H%M%S)
+
 # $(call sweep,TARGET,ABLATION,KEY,REFERENCE): run the ablation's sweep into results/TARGET/runs, then tabulate
 # and plot; with REFERENCE, paired differences and McNemar tests against that value of KEY (paired.csv).
 define sweep
 	rm -rf $(RESULTS)/$(1)/runs
-	$(PY) run.py $(2) $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/$(1)/runs logger.group=$(1) $(ARGS)
+	$(PY) run.py $(2) $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/$(1)/runs logger.group=$(1)-$(RUN_ID) $(ARGS)
 	$(PY) -m experiments.collect $(RESULTS)/$(1) --key $(3) $(if $(4),--reference $(4)) $(COLLECT_ARGS)
 endef
 
@@ -51,7 +55,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
 	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
-	sample-efficiency bench gpu-check dashboard claims
+	sample-efficiency ablation-tradeoff bench gpu-check dashboard claims
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -94,15 +98,22 @@ ablation-model-size: $(SETUP) $(if $(filter 1,$(SMOKE)),,install-gemma) ## SmolL
 paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-shot x 3 seeds -> results/paper-main/
 	$(call sweep,paper-main,+ablation=paper_main,stage_order,joint)
 
+# The frontier re-ranks and re-weights the tuned runs of paper-main (same preset, same test set): it runs
+# paper-main first when $(RESULTS)/paper-main has no jobs. Tests only: no training.
+TRADEOFF_ARGS ?= --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1
+ablation-tradeoff: $(SETUP) ## head/tail frontier of logit adjustment (tau) and A-B adapter interpolation (alpha) on paper-main's runs -> results/ablation-tradeoff/
+	@test -n "$$(ls $(RESULTS)/paper-main/runs/*/metrics.json 2>/dev/null)" || $(MAKE) paper-main
+	$(PY) -m experiments.tradeoff $(RESULTS)/paper-main $(TRADEOFF_ARGS) --out $(RESULTS)/ablation-tradeoff $(ARGS)
+
 sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F -> results/sample-efficiency/
 	rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs
 	$(PY) run.py +ablation=sample_efficiency_sequence $(SWEEP_ARGS) \
-		hydra.sweep.dir=$(RESULTS)/sample-efficiency/sequence/runs logger.group=sample-efficiency $(ARGS)
+		hydra.sweep.dir=$(RESULTS)/sample-efficiency/sequence/runs logger.group=sample-efficiency-$(RUN_ID) $(ARGS)
 	$(PY) run.py +ablation=few_shot $(SWEEP_ARGS) \
-		hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs logger.group=sample-efficiency $(ARGS)
+		hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs logger.group=sample-efficiency-$(RUN_ID) $(ARGS)
 	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
 
-paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size sample-efficiency claims ## every table and figure above, then the claims table
+paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size sample-efficiency ablation-tradeoff claims ## every table and figure above, then the claims table
 
 bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
 	$(PIP) install --quiet -e ".[bench]"

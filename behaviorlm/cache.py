@@ -41,9 +41,6 @@ class StageCache:
         self.hits: list[str] = []
         self.misses: list[str] = []
 
-    def chain(self, parent_key: str, stage: str, settings: Any, version: int) -> str:
-        return digest({"parent": parent_key, "stage": stage, "settings": settings, "version": version})
-
     def _dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 

@@ -1,59 +1,144 @@
-"""Stage-cache keys: what every stage depends on (the root key) and what each stage reads beyond its inputs.
+"""What each stage reads, declared once, and the stage-cache keys derived from it.
 
-A stage's key chains its parent's key with `stage_settings`, so any change upstream invalidates everything below.
+Safe by default: a stage's key holds the WHOLE resolved config except the paths declared irrelevant (globally, or
+for that stage, each with the reason), plus the facts the config does not show (the exact samples, anchors,
+categories, conversations, device and the code of every package module the pipeline imports). A new config key
+therefore invalidates every stage until someone declares, with a reason, that a stage does not read it.
+`tests/test_cache_keys.py` mutates every leaf of the default config one at a time and checks exactly this.
+
+Keys chain: a stage's key includes its parent's, so whatever changes upstream invalidates everything below.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import ast
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from behaviorlm.cache import digest
-from behaviorlm.data.dataset import BehaviorDataset
 
-# The modules whose code determines a stage's output: any edit to them changes every cache key.
-STAGE_CODE = ("stages.py", "training.py", "scoring.py", "selection.py", "prompts.py", "models.py", "metrics.py",
-              "pipeline.py", "data/samples.py", "data/conversations.py", "data/dataset.py", "data/logs.py",
-              "data/foursquare.py")
+# Read by no stage: where things go, how they are logged, and settings only the test or the baselines use.
+GLOBAL_IGNORES: dict[str, str] = {
+    "paths": "where files go; the data and models they point to enter the key by content or by model.*",
+    "logger": "W&B logging only",
+    "cache": "where the cache lives",
+    "launcher": "N processes take the same optimizer steps as one (the loss is normalised globally; DDP averages)",
+    "task_name": "a label for the output folder",
+    "optimized_metric": "what a sweeper reads after the job",
+    "extras": "printing and logging conveniences",
+    "device": "the resolved device type enters the key as a fact ('auto' and 'cpu' can be the same device)",
+    "method": "only method=behaviorlm runs stages",
+    "baselines": "the sequence baselines train outside the stage cache",
+    "stage_order": "a stage's inputs are chained through its parent's key: the plan around it does not change "
+                   "what it computes (anchor_only and progressive share A-Tuning)",
+    "model.pip_install": "how to install the model, not which model it is",
+    "data.path": "the log enters the key by content (the samples digest)",
+    "data.train_path": "the log enters the key by content (the samples digest)",
+    "data.test_path": "the log enters the key by content (the samples digest)",
+    "data.taxonomy_path": "the taxonomy enters the key by content (the categories digest)",
+    "aux.path": "the conversations enter the key by content (the conversations digest)",
+    "data.max_test_samples": "the test set is scored after the stages and never cached",
+    "data.test_sampling": "the test set is scored after the stages and never cached",
+    "scoring.logit_adjustment": "test-time re-ranking after the stages",
+    "train.b_tuning.merge_alpha": "test-time adapter interpolation after the stages",
+}
+
+_SELECTION_ONLY = "read by the selection stages, after this one"
+_B_ONLY = "B-Tuning's settings, read after this stage"
+_UPSTREAM = "reaches this stage through its parent's key, when the stage that reads it ran before"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage of a stage order: its kind (`tuning` trains the adapter, `selection` picks the B set, `scores`
+    is a cached sub-step) and the config paths it does not read, each with the reason."""
+
+    name: str
+    kind: str
+    ignores: Mapping[str, str] = field(default_factory=dict)
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("a_tuning", "tuning", {
+        "samples_per_behavior": _SELECTION_ONLY, "selection": _SELECTION_ONLY, "train.b_tuning": _B_ONLY}),
+    Stage("joint_tuning", "tuning", {  # every training sample, with A-Tuning's optimisation settings
+        "samples_per_behavior": _SELECTION_ONLY, "selection": _SELECTION_ONLY, "train.b_tuning": _B_ONLY,
+        "aux_ratio": "plain fine-tuning mixes in no conversations", "aux": "plain fine-tuning mixes in no "
+        "conversations"}),
+    Stage("selection_scores", "scores", {  # the scored pool: one set of scores serves every F and contrastive
+        "samples_per_behavior": "F picks from the scores; the pool's size is selection.max_scored_per_behavior",
+        "selection.contrastive": "how the scores are tiered, not what they are",
+        "selection.strategy": "scores exist only for strategy=difficulty",
+        "selection.difficulty": "scores exist only when difficulty is on",
+        "train.b_tuning": _B_ONLY}),
+    Stage("difficulty_selection", "selection", {"train.b_tuning": _B_ONLY}),
+    Stage("random_balanced", "selection", {
+        "train.b_tuning": _B_ONLY, "selection": "a random balanced set: no scores, no tiers"}),
+    Stage("tail_balanced", "selection", {
+        "train.b_tuning": _B_ONLY, "selection": "a random set of tail behaviors: no scores, no tiers"}),
+    Stage("b_tuning", "tuning", {"train.a_tuning": _UPSTREAM, "aux_ratio": _UPSTREAM, "aux": _UPSTREAM}),
+)}
+
+CACHE_VERSION = 2  # bump when an entry's layout changes
+
+
+def package_modules(roots: tuple[str, ...] = ("pipeline.py",)) -> list[str]:
+    """The package's modules that `roots` import, directly or not (any `behaviorlm.*` import in the source,
+    inside functions too), as paths relative to the package: the code that can change a stage's output."""
+    package = Path(__file__).resolve().parent
+    seen, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or not (package / name).is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((package / name).read_text(encoding="utf-8"))):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for target in targets:
+                if target.startswith("behaviorlm."):
+                    parts = target.split(".")[1:]
+                    todo += [str(Path(*parts)) + ".py", str(Path(*parts, "__init__.py"))]
+    return sorted(seen)
 
 
 def code_fingerprint() -> str:
-    package = Path(__file__).resolve().parent  # STAGE_CODE is relative to the package
-    return digest([(name, (package / name).read_text(encoding="utf-8")) for name in STAGE_CODE])
+    package = Path(__file__).resolve().parent
+    return digest([(name, (package / name).read_text(encoding="utf-8")) for name in package_modules()])
 
 
-def root_cache_key(cfg: DictConfig, dataset: BehaviorDataset, device: torch.device) -> str:
-    """Everything every stage depends on: the exact samples, the model, the prompts, the seed, the code."""
+def without(config: Any, ignores: Mapping[str, str], prefix: str = "") -> Any:
+    """`config` (a resolved container) with the dotted paths in `ignores` removed."""
+    if not isinstance(config, dict):
+        return config
+    return {key: without(value, ignores, f"{prefix}{key}.") for key, value in config.items()
+            if f"{prefix}{key}" not in ignores}
+
+
+def stage_config(config: dict, stage: str) -> dict:
+    """The part of the resolved config `stage` reads."""
+    return without(config, {**GLOBAL_IGNORES, **STAGES[stage].ignores})
+
+
+def stage_key(parent_key: str, stage: str, config: dict) -> str:
+    return digest({"parent": parent_key, "stage": stage, "config": stage_config(config, stage),
+                   "version": CACHE_VERSION})
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def root_cache_key(cfg: DictConfig, dataset, device: torch.device, conversations=()) -> str:
+    """The facts every stage depends on that the config does not show: the exact samples (train and validation),
+    the anchors and categories they imply, the conversations mixed in, the device type and the code."""
     samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val]
     return digest({"samples": digest(samples), "anchors": sorted(dataset.vocab.anchors),
                    # contrastive selection reads each behavior's category (data.columns.category, the taxonomy)
                    "categories": digest(sorted(dataset.vocab.categories.items())),
-                   "model": OmegaConf.to_container(cfg.model, resolve=True),
-                   "prompt": OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.seed,
-                   "eval_seed": cfg.data.eval_seed,
-                   # the scorer decides the early-stopping epoch and the selection scores
-                   "scoring": {"mode": cfg.scoring.mode, "beam_width": cfg.scoring.beam_width},
-                   "device": device.type, "code": code_fingerprint(),
-                   # an in-process tokenizer is trained on the conversations too when they are used
-                   "tokenizer_saw_aux": cfg.model.source == "tiny_random" and cfg.aux_ratio > 0,
-                   "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
-                             if k not in ("a_tuning", "b_tuning")}})
-
-
-def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """The settings a stage reads beyond its inputs (the earlier stages are chained into its key)."""
-    container = partial(OmegaConf.to_container, resolve=True)
-    if stage == "a_tuning":
-        return {"train": container(cfg.train.a_tuning), "aux_ratio": cfg.aux_ratio,
-                "aux": container(cfg.aux) if cfg.aux_ratio > 0 else None}
-    if stage == "joint_tuning":
-        return {"train": container(cfg.train.a_tuning)}
-    if stage == "b_tuning":
-        return {"train": container(cfg.train.b_tuning)}
-    if stage == "difficulty_selection":
-        return {"F": cfg.samples_per_behavior, "selection": container(cfg.selection)}
-    return {"F": cfg.samples_per_behavior}
+                   "conversations": digest(list(conversations)) if cfg.aux_ratio > 0 else None,
+                   "device": device.type, "code": code_fingerprint()})

@@ -1,6 +1,7 @@
 """The `behaviorlm` console script: use a tuned run on new logs.
 
     behaviorlm predict RUN_DIR --input events.csv [--k 5] [--output preds.csv] [--every-event]
+    behaviorlm predict wandb:ENTITY/PROJECT/NAME:ALIAS --input events.csv   # a job's logged model artifact
     behaviorlm evaluate RUN_DIR --input events.csv [--output metrics.json]
     behaviorlm dashboard SWEEP_DIR [--dry-run --output spec.json]    # a W&B workspace + report (behaviorlm.dashboard)
 
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (("predict", "top-k next behaviors with probabilities"),
                             ("evaluate", "standard metrics of a run on a new log")):
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("run_dir", type=Path, help="a run's output folder (it holds manifest.json and adapter/)")
+        cmd.add_argument("run_dir", help="a run's output folder (it holds manifest.json and adapter/), or its W&B "
+                                          "model artifact: wandb:ENTITY/PROJECT/NAME:ALIAS")
         cmd.add_argument("--input", required=True, type=Path, help="behavior log: csv, tsv, jsonl or parquet")
         cmd.add_argument("--output", type=Path, help="where to write the predictions (csv) or metrics (json)")
         cmd.add_argument("--user-col", default="user_id")

@@ -19,6 +19,7 @@ STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "balance
                 "zero_shot")
 MONITORS = ("acc_overall", "acc_tail", "macro_f1")  # what early stopping may watch on the validation slice
 METHODS = ("behaviorlm", "sasrec", "bert4rec", "popularity", "user_frequent", "markov")
+B_LOSSES = ("ce", "balanced_softmax")  # B-Tuning objectives (train.b_tuning.loss)
 
 
 class ConfigError(ValueError):
@@ -129,9 +130,17 @@ class StageTrainConfig:
 
 
 @dataclass
+class BTuningConfig(StageTrainConfig):
+    max_epochs: int = 4
+    learning_rate: float = 1e-4
+    loss: str = "ce"  # (str) ce: answer tokens' cross-entropy | balanced_softmax: softmax over names, prior-corrected
+    merge_alpha: float = 1.0  # (float in [0, 1]) test with alpha * B-tuned + (1 - alpha) * A-tuned LoRA update
+
+
+@dataclass
 class TrainConfig:
     a_tuning: StageTrainConfig = field(default_factory=StageTrainConfig)
-    b_tuning: StageTrainConfig = field(default_factory=lambda: StageTrainConfig(max_epochs=4, learning_rate=1e-4))
+    b_tuning: BTuningConfig = field(default_factory=BTuningConfig)
     batch_size: int = 8  # (int) sequences per micro-batch
     grad_accum: int = 1  # (int) micro-batches per optimizer step
     weight_decay: float = 0.0  # (float) AdamW weight decay
@@ -301,6 +310,9 @@ def validate_config(cfg: DictConfig) -> None:
                "an integer >= 1")
         _check(cfg.train[stage].monitor in MONITORS, f"train.{stage}.monitor", cfg.train[stage].monitor,
                " | ".join(MONITORS))
+    _check(cfg.train.b_tuning.loss in B_LOSSES, "train.b_tuning.loss", cfg.train.b_tuning.loss, " | ".join(B_LOSSES))
+    _check(0.0 <= cfg.train.b_tuning.merge_alpha <= 1.0, "train.b_tuning.merge_alpha", cfg.train.b_tuning.merge_alpha,
+           "a weight in [0, 1] (1: the B-tuned adapter, 0: the A-tuned one)")
     _check(cfg.data.test_sampling in ("uniform", "stratified"), "data.test_sampling", cfg.data.test_sampling,
            "uniform | stratified")
     _check(cfg.optimized_metric is None or not str(cfg.optimized_metric).startswith("test/"), "optimized_metric",

@@ -11,7 +11,8 @@ group, its runs grouped by that key, in four sections:
 - **Head and tail**: test accuracy on anchor behaviors, tail behaviors and overall, one bar per value of the swept
   key, averaged over seeds with the min-max range;
 - **More test metrics**: macro-F1 and acc@5 the same way, and the per-behavior table (`test/per_behavior`);
-- **Stages**: each stage's training loss against steps and its final validation accuracy (overall and tail);
+- **Stages**: each stage's training loss against its optimizer steps and its validation accuracy (overall and
+  tail) against its epochs;
 - **Sweep**: parallel coordinates from the swept key to anchor, tail and overall accuracy.
 The report, titled after the sweep, repeats the head/tail bars and carries `table.md` (means, t-intervals and the
 paired tests) as text. Runs logged offline must be uploaded first (`wandb sync <job>/wandb/offline-run-*`).
@@ -27,8 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
-from omegaconf import OmegaConf
 
+from behaviorlm.tracking import logged_where
 from behaviorlm.utils import atomic_write_text
 
 # Config keys an ablation sweeps over, in the order they are tried when more than one varies.
@@ -76,12 +77,8 @@ def sweep_jobs(sweep_dir: Path) -> pd.DataFrame:
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("status") != "completed":
             continue
-        config_path = metrics_path.parent / ".hydra" / "config.yaml"
-        if config_path.exists():
-            cfg = OmegaConf.load(config_path)
-            metrics["_project"] = cfg.logger.project or f"behaviorlm-{cfg.data.name}"
-            metrics["_entity"] = cfg.logger.entity
-            metrics["_group"] = cfg.logger.group or sweep_dir.name
+        where = logged_where(metrics_path.parent, sweep_dir.name)
+        metrics.update({f"_{name}": value for name, value in where.items() if value is not None})
         rows.append(metrics)
     if not rows:
         raise DashboardError(f"sweep folder '{sweep_dir}' has no completed job (runs/*/metrics.json)")
@@ -104,9 +101,10 @@ def build_spec(sweep_dir: Path) -> DashboardSpec:
         Section("Head and tail", [Panel("bar", f"{m} by {key}", [m], key) for m in HEAD_TAIL]),
         Section("More test metrics", [Panel("bar", f"{m} by {key}", [m], key) for m in MORE_TEST]
                 + [Panel("table", "per-behavior test accuracy", ["test/per_behavior"])]),
-        Section("Stages", [Panel("line", f"{s} training loss", [f"{s}/train/loss"], key, x="_step") for s in stages]
-                + [Panel("bar", f"{s} validation accuracy", [f"{s}/val/acc_overall", f"{s}/val/acc_tail"], key)
-                   for s in stages]),
+        Section("Stages", [Panel("line", f"{s} training loss", [f"{s}/train/loss"], key, x=f"{s}/train/step")
+                           for s in stages]
+                + [Panel("line", f"{s} validation accuracy by epoch", [f"{s}/val/acc_overall", f"{s}/val/acc_tail"],
+                         key, x=f"{s}/epoch") for s in stages]),
         Section("Sweep", [Panel("parallel", f"{key} to accuracy", [f"config:{key}", *HEAD_TAIL])]),
     ]
     table = sweep_dir / "table.md"

@@ -194,3 +194,45 @@ def add_lora(model, lora_cfg: DictConfig):
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def interpolate_lora(model, first_state: dict[str, torch.Tensor], alpha: float, name: str = "interpolated") -> None:
+    """Activate adapter `name` = alpha * ΔW(current "default" adapter) + (1 - alpha) * ΔW(`first_state`).
+
+    Weight-space interpolation in the spirit of WiSE-FT (Wortsman et al., CVPR 2022), between the A-tuned adapter
+    (`first_state`, as peft saves it: `get_peft_model_state_dict` or a run's adapter_model.safetensors) and the
+    B-tuned one. It is exact: peft's 'cat' combination stacks both adapters' factors (rank 2r) instead of averaging
+    the factors, whose product would not be the average of the two updates. "default" stays as it was, so another
+    alpha can follow."""
+    from copy import deepcopy
+
+    from peft import set_peft_model_state_dict
+
+    if name in model.peft_config:
+        model.set_adapter("default")
+        model.delete_adapter(name)
+    model.add_adapter("first", deepcopy(model.peft_config["default"]))
+    result = set_peft_model_state_dict(model, first_state, adapter_name="first")
+    loaded = [k for k in model.state_dict() if ".first." in k]
+    if result.unexpected_keys or len(first_state) != len(loaded):
+        model.delete_adapter("first")
+        raise ValueError(f"interpolate_lora: the A-tuned adapter does not match the model's LoRA modules ("
+                         f"{len(first_state)} tensors for {len(loaded)}; unexpected: {result.unexpected_keys[:3]})")
+    model.add_weighted_adapter(["default", "first"], [alpha, 1.0 - alpha], name, combination_type="cat")
+    model.delete_adapter("first")
+    model.set_adapter(name)
+
+
+def adopt_as_default(model, name: str) -> None:
+    """Make adapter `name` the model's only adapter, "default", so that it saves and reloads as a plain run's does
+    (peft saves any other adapter name in a subfolder). Its weights stay trainable-flagged, as `trainable_state`
+    collects the adapter by that flag."""
+    model.set_adapter(name)
+    model.delete_adapter("default")
+    # a copy through peft's own combination: one adapter, weight 1, its scaling folded in (exact)
+    model.add_weighted_adapter([name], [1.0], "default", combination_type="cat")
+    model.set_adapter("default")
+    model.delete_adapter(name)
+    for param_name, param in model.named_parameters():
+        if ".default." in param_name and "lora_" in param_name:
+            param.requires_grad_(True)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peft import get_peft_model_state_dict
 
 from behaviorlm.cache import StageCache
 from behaviorlm.config import validate_config
@@ -28,15 +29,16 @@ from behaviorlm.data.dataset import BehaviorDataset, load_dataset
 from behaviorlm.data.samples import subsample
 from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import evaluate_rankings, format_results_table, write_test_outputs
-from behaviorlm.models import add_lora, autocast_dtype, load_backbone, resolve_device
+from behaviorlm.models import (adopt_as_default, add_lora, autocast_dtype, interpolate_lora, load_backbone,
+                               resolve_device)
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
-from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, a_tuning_set, check_anchors, difficulty_selection,
-                               logit_adjustment, random_balanced, role_counts, selection_scores, tail_balanced,
-                               tune, uses_difficulty)
+from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, CandidateSoftmaxLoss, a_tuning_set, check_anchors,
+                               check_remedies, difficulty_selection, logit_adjustment, random_balanced, role_counts,
+                               selection_scores, tail_balanced, tune, uses_difficulty)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
-from behaviorlm.cache_keys import root_cache_key, stage_settings
+from behaviorlm.cache_keys import STAGES, resolved, root_cache_key, stage_key
 from behaviorlm.utils import atomic_write_json, provenance, seed_everything
 
 log = logging.getLogger(__name__)
@@ -91,15 +93,17 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
     atomic_write_json(out / "manifest.json", manifest)
 
 
-TUNING_STAGES = ("a_tuning", "joint_tuning", "b_tuning")
-SELECTION_STAGES = ("difficulty_selection", "random_balanced", "tail_balanced")
+TUNING_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "tuning")
+SELECTION_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "selection")
+
+
 def cached_selection_scores(cfg: DictConfig, cache: StageCache, parent_key: str, bm: BehaviorModel,
                             dataset: BehaviorDataset) -> tuple[list[int], np.ndarray] | None:
     """Scores of the selection pool under the model so far; they do not depend on F, so a sweep over F (or over
     the contrastive switch) scores once."""
     if not uses_difficulty(cfg.selection):
         return None
-    key = cache.chain(parent_key, "selection_scores", {"pool": cfg.selection.max_scored_per_behavior}, version=1)
+    key = stage_key(parent_key, "selection_scores", resolved(cfg))
     dist = bm.dist
     entry = dist.agree(cache.load("selection_scores", key) if dist.is_main else None)
     if entry is not None:
@@ -126,6 +130,7 @@ def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorD
         selection, report = pick(bm, dataset.train, cfg.samples_per_behavior, cfg.seed)
         return report, selection
     report: dict[str, Any] = {}
+    objective = None  # the answer tokens' cross-entropy
     if stage == "a_tuning":
         examples, report = a_tuning_set(bm, dataset.train, conversations, cfg.aux_ratio,
                                         cfg.aux.max_response_tokens, cfg.seed)
@@ -136,14 +141,20 @@ def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorD
     else:
         samples, stage_cfg = [dataset.train[i] for i in selection.indices], cfg.train.b_tuning
         examples = bm.behavior_examples(samples)
+        if stage_cfg.loss == "balanced_softmax":
+            objective = CandidateSoftmaxLoss(bm, logit_adjustment(bm.vocab, [s.target for s in samples], tau=-1.0))
     report.update(role_counts(samples, bm.vocab))
 
     def on_step(record: dict) -> None:
-        tracker.log({f"{stage}/train/loss": record["loss"], f"{stage}/train/lr": record["lr"]})
+        tracker.log({f"{stage}/train/step": record["step"], f"{stage}/train/loss": record["loss"],
+                     f"{stage}/train/lr": record["lr"]})
 
     val_for_stopping, records = early_stopping_slice(cfg, dataset), []
     history = tune(bm, examples, stage_cfg, cfg.train, val_for_stopping, cfg.seed, stage, on_step, checkpoint_dir,
-                   k=cfg.scoring.top_k, records=records)
+                   k=cfg.scoring.top_k, records=records, objective=objective)
+    for epoch, record in enumerate(records, start=len(history) - len(records) + 1):  # the validation curve
+        tracker.log({f"{stage}/epoch": epoch, **{f"{stage}/val/{name}": value for name, value in record.items()
+                                                  if isinstance(value, (int, float))}})
     report.update({"n_examples": len(examples), "epochs": len(history)})
     if history and len(records) == len(history) and len(val_for_stopping) == len(dataset.val):
         # The slice is the whole validation set and the kept adapter is the best epoch's: its metrics are the
@@ -194,11 +205,11 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
     bm, base_folder = build_behavior_model(cfg, dataset, conversations, dist)
     k = cfg.scoring.top_k
     cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
-    key = root_cache_key(cfg, dataset, bm.device)
+    key, config = root_cache_key(cfg, dataset, bm.device, conversations), resolved(cfg)
     metrics: dict[str, Any] = {}
-    selection = None
+    selection, merge_alpha, a_state = None, cfg.train.b_tuning.merge_alpha, None
     for stage in STAGE_PLANS[cfg.stage_order]:
-        parent_key, key = key, cache.chain(key, stage, stage_settings(cfg, stage), version=1)
+        parent_key, key = key, stage_key(key, stage, config)
         entry = dist.agree(cache.load(stage, key) if dist.is_main else None)
         if entry is not None:
             report, selection = restore_stage(entry, stage, bm, selection)
@@ -224,9 +235,12 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         if stage in SELECTION_STAGES and dist.is_main:
             atomic_write_json(out / "selection.json", {"per_behavior": selection.per_behavior,
                                                        "tiers": selection.tier_counts()})
+        if stage == "a_tuning" and merge_alpha != 1.0:  # the interpolation's A end point
+            a_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(bm.model).items()}
         stage_metrics = {f"{stage}/{name}": value for name, value in report.items()}
         metrics.update(stage_metrics)
-        tracker.log(stage_metrics)
+        # validation metrics were logged per epoch, on the stage's epoch axis; they reach the summary at the end
+        tracker.log({name: value for name, value in stage_metrics.items() if f"{stage}/val/" not in name})
         log.info("%s %s: %s", stage, "restored from the stage cache" if report["cache_hit"] else "done",
                  {name: v for name, v in stage_metrics.items() if "acc_overall" in name or "seconds" in name})
     metrics.update({"cache/hits": len(cache.hits), "cache/misses": len(cache.misses)})
@@ -234,6 +248,10 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
     metrics["n_train_examples_used"] = sum(
         metrics.get(f"{stage}/n_examples", 0) - metrics.get(f"{stage}/n_aux_examples", 0) for stage in TUNING_STAGES)
 
+    if a_state is not None:  # test-time remedy: the adapters above are the cached ones whatever alpha is
+        interpolate_lora(bm.model, a_state, merge_alpha)
+        adopt_as_default(bm.model, "interpolated")
+    metrics["test/merge_alpha"] = merge_alpha
     tau = cfg.scoring.logit_adjustment.tau
     last_tuned = [stage for stage in STAGE_PLANS[cfg.stage_order] if stage in TUNING_STAGES][-1:]
     if tau and last_tuned:
@@ -242,6 +260,11 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         log.warning("scoring.logit_adjustment.tau=%s: stage_order=%s tunes nothing, so there is no tuned prior to "
                     "adjust; ranking unadjusted", tau, cfg.stage_order)
     metrics["test/logit_adjustment_tau"] = tau if bm.score_offset is not None else 0.0
+    if (a_state is not None or bm.score_offset is not None) and dataset.val:
+        # A test-time remedy changes the model the stages validated: its own validation metrics, to choose alpha
+        # or tau on (`optimized_metric` defaults to val/acc_overall then), never on the test.
+        val_metrics, _ = bm.evaluate(dataset.val, k, progress="validation with the test-time remedy")
+        metrics.update({f"val/{name}": value for name, value in val_metrics.items()})
     started = time.perf_counter()
     rankings = bm.rankings(dataset.test, k, progress="test")
     test_metrics, table, predictions = evaluate_rankings(dataset.test, rankings, bm.vocab, k, dataset.test_weights)
@@ -254,7 +277,8 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         save_run_artifacts(cfg, bm, base_folder, out, adapter_state)
         # What `behaviorlm predict` needs, as a W&B model artifact (alias: the stage order, then the seed).
         metrics["wandb/model_artifact"] = tracker.artifact(
-            "model", [out / "adapter", out / "manifest.json", out / "per_behavior.csv"],
+            # a model built in-process (tiny_random) travels with its base_model/; real ones are named in the manifest
+            "model", [out / "adapter", out / "manifest.json", out / "per_behavior.csv", out / "base_model"],
             aliases=[cfg.stage_order, f"seed{cfg.seed}"])
     return metrics
 
@@ -273,6 +297,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job; returns the flat metrics written to `<output_dir>/metrics.json` (results) and
     `run_info.json` (timings, cache hits). A failing job writes `{"status": "failed", "error": ...}` instead."""
     validate_config(cfg)
+    check_remedies(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -322,6 +347,7 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
         if torch.cuda.is_available():
             metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
         tracker.summary(metrics)
+        metrics.update(tracker.where())
     if not dist.is_main:
         return metrics
     results, runtime = split_runtime(metrics)
@@ -347,6 +373,8 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
     """What a sweeper optimises: `optimized_metric`, or the last tuning stage's validation accuracy (validate_config
     refuses a test metric: tuning on it would leave no held-out estimate)."""
     key = cfg.optimized_metric
+    if key is None and "val/acc_overall" in metrics:  # the final model after a test-time remedy
+        key = "val/acc_overall"
     if key is None:
         stages = [s for s in STAGE_PLANS.get(cfg.stage_order, ()) if f"{s}/val/acc_overall" in metrics]
         key = f"{stages[-1]}/val/acc_overall" if stages else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -27,7 +28,28 @@ from behaviorlm.prompts import PromptBuilder
 from behaviorlm.stages import BehaviorModel
 
 log = logging.getLogger(__name__)
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models"
+def cache_root() -> Path:
+    """BEHAVIORLM_CACHE, as the run configs read it (conf/paths/default.yaml), else the checkout's .cache."""
+    return Path(os.environ.get("BEHAVIORLM_CACHE") or Path(__file__).resolve().parents[1] / ".cache")
+
+
+def fetch_model_artifact(reference: str) -> Path:
+    """`wandb:ENTITY/PROJECT/NAME:ALIAS`, a run's `model` artifact (adapter/, manifest.json, per_behavior.csv, as
+    `Tracker.artifact` logs them), downloaded under $BEHAVIORLM_CACHE/artifacts: a folder laid out as a run's."""
+    name = reference.removeprefix("wandb:")
+    if name.count("/") != 2 or ":" not in name.rsplit("/", 1)[1]:
+        raise FileNotFoundError(f"'{reference}' is not a model artifact reference: expected "
+                                "wandb:ENTITY/PROJECT/NAME:ALIAS (e.g. wandb:me/behaviorlm-foursquare_nyc/model-ab12:progressive)")
+    import wandb
+
+    try:
+        artifact = wandb.Api().artifact(name, type="model")
+        return Path(artifact.download(root=str(cache_root() / "artifacts" / name.replace(":", "_"))))
+    except Exception as err:  # no credentials, no network, no such artifact: one line, not a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"W&B model artifact '{name}' cannot be fetched ({first}); log in with "
+                                "`wandb login` (or set WANDB_API_KEY) and sync offline runs first "
+                                "(`wandb sync <run>/wandb/offline-run-*`)") from None
 
 
 def history_sample(events: Sequence[tuple[str, object]], history_len: int, at: object = None,
@@ -58,7 +80,7 @@ class BehaviorPredictor:
              batch_size: int = 4) -> "BehaviorPredictor":
         from peft import PeftModel
 
-        run_dir = Path(run_dir)
+        run_dir = fetch_model_artifact(str(run_dir)) if str(run_dir).startswith("wandb:") else Path(run_dir)
         manifest_path = run_dir / "manifest.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"'{run_dir}' is not a BehaviorLM run folder: {manifest_path.name} is missing")
@@ -66,7 +88,7 @@ class BehaviorPredictor:
         model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), manifest["model"])
         torch_device = resolve_device(device)
         local = run_dir / manifest["base_model_folder"] if manifest["base_model_folder"] == "base_model" else None
-        base, tokenizer, _ = load_backbone(model_cfg, cache_dir or DEFAULT_CACHE, torch_device, local_dir=local)
+        base, tokenizer, _ = load_backbone(model_cfg, cache_dir or cache_root() / "models", torch_device, local_dir=local)
         model = PeftModel.from_pretrained(base, run_dir / "adapter").to(torch_device).eval()
         prompt = manifest["prompt"]
         prompts = PromptBuilder(tokenizer, prompt["formats"], prompt["use_chat_template"], prompt["system_prompt"],

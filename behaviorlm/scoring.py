@@ -138,6 +138,17 @@ class CandidateScorer:
         mask[:, 0, width:, width:] = self._ancestors[None]
         return ids, positions, mask
 
+    def log_likelihoods(self, prompts: Sequence[Sequence[int]], model=None) -> torch.Tensor:
+        """(prompts, candidates) summed log-probabilities, differentiable (the balanced-softmax loss trains on
+        them); `model` may be a wrapped copy of the scorer's own (DDP)."""
+        ids, positions, mask = self._batch_inputs(prompts)
+        with autocast(self.device, self.amp_dtype):
+            logits = (model or self.model)(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                           logits_to_keep=self.trie.n_nodes + 1, use_cache=False).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, 1 + nodes, vocab)
+        picked = logprobs[:, self._rows, self._tokens]  # (batch, candidates, max_len)
+        return (picked * self._mask).sum(-1)
+
     @torch.no_grad()
     def score(self, prompts: Sequence[Sequence[int]], progress: Optional[str] = None) -> np.ndarray:
         was_training = self.model.training
@@ -149,14 +160,7 @@ class CandidateScorer:
                    mininterval=2.0)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            ids, positions, mask = self._batch_inputs([prompts[i] for i in chunk])
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=self.trie.n_nodes + 1, use_cache=False).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, 1 + nodes, vocab)
-            picked = logprobs[:, self._rows, self._tokens]  # (batch, candidates, max_len)
-            scores = (picked * self._mask).sum(-1)
-            out[chunk] = scores.cpu().numpy()
+            out[chunk] = self.log_likelihoods([prompts[i] for i in chunk]).cpu().numpy()
             bar.update(len(chunk))
         bar.close()
         self.model.train(was_training)

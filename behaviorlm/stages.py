@@ -45,6 +45,20 @@ STAGE_PLANS: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_remedies(cfg: DictConfig) -> None:
+    """Adapter interpolation needs an A-tuned adapter that B-Tuning then continued (A before B in the plan)."""
+    alpha, plan = cfg.train.b_tuning.merge_alpha, STAGE_PLANS[cfg.stage_order]
+    if alpha == 1.0 or cfg.method != "behaviorlm":
+        return
+    if not ("a_tuning" in plan and "b_tuning" in plan and plan.index("a_tuning") < plan.index("b_tuning")):
+        raise ConfigError(f"config key 'train.b_tuning.merge_alpha' = {alpha} interpolates from the A-tuned to the "
+                          f"B-tuned adapter, and stage_order={cfg.stage_order} does not A-tune before B-Tuning "
+                          "(use progressive, or merge_alpha=1)")
+    if cfg.launcher.name != "local":
+        raise ConfigError(f"config key 'train.b_tuning.merge_alpha' = {alpha} is not supported with "
+                          f"launcher={cfg.launcher.name} yet: run the interpolation with launcher=local")
+
+
 def check_anchors(stage_order: str, vocab: BehaviorVocab) -> None:
     """A stage order that A-tunes needs anchor behaviors: without any, A-Tuning would be skipped in silence."""
     if "a_tuning" not in STAGE_PLANS[stage_order] or vocab.anchors:
@@ -67,6 +81,37 @@ def logit_adjustment(vocab: BehaviorVocab, tuned_targets: Sequence[str], tau: fl
     train = np.array([vocab.train_counts.get(n, 0) for n in vocab.names], dtype=float) + 1.0
     last = np.array([tuned.get(n, 0) for n in vocab.names], dtype=float) + 1.0
     return tau * (np.log(train / train.sum()) - np.log(last / last.sum()))
+
+
+class CandidateSoftmaxLoss:
+    """B-Tuning's `balanced_softmax` objective: cross-entropy over the behavior names (every name's summed
+    log-likelihood from the exact trie scorer, one forward per prompt) with `offset` added to each name's logit.
+
+    Balanced softmax (Ren et al., NeurIPS 2020) adds log n_y, the counts of the set trained on, so that the scores
+    learn the posterior under another prior. With offset = log p_B - log p_train (`logit_adjustment` at tau = -1)
+    the adjusted logits fit the balanced B set while the scores themselves keep the training prior: the loss-time
+    counterpart of post-hoc logit adjustment at tau = 1 (Menon et al., ICLR 2021). Normalised per sample."""
+
+    def __init__(self, bm: "BehaviorModel", offset: np.ndarray):
+        self.scorer = bm.scorer
+        self.answer_index = {tuple(bm.prompts.answer_ids(name)): i for i, name in enumerate(bm.vocab.names)}
+        self.offset = torch.tensor(offset, dtype=torch.float32, device=bm.device)
+
+    def batch(self, examples: Sequence[TrainExample]):
+        unknown = [e for e in examples if e.answer_ids not in self.answer_index]
+        if unknown:  # aux conversations have free-text answers: this objective is for behavior examples only
+            raise ValueError(f"balanced_softmax: {len(unknown)} training example(s) answer with something other "
+                             "than a behavior name (aux conversations?); use loss=ce for that stage")
+        targets = torch.tensor([self.answer_index[e.answer_ids] for e in examples], device=self.offset.device)
+        return [e.prompt_ids for e in examples], targets
+
+    def count(self, batch) -> int:
+        return len(batch[1])
+
+    def loss_sum(self, model, batch) -> torch.Tensor:
+        prompts, targets = batch
+        logits = self.scorer.log_likelihoods(prompts, model) + self.offset
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
 @dataclass
@@ -174,7 +219,7 @@ def validation_monitor(bm: BehaviorModel, val_samples: Sequence[Sample], monitor
 
 def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictConfig, train_cfg: DictConfig,
          val_samples: Sequence[Sample], seed: int, desc: str, on_step: Optional[Callable[[dict], None]] = None,
-         checkpoint_dir: Optional[Path] = None, k: int = 1, records: Optional[list] = None):
+         checkpoint_dir: Optional[Path] = None, k: int = 1, records: Optional[list] = None, objective=None):
     """One LoRA training stage with early stopping on `stage_cfg.monitor` over the validation slice (each epoch's
     validation metrics at acc@`k` go to `records`)."""
     validate = None
@@ -187,7 +232,7 @@ def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictCon
                       warmup_ratio=train_cfg.warmup_ratio, max_grad_norm=train_cfg.max_grad_norm,
                       max_steps_per_epoch=train_cfg.max_steps_per_epoch, validate=validate,
                       patience=stage_cfg.patience, seed=seed, desc=desc, on_step=on_step,
-                      checkpoint_dir=checkpoint_dir, dist=bm.dist)
+                      checkpoint_dir=checkpoint_dir, dist=bm.dist, objective=objective)
 
 
 def a_tuning_set(bm: BehaviorModel, train: Sequence[Sample], conversations: Sequence[list[dict]],

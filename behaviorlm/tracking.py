@@ -8,6 +8,7 @@ cannot silently reuse it (`FinishLeftoverRuns` is the Hydra-callback safety net 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -25,6 +26,14 @@ class Tracker:
 
     def __init__(self, run=None):
         self.run = run
+
+    def where(self) -> dict[str, Any]:
+        """Where this job logged (entity, project, group, run id): collect.py and the dashboard read it from
+        run_info.json, so the sweep summary lands in the jobs' own group."""
+        if self.run is None:
+            return {}
+        return {"wandb/entity": self.run.entity, "wandb/project": self.run.project, "wandb/group": self.run.group,
+                "wandb/run_id": self.run.id, "wandb/run_name": self.run.name}
 
     def log(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         if self.run is not None:
@@ -72,8 +81,8 @@ def _group(cfg: DictConfig) -> Optional[str]:
         from hydra.core.hydra_config import HydraConfig
 
         hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode.name == "MULTIRUN":
-            return Path(hydra_cfg.sweep.dir).name
+        if hydra_cfg.mode.name == "MULTIRUN":  # <task_name>-<sweep time>: a bare timestamp finds nothing
+            return f"{cfg.task_name}-{Path(hydra_cfg.sweep.dir).name}"
     except ValueError:  # not inside a Hydra job
         pass
     return None
@@ -89,6 +98,20 @@ def _hydra_job() -> tuple[dict[str, Any], Optional[str]]:
         return {}, None
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     return choices, hydra_cfg.job.override_dirname or None
+
+
+def logged_where(job_dir: Path, fallback_group: str) -> dict[str, Any]:
+    """Where a finished job logged to W&B: its own record in run_info.json (`Tracker.where`), else what its
+    Hydra config says (a job run with logger=none, or before the record existed)."""
+    info_path, config_path = job_dir / "run_info.json", job_dir / ".hydra" / "config.yaml"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if info.get("wandb/group"):
+        return {"project": info["wandb/project"], "entity": info.get("wandb/entity"), "group": info["wandb/group"]}
+    if not config_path.exists():
+        return {"project": None, "entity": None, "group": fallback_group}
+    cfg = OmegaConf.load(config_path)
+    return {"project": cfg.logger.project or f"behaviorlm-{cfg.data.name}", "entity": cfg.logger.entity,
+            "group": cfg.logger.group or fallback_group}
 
 
 def run_name(override_dirname: Optional[str], job_type: str) -> str:
@@ -121,7 +144,22 @@ def tracking(cfg: DictConfig, job_type: str = "behaviorlm") -> Iterator[Tracker]
                     group=_group(cfg), job_type=job_type, name=run_name(overrides, job_type), tags=tags,
                     config=run_config(cfg, choices), dir=cfg.paths.output_dir,
                     mode=os.environ.get("WANDB_MODE", "offline"), settings=settings) as run:
+        define_stage_axes(run)
         yield Tracker(run)
+
+
+def define_stage_axes(run) -> None:
+    """Each stage's curves get their own x axis: training loss against the stage's optimizer step, validation
+    metrics against its epoch (W&B's global step would splice the stages into one line)."""
+    from behaviorlm.cache_keys import STAGES
+
+    for stage, spec in STAGES.items():
+        if spec.kind != "tuning":
+            continue
+        run.define_metric(f"{stage}/train/step", hidden=True)
+        run.define_metric(f"{stage}/train/*", step_metric=f"{stage}/train/step")
+        run.define_metric(f"{stage}/epoch", hidden=True)
+        run.define_metric(f"{stage}/val/*", step_metric=f"{stage}/epoch")
 
 
 class FinishLeftoverRuns(Callback):

@@ -78,6 +78,22 @@ def answer_loss_sum(model, batch, amp_dtype, device) -> tuple[torch.Tensor, int]
     return loss, int((labels != -100).sum())
 
 
+class AnswerTokenLoss:
+    """The default objective: cross-entropy over the answer's tokens, normalised per answer token."""
+
+    def __init__(self, pad_id: int, device: torch.device, amp_dtype: Optional[torch.dtype]):
+        self.pad_id, self.device, self.amp_dtype = pad_id, device, amp_dtype
+
+    def batch(self, examples: Sequence[TrainExample]):
+        return collate(examples, self.pad_id, self.device)
+
+    def count(self, batch) -> int:
+        return int((batch[3] != -100).sum())
+
+    def loss_sum(self, model, batch) -> torch.Tensor:
+        return answer_loss_sum(model, batch, self.amp_dtype, self.device)[0]
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Too many optimizer steps had a non-finite loss or gradient: the adapter would be garbage."""
 
@@ -104,13 +120,15 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                max_grad_norm: float = 1.0, max_steps_per_epoch: Optional[int] = None,
                validate: Optional[Callable[[], float]] = None, patience: int = 2, seed: int = 0,
                desc: str = "train", on_step: Optional[Callable[[dict], None]] = None,
-               checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL) -> list[EpochResult]:
+               checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL, objective=None) -> list[EpochResult]:
     """Train the model's trainable (LoRA) parameters; with `validate`, keep the best epoch's weights.
 
     `batch_size` is the global batch. With several processes (`dist`) every rank draws the same global batches
     and trains on its strided slice of each; the loss is normalised by the global answer-token count, so N
-    processes take the same steps as one (up to float reduction order).
+    processes take the same steps as one (up to float reduction order). `objective` (batch / count / loss_sum)
+    defaults to the answer tokens' cross-entropy; `stages.CandidateSoftmaxLoss` is the balanced-softmax one.
     """
+    objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype)
     if not examples:
         log.warning("%s: no training examples; skipping the stage", desc)
         return []
@@ -167,20 +185,20 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                 mine = global_batch[dist.rank::dist.world]
                 # A rank whose slice of a short last batch is empty still runs a zero-weight forward: DDP needs
                 # every rank in every gradient all-reduce.
-                collated.append(collate([examples[i] for i in (mine or global_batch[:1])], pad_id, device))
+                collated.append(objective.batch([examples[i] for i in (mine or global_batch[:1])]))
                 weights.append(1.0 if mine else 0.0)
             # Normalise by the tokens of the whole accumulation group on all ranks: accumulation then equals one
             # big batch, and N processes equal one (DDP averages gradients, hence the factor world).
-            local_tokens = sum(int((c[3] != -100).sum()) * w for c, w in zip(collated, weights))
+            local_tokens = sum(objective.count(c) * w for c, w in zip(collated, weights))
             group_tokens = dist.sum(local_tokens)
             group_loss = 0.0
             for j, (batch, weight) in enumerate(zip(collated, weights)):
                 with dist.no_sync(train_model, skip=j < len(collated) - 1):
-                    loss_sum, _ = answer_loss_sum(train_model, batch, amp_dtype, device)
+                    loss_sum = objective.loss_sum(train_model, batch)
                     scaled = loss_sum * weight * dist.world / group_tokens
                     dist.accelerator.backward(scaled) if dist.enabled else scaled.backward()
                 group_loss += loss_sum.item() * weight
-                seen += batch[0].shape[0] * int(weight)
+                seen += len(batch[0]) * int(weight)
                 bar.update(1)
             if dist.enabled:
                 grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
@@ -193,7 +211,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                 optimizer.step()
             else:
                 skipped += 1
-                widths = [int(c[0].shape[1]) for c in collated]
+                widths = [int(c[0].shape[1]) if torch.is_tensor(c[0]) else max(map(len, c[0])) for c in collated]
                 log.warning("%s epoch %d step %d: non-finite loss or gradient (loss sum %s over %d answer tokens, "
                             "row widths %s): step skipped", desc, epoch, step + 1, group_loss, group_tokens, widths)
             scheduler.step()

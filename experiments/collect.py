@@ -233,14 +233,14 @@ def log_to_wandb(out: Path, key: str, table: pd.DataFrame, images: list[Path], g
     import os
 
     import wandb
-    from omegaconf import OmegaConf
+
+    from behaviorlm.tracking import logged_where
 
     project, entity = os.environ.get("WANDB_PROJECT", "behaviorlm-results"), None
-    configs = sorted(out.glob("runs/*/.hydra/config.yaml"))
-    if configs:
-        cfg = OmegaConf.load(configs[0])
-        project, entity = cfg.logger.project or f"behaviorlm-{cfg.data.name}", cfg.logger.entity
-        group = cfg.logger.group or group
+    jobs = sorted(path.parent for path in out.glob("runs/*/metrics.json"))
+    if jobs:
+        where = logged_where(jobs[0], group)
+        project, entity, group = where["project"] or project, where["entity"], where["group"]
     with wandb.init(project=project, entity=entity, group=group, job_type="summary", name=f"{group} summary",
                     dir=str(out), mode=os.environ.get("WANDB_MODE", "offline")) as run:
         run.log({f"{key}/table": wandb.Table(dataframe=table),

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.metrics import evaluate_rankings
+from behaviorlm.models import interpolate_lora
 from behaviorlm.predict import BehaviorPredictor
 from behaviorlm.scoring import top_k_names
 from behaviorlm.stages import logit_adjustment
@@ -45,7 +47,28 @@ def b_set_targets(job_dir: Path) -> list[str]:
     return [name for name, tiers in per_behavior.items() for _ in range(sum(tiers.values()))]
 
 
-def study_job(job_dir: Path, taus: list[float], batch_size: int | None) -> tuple[list[dict], dict[float, np.ndarray]]:
+def a_tuned_jobs(sweep_dir: Path) -> dict[int, Path]:
+    """Per seed, the sweep's anchor_only job: its adapter is the A-tuned adapter the seed's progressive job
+    continued from (the same A-Tuning stage, restored from the stage cache)."""
+    jobs = {}
+    for metrics_path in sorted(sweep_dir.glob("runs/*/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("status") == "completed" and metrics.get("stage_order") == "anchor_only":
+            jobs[metrics["seed"]] = metrics_path.parent
+    return jobs
+
+
+def check_same_a_tuning(job_dir: Path, a_dir: Path) -> None:
+    """The interpolation's end point must be the A-Tuning this job continued from: same stage metrics."""
+    mine, theirs = (json.loads((d / "metrics.json").read_text()) for d in (job_dir, a_dir))
+    keys = [k for k in mine if k.startswith("a_tuning/val/")]
+    if not keys or any(mine[k] != theirs.get(k) for k in keys):
+        raise SystemExit(f"error: {a_dir} is not the A-Tuning {job_dir} continued from (a_tuning/val metrics "
+                         "differ): cannot interpolate between them")
+
+
+def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path | None, batch_size: int | None,
+              drift_samples: float) -> tuple[list[dict], dict[tuple[float, float], np.ndarray]]:
     cfg = job_config(job_dir)
     recorded = json.loads((job_dir / "metrics.json").read_text())
     dataset = load_dataset(cfg)
@@ -53,79 +76,131 @@ def study_job(job_dir: Path, taus: list[float], batch_size: int | None) -> tuple
     bm = predictor.bm
     bm.scoring_mode, bm.beam_width = cfg.scoring.mode, cfg.scoring.beam_width
     names, k = list(bm.vocab.names), cfg.scoring.top_k
-    val_scores = bm.scores(dataset.val, progress="validation")
-    test_scores = bm.scores(dataset.test, progress="test")
+    a_state = None
+    if any(alpha != 1.0 for alpha in alphas):
+        check_same_a_tuning(job_dir, a_dir)
+        a_state = load_file(a_dir / "adapter" / "adapter_model.safetensors")
     targets = b_set_targets(job_dir)
     rows, hits = [], {}
-    for tau in taus:
-        offset = logit_adjustment(bm.vocab, targets, tau)
-        val, _, _ = evaluate_rankings(dataset.val, top_k_names(val_scores + offset, names, k), bm.vocab, k)
-        test, _, predictions = evaluate_rankings(dataset.test, top_k_names(test_scores + offset, names, k),
-                                                 bm.vocab, k, dataset.test_weights)
-        if test["samples_digest"] != recorded["test/samples_digest"]:
-            raise SystemExit(f"error: {job_dir}: the test set rebuilt here (digest {test['samples_digest']}) is not "
-                             f"the one the job was tested on ({recorded['test/samples_digest']})")
-        # bf16 scoring of a padded batch is not bit-identical to the job's: allow one sample's worth of drift
-        plain = "acc_overall_sample" if "acc_overall_sample" in test else "acc_overall"  # unweighted share of hits
-        drift = abs(test[plain] - recorded[f"test/{plain}"])
-        if tau == 0 and drift > 1.01 / len(dataset.test):
-            raise SystemExit(f"error: {job_dir}: tau = 0 gives test accuracy {test[plain]:.4f}, the job recorded "
-                             f"{recorded[f'test/{plain}']:.4f}: this study does not reproduce the run (try "
-                             "--batch-size 1)")
-        rows.append({"seed": cfg.seed, "tau": tau, "val_acc_overall": val["acc_overall"],
-                     "recorded_test_acc_overall": recorded["test/acc_overall"],
-                     **{f"test/{m}": test[m] for m in METRICS}, "test/samples_digest": test["samples_digest"]})
-        hits[tau] = predictions["correct"].to_numpy()
+    for alpha in alphas:
+        if alpha != 1.0:
+            interpolate_lora(bm.model, a_state, alpha)
+        else:
+            bm.model.set_adapter("default")
+        val_scores = bm.scores(dataset.val, progress=f"validation, alpha {alpha}")
+        test_scores = bm.scores(dataset.test, progress=f"test, alpha {alpha}")
+        for tau in taus:
+            offset = logit_adjustment(bm.vocab, targets, tau)
+            val, _, _ = evaluate_rankings(dataset.val, top_k_names(val_scores + offset, names, k), bm.vocab, k)
+            test, _, predictions = evaluate_rankings(dataset.test, top_k_names(test_scores + offset, names, k),
+                                                     bm.vocab, k, dataset.test_weights)
+            if test["samples_digest"] != recorded["test/samples_digest"]:
+                raise SystemExit(f"error: {job_dir}: the test set rebuilt here (digest {test['samples_digest']}) "
+                                 f"is not the one the job was tested on ({recorded['test/samples_digest']})")
+            plain = "acc_overall_sample" if "acc_overall_sample" in test else "acc_overall"  # unweighted hit share
+            # the end points reproduce the two jobs (alpha 1: this one; alpha 0: the anchor_only one), up to
+            # `drift_samples` samples: bf16 scoring of a differently padded batch is not bit-identical
+            reference = {1.0: recorded, 0.0: json.loads((a_dir / "metrics.json").read_text()) if a_dir else None}
+            if tau == 0 and reference.get(alpha) is not None:
+                drift = abs(test[plain] - reference[alpha][f"test/{plain}"]) * len(dataset.test)
+                if drift > drift_samples + 0.01:
+                    raise SystemExit(f"error: {job_dir}: alpha {alpha}, tau 0 gives test accuracy {test[plain]:.4f}, "
+                                     f"the job recorded {reference[alpha][f'test/{plain}']:.4f} ({drift:.0f} samples "
+                                     "apart): this study does not reproduce the run (try --batch-size 1)")
+            rows.append({"seed": cfg.seed, "alpha": alpha, "tau": tau, "val_acc_overall": val["acc_overall"],
+                         "recorded_test_acc_overall": recorded["test/acc_overall"],
+                         **{f"test/{m}": test[m] for m in METRICS}, "test/samples_digest": test["samples_digest"]})
+            hits[(alpha, tau)] = predictions["correct"].to_numpy()
     return rows, hits
 
 
-def summarize(jobs: pd.DataFrame, hits: dict[int, dict[float, np.ndarray]], others: pd.DataFrame) -> str:
-    lines = []
-    reference = {seed: h[0.0] for seed, h in hits.items()}
-    for tau, group in jobs.groupby("tau"):
-        row = {"τ": tau, "seeds": len(group)}
-        for metric in METRICS:
-            values = group[f"test/{metric}"].to_numpy()
-            low, high = t_interval(values)
-            row[metric.replace("acc_", "")] = f"{values.mean():.3f} [{low:.3f}, {high:.3f}]"
-        row["val overall"] = f"{group['val_acc_overall'].mean():.3f}"
-        if tau != 0.0:
-            b = sum(int(((h[tau] == 1) & (reference[s] == 0)).sum()) for s, h in hits.items())
-            c = sum(int(((h[tau] == 0) & (reference[s] == 1)).sum()) for s, h in hits.items())
-            row["vs τ=0 (McNemar, overall hits)"] = f"+{b} / −{c}, p = {mcnemar_exact(b, c):.2g}"
-        else:
-            row["vs τ=0 (McNemar, overall hits)"] = "ref."
-        lines.append(row)
-    best = jobs.groupby("tau")["val_acc_overall"].mean().idxmax()
-    text = markdown_table(pd.DataFrame(lines)) + f"\n\nτ_val (best mean validation accuracy): {best}\n"
+REFERENCE = (1.0, 0.0)  # alpha 1, tau 0: the progressive job as it was tuned and tested
+
+
+def interval_cells(group: pd.DataFrame) -> dict[str, str]:
+    cells = {}
+    for metric in METRICS:
+        values = group[f"test/{metric}"].to_numpy()
+        low, high = t_interval(values)
+        cells[metric.replace("acc_", "")] = f"{values.mean():.3f} [{low:.3f}, {high:.3f}]"
+    return cells
+
+
+def paired_cell(hits: dict[int, dict], point: tuple[float, float]) -> str:
+    """Overall hits gained / lost against the reference point, pooled over seeds, with an exact McNemar test."""
+    if point == REFERENCE:
+        return "ref."
+    b = sum(int(((h[point] == 1) & (h[REFERENCE] == 0)).sum()) for h in hits.values())
+    c = sum(int(((h[point] == 0) & (h[REFERENCE] == 1)).sum()) for h in hits.values())
+    return f"+{b} / −{c}, p = {mcnemar_exact(b, c):.2g}"
+
+
+def curve_table(jobs: pd.DataFrame, hits: dict[int, dict], remedy: str) -> pd.DataFrame:
+    """One remedy's curve: tau at alpha 1 (logit adjustment) or alpha at tau 0 (interpolation)."""
+    knob, fixed, value = ("tau", "alpha", 1.0) if remedy == "logit adjustment" else ("alpha", "tau", 0.0)
+    rows = []
+    for setting, group in jobs[jobs[fixed] == value].groupby(knob):
+        point = (value, setting) if knob == "tau" else (setting, value)
+        rows.append({knob: setting, "seeds": len(group), **interval_cells(group),
+                     "val overall": f"{group['val_acc_overall'].mean():.3f}",
+                     "vs progressive (McNemar, overall hits)": paired_cell(hits, point)})
+    return pd.DataFrame(rows)
+
+
+def summarize(jobs: pd.DataFrame, hits: dict[int, dict], others: pd.DataFrame) -> str:
+    seeds = jobs["seed"].nunique()
+    text = (f"Anchor, tail and overall test accuracy: mean [Student-t 95% interval] over {seeds} seeds; paired "
+            "against the progressive job itself (alpha 1, tau 0) with exact McNemar tests pooled over seeds.\n\n")
+    if jobs["alpha"].nunique() > 1:
+        text += "## Adapter interpolation (alpha: 1 = B-tuned, 0 = A-tuned; tau 0)\n\n"
+        text += markdown_table(curve_table(jobs, hits, "interpolation")) + "\n\n"
+    text += "## Logit adjustment (tau; alpha 1)\n\n" + markdown_table(curve_table(jobs, hits, "logit adjustment"))
+    by_val = jobs.groupby(["alpha", "tau"])["val_acc_overall"].mean()
+    alpha, tau = by_val.idxmax()
+    chosen = jobs[(jobs["alpha"] == alpha) & (jobs["tau"] == tau)]
+    cells = interval_cells(chosen)
+    text += (f"\n\nChosen on validation over the whole grid (best mean validation accuracy {by_val.max():.3f}): "
+             f"alpha = {alpha:g}, tau = {tau:g}; its test accuracy: anchor {cells['anchor']}, tail {cells['tail']}, "
+             f"overall {cells['overall']} ({paired_cell(hits, (alpha, tau))} against progressive).\n")
     if len(others):
-        points = []
-        for order, group in others.groupby("stage_order"):
-            cells = [f"{group[f'test/{m}'].mean():.3f}" for m in METRICS]
-            points.append({"stage_order": order, "seeds": len(group), "anchor": cells[0], "tail": cells[1],
-                           "overall": cells[2]})
-        text += "\nThe sweep's other stage orders (means over seeds), as reference points:\n\n"
-        text += markdown_table(pd.DataFrame(points)) + "\n"
+        points = [{"stage_order": order, "seeds": len(group), **interval_cells(group)}
+                  for order, group in others.groupby("stage_order")]
+        text += "\nThe sweep's other stage orders, as reference points:\n\n" + markdown_table(pd.DataFrame(points))
+        text += "\n"
     return text
 
 
 def plot(jobs: pd.DataFrame, others: pd.DataFrame, path: Path) -> None:
+    """Anchor against tail accuracy: one curve per remedy, the other stage orders as points; bars are the
+    Student-t 95% intervals over seeds on both axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    means = jobs.groupby("tau")[["test/acc_anchor", "test/acc_tail"]].mean()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    ax.plot(means["test/acc_tail"], means["test/acc_anchor"], "o-", label="progressive + logit adjustment")
-    for tau, row in means.iterrows():
-        ax.annotate(f"τ={tau:g}", (row["test/acc_tail"], row["test/acc_anchor"]), fontsize=8,
-                    textcoords="offset points", xytext=(4, 4))
+    def point(group: pd.DataFrame) -> tuple[float, float, float, float]:
+        tail, anchor = group["test/acc_tail"].to_numpy(), group["test/acc_anchor"].to_numpy()
+        return (tail.mean(), anchor.mean(), tail.mean() - t_interval(tail)[0], anchor.mean() - t_interval(anchor)[0])
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    curves = [("progressive + logit adjustment (τ)", "tau", jobs[jobs["alpha"] == 1.0]),
+              ("progressive, A↔B interpolation (α)", "alpha", jobs[jobs["tau"] == 0.0])]
+    for label, knob, frame in curves:
+        if frame[knob].nunique() < 2:
+            continue
+        stats = [(value, *point(group)) for value, group in frame.groupby(knob)]
+        xs, ys, xerr, yerr = (np.array([s[i] for s in stats]) for i in range(1, 5))
+        ax.errorbar(xs, ys, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o-", capsize=2, label=label,
+                    alpha=0.85)
+        for value, x, y in zip((s[0] for s in stats), xs, ys):
+            ax.annotate(f"{'τ' if knob == 'tau' else 'α'}={value:g}", (x, y), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
     for order, group in others.groupby("stage_order"):
-        ax.plot(group["test/acc_tail"].mean(), group["test/acc_anchor"].mean(), "s", label=order)
+        x, y, xe, ye = point(group)
+        ax.errorbar([x], [y], xerr=[np.nan_to_num(xe)], yerr=[np.nan_to_num(ye)], fmt="s", capsize=2, label=order)
     ax.set_xlabel("tail accuracy (test)")
     ax.set_ylabel("anchor accuracy (test)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -136,12 +211,19 @@ def main() -> None:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--order", default="progressive", help="the stage order whose jobs are re-ranked")
     parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0],
+                        help="adapter interpolation weights (1 = the B-tuned adapter; anything else needs the "
+                             "sweep's anchor_only job of the same seed, whose adapter is the A-tuned end point)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="scoring batch (default: the job's scoring.batch_size; 1 for runs made before beam "
                              "batching)")
+    parser.add_argument("--drift-samples", type=float, default=1.0,
+                        help="how many test samples the end points may differ from the recorded jobs by (a "
+                             "different scoring batch pads differently, and bf16 scoring is not bit-identical)")
     args = parser.parse_args()
-    taus = sorted(set([0.0, *args.taus]))
+    taus, alphas = sorted(set([0.0, *args.taus])), sorted(set([1.0, *args.alphas]))
+    a_jobs = a_tuned_jobs(args.sweep_dir)
     rows, hits, others = [], {}, []
     for metrics_path in sorted(args.sweep_dir.glob("runs/*/metrics.json")):
         metrics = json.loads(metrics_path.read_text())
@@ -150,16 +232,21 @@ def main() -> None:
         if metrics["stage_order"] != args.order:
             others.append({k: metrics.get(k) for k in ("stage_order", "seed", *(f"test/{m}" for m in METRICS))})
             continue
-        job_rows, job_hits = study_job(metrics_path.parent, taus, args.batch_size)
+        a_dir = a_jobs.get(metrics["seed"])
+        if a_dir is None and alphas != [1.0]:
+            raise SystemExit(f"error: no completed anchor_only job of seed {metrics['seed']} under "
+                             f"{args.sweep_dir}/runs: adapter interpolation needs its A-tuned adapter")
+        job_rows, job_hits = study_job(metrics_path.parent, taus, alphas, a_dir, args.batch_size,
+                                       args.drift_samples)
         rows += job_rows
         hits[metrics["seed"]] = job_hits
+        args.out.mkdir(parents=True, exist_ok=True)  # each finished seed is kept: a long study can be read early
+        atomic_write_text(args.out / "jobs.csv", pd.DataFrame(rows).to_csv(index=False))
     if not rows:
         raise SystemExit(f"error: no completed {args.order} job under {args.sweep_dir}/runs")
     jobs = pd.DataFrame(rows)
     if jobs["test/samples_digest"].nunique() != 1:
         raise SystemExit("error: the jobs were tested on different samples; they cannot be paired")
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "jobs.csv", jobs.to_csv(index=False))
     others_frame = pd.DataFrame(others)
     table = summarize(jobs, hits, others_frame)
     atomic_write_text(args.out / "table.md", table)

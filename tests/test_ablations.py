@@ -66,3 +66,22 @@ def test_sample_efficiency_smoke(tmp_path):
     assert set(curves["method"]) == {"behaviorlm", "sasrec", "bert4rec"}
     assert (folder / "sample_efficiency.png").exists()
     assert "BehaviorLM's samples" in (folder / "report.txt").read_text()
+
+
+@pytest.mark.slow
+def test_tradeoff_smoke_runs_paper_main_first_and_draws_both_curves(tmp_path):
+    result = make("ablation-tradeoff", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = pd.read_csv(tmp_path / "paper-main" / "jobs.csv")  # the tuned runs it stands on
+    assert len(jobs) == 4 * 2
+    rows = pd.read_csv(tmp_path / "ablation-tradeoff" / "jobs.csv")
+    assert set(rows["seed"]) == {0, 1} and sorted(set(rows["alpha"])) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(rows) == 2 * 5 * 6  # seeds x alphas x taus (0 always included)
+    # the end points reproduce the jobs they stand for, seed by seed
+    for seed in (0, 1):
+        plain = rows[(rows["seed"] == seed) & (rows["tau"] == 0.0)].set_index("alpha")["test/acc_overall"]
+        mine = jobs[jobs["seed"] == seed].set_index("stage_order")["test/acc_overall"]
+        assert plain[1.0] == pytest.approx(mine["progressive"]) and plain[0.0] == pytest.approx(mine["anchor_only"])
+    table = (tmp_path / "ablation-tradeoff" / "table.md").read_text()
+    assert "Adapter interpolation" in table and "Chosen on validation" in table
+    assert (tmp_path / "ablation-tradeoff" / "anchor_vs_tail.png").exists()

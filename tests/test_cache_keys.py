@@ -1,24 +1,138 @@
-"""The stage cache's root key changes with what the stages read that the config keys alone do not show."""
+"""Stage-cache keys are derived from what each stage declares it does not read: every other config leaf, and the
+facts the config does not show (samples, categories, code), must change the key of that stage and all below it."""
 
+import copy
 import dataclasses
 
+import pytest
 import torch
 
+from behaviorlm.cache_keys import (GLOBAL_IGNORES, STAGES, package_modules, resolved, root_cache_key,
+                                   stage_key)
 from behaviorlm.data.dataset import load_dataset
-from behaviorlm.cache_keys import STAGE_CODE, root_cache_key
+from behaviorlm.stages import STAGE_PLANS
 
 
-def test_root_key_follows_scoring_categories_and_code(compose):
+def leaves(config, prefix=""):
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def mutated(value):
+    """Another value of the same type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.5
+    if isinstance(value, str):
+        return value + "_changed"
+    if isinstance(value, list):
+        return [*value, "changed"]
+    if value is None:
+        return 7
+    if isinstance(value, dict):  # an empty group, such as extras: {}
+        return {"changed": 1}
+    raise TypeError(type(value))
+
+
+def with_leaf(config, path, value):
+    config = copy.deepcopy(config)
+    *parents, last = path.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return config
+
+
+def declared_irrelevant(path, stage):
+    ignores = {**GLOBAL_IGNORES, **STAGES[stage].ignores}
+    parts = path.split(".")
+    return any(".".join(parts[:i]) in ignores for i in range(1, len(parts) + 1))
+
+
+def chain(config, order):
+    """Each stage's key as the pipeline chains them (selection scores hang off difficulty selection's parent),
+    with the stages whose settings reach it through the chain."""
+    keys, readers, key, upstream = {}, {}, "root", []
+    for stage in STAGE_PLANS[order]:
+        if stage == "difficulty_selection":
+            keys["selection_scores"] = stage_key(key, "selection_scores", config)
+            readers["selection_scores"] = [*upstream, "selection_scores"]
+        key = stage_key(key, stage, config)
+        upstream = [*upstream, stage]
+        keys[stage], readers[stage] = key, upstream
+    return keys, readers
+
+
+@pytest.mark.parametrize("order", ["progressive", "joint", "balanced_only", "tail_first"])
+def test_every_config_leaf_changes_every_stage_key_it_is_not_declared_irrelevant_for(compose, order):
+    config = resolved(compose(f"stage_order={order}"))
+    base, readers = chain(config, order)
+    checked = 0
+    for path, value in leaves(config):
+        changed, _ = chain(with_leaf(config, path, mutated(value)), order)
+        for stage, key in base.items():
+            relevant = any(not declared_irrelevant(path, reader) for reader in readers[stage])
+            assert (changed[stage] != key) == relevant, (
+                f"{path}: the {stage} key {'did not change' if relevant else 'changed'} although the leaf is "
+                f"{'read' if relevant else 'declared irrelevant'} by {readers[stage]}")
+            checked += 1
+    assert checked > 100
+
+
+def test_every_declared_path_exists_in_the_config(compose):
+    config = resolved(compose())
+    paths = {path for path, _ in leaves(config)}
+    prefixes = {".".join(p.split(".")[:i]) for p in paths for i in range(1, len(p.split(".")) + 1)}
+    declared = set(GLOBAL_IGNORES) | {path for stage in STAGES.values() for path in stage.ignores}
+    assert declared <= prefixes, sorted(declared - prefixes)  # a typo would ignore nothing, silently
+
+
+def test_the_paper_questions_the_cache_must_not_answer_from_stale_entries(compose):
+    exact = resolved(compose())
+    beam = resolved(compose("scoring.mode=beam"))
+    no_category = resolved(compose("data.columns.category=null"))
+    f50 = resolved(compose("samples_per_behavior=50"))
+    base, _ = chain(exact, "progressive")
+    # beam after exact: the kept epoch and the selection scores would differ
+    assert chain(beam, "progressive")[0]["a_tuning"] != base["a_tuning"]
+    assert chain(beam, "progressive")[0]["selection_scores"] != base["selection_scores"]
+    assert chain(no_category, "progressive")[0]["difficulty_selection"] != base["difficulty_selection"]
+    # and the F sweep still reuses A-Tuning and the selection scores
+    assert chain(f50, "progressive")[0]["a_tuning"] == base["a_tuning"]
+    assert chain(f50, "progressive")[0]["selection_scores"] == base["selection_scores"]
+    assert chain(f50, "progressive")[0]["difficulty_selection"] != base["difficulty_selection"]
+    # anchor_only and progressive share A-Tuning; a test-time remedy shares every stage
+    assert chain(exact, "anchor_only")[0]["a_tuning"] == base["a_tuning"]
+    remedy = resolved(compose("train.b_tuning.merge_alpha=0.5", "scoring.logit_adjustment.tau=1"))
+    assert chain(remedy, "progressive")[0] == base
+
+
+def test_root_key_follows_samples_categories_conversations_and_device(compose):
     cfg = compose("data=synthetic", "model=tiny_random", "logger=none")
     dataset = load_dataset(cfg)
     cpu = torch.device("cpu")
-    key = root_cache_key(cfg, dataset, cpu)
-    assert root_cache_key(cfg, dataset, cpu) == key  # deterministic
-    # beam after exact: early stopping and selection scores would differ, so nothing may be reused
-    assert root_cache_key(compose("data=synthetic", "model=tiny_random", "logger=none", "scoring.mode=beam"),
-                          dataset, cpu) != key
-    # the same samples without categories (data.columns.category=null): contrastive selection would differ
+    key = root_cache_key(cfg, dataset, cpu, [[{"role": "user", "content": "hi"}]])
+    assert root_cache_key(cfg, dataset, cpu, [[{"role": "user", "content": "hi"}]]) == key  # deterministic
     no_categories = dataclasses.replace(dataset, vocab=dataclasses.replace(dataset.vocab, categories={}))
-    assert root_cache_key(cfg, no_categories, cpu) != key
-    # the modules that choose each stage's examples, early stopping's accuracy and the data are fingerprinted
-    assert {"pipeline.py", "metrics.py", "data/dataset.py", "data/logs.py", "data/foursquare.py"} <= set(STAGE_CODE)
+    assert root_cache_key(cfg, no_categories, cpu, [[{"role": "user", "content": "hi"}]]) != key
+    fewer = dataclasses.replace(dataset, splits={**dataset.splits, "train": dataset.train[1:]})
+    assert root_cache_key(cfg, fewer, cpu, [[{"role": "user", "content": "hi"}]]) != key
+    assert root_cache_key(cfg, dataset, cpu, [[{"role": "user", "content": "hello"}]]) != key
+    assert root_cache_key(cfg, dataset, torch.device("meta"), [[{"role": "user", "content": "hi"}]]) != key
+
+
+def test_the_code_fingerprint_covers_every_module_the_pipeline_imports():
+    modules = set(package_modules())
+    # direct and indirect imports, lazy ones inside functions included (baselines)
+    assert {"pipeline.py", "stages.py", "training.py", "scoring.py", "selection.py", "metrics.py", "prompts.py",
+            "models.py", "data/dataset.py", "data/logs.py", "data/foursquare.py", "data/samples.py",
+            "data/conversations.py", "baselines.py"} <= modules
+    assert "dashboard.py" not in modules  # not imported by the pipeline: editing it keeps the cache

@@ -100,11 +100,17 @@ def test_gpu_paper_main_driver_runs_on_cpu_with_a_tiny_model(tmp_path):
     assert set(paired["reference"]) == {"joint"}
     # the logit-adjustment trade-off re-ranks the progressive job's own scores: tau = 0 reproduces its accuracy
     trade = tmp_path / "tradeoff"
-    result = subprocess.run([sys.executable, "-m", "experiments.tradeoff", str(out), "--taus", "1", "--out",
-                             str(trade)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    # and interpolates its adapter towards the A-tuned one (the anchor_only job's): alpha = 0 reproduces that job
+    result = subprocess.run([sys.executable, "-m", "experiments.tradeoff", str(out), "--taus", "1", "--alphas", "0",
+                             "0.5", "--out", str(trade)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = pd.read_csv(trade / "jobs.csv")
-    assert sorted(rows["tau"]) == [0.0, 1.0] and set(rows["seed"]) == {0}
-    progressive = jobs[jobs["stage_order"] == "progressive"].iloc[0]
-    assert rows.loc[rows["tau"] == 0.0, "test/acc_overall"].item() == progressive["test/acc_overall"]
-    assert (trade / "anchor_vs_tail.png").exists() and "τ_val" in (trade / "table.md").read_text()
+    assert len(rows) == 6 and sorted(set(rows["tau"])) == [0.0, 1.0] and set(rows["seed"]) == {0}
+    assert sorted(set(rows["alpha"])) == [0.0, 0.5, 1.0]
+    plain = rows[rows["tau"] == 0.0].set_index("alpha")["test/acc_overall"]
+    for alpha, order in ((1.0, "progressive"), (0.0, "anchor_only")):
+        assert plain[alpha] == jobs.loc[jobs["stage_order"] == order, "test/acc_overall"].item(), order
+    table = (trade / "table.md").read_text()
+    assert (trade / "anchor_vs_tail.png").exists() and "Chosen on validation" in table
+    assert "Adapter interpolation" in table and "Logit adjustment" in table

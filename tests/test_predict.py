@@ -89,3 +89,61 @@ def test_cli_bad_input_is_one_line(tuned_run, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: data file") and "behavior" in err[-1]
+
+
+def test_cli_predicts_from_a_wandb_model_artifact_as_from_its_run_folder(tuned_run, tmp_path, monkeypatch):
+    """`wandb:ENTITY/PROJECT/NAME:ALIAS` downloads the job's model artifact (here a fake W&B API that lays the
+    artifact out as `Tracker.artifact` logs it) and predicts exactly what the run folder predicts."""
+    import shutil
+
+    import wandb
+
+    cfg, out, _ = tuned_run
+    requested = []
+
+    class FakeArtifact:
+        def download(self, root):
+            for part in ("adapter", "base_model"):
+                shutil.copytree(out / part, f"{root}/{part}")
+            for part in ("manifest.json", "per_behavior.csv"):
+                shutil.copy(out / part, root)
+            return root
+
+    class FakeApi:
+        def artifact(self, name, type=None):
+            requested.append((name, type))
+            return FakeArtifact()
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    monkeypatch.setenv("BEHAVIORLM_CACHE", str(tmp_path / "cache"))
+    events = load_dataset(cfg).events
+    path = tmp_path / "events.csv"
+    events[events["user"].isin(sorted(events["user"].unique())[:3])].rename(
+        columns={"user": "user_id", "time": "timestamp"}).to_csv(path, index=False)
+    outputs = {}
+    for name, source in (("folder", str(out)), ("artifact", "wandb:me/behaviorlm-synthetic/model-ab12:anchor_only")):
+        outputs[name] = tmp_path / f"{name}.csv"
+        cli_main(["predict", source, "--input", str(path), "--k", "3", "--output", str(outputs[name]),
+                  "--device", "cpu"])
+    assert requested == [("me/behaviorlm-synthetic/model-ab12:anchor_only", "model")]
+    assert (tmp_path / "cache" / "artifacts").is_dir()  # downloaded under BEHAVIORLM_CACHE
+    pd.testing.assert_frame_equal(pd.read_csv(outputs["folder"]), pd.read_csv(outputs["artifact"]))
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("wandb:not-a-reference", "expected wandb:ENTITY/PROJECT/NAME:ALIAS"),
+    ("wandb:me/project/model-x:best", "wandb login"),  # no credentials here: one line saying how to log in
+])
+def test_cli_unreachable_artifact_is_one_line(tuned_run, tmp_path, capsys, monkeypatch, reference, message):
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: never the network
+    cfg, _, _ = tuned_run
+    path = tmp_path / "events.csv"
+    load_dataset(cfg).events.head(20).rename(columns={"user": "user_id", "time": "timestamp"}).to_csv(path,
+                                                                                                     index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", reference, "--input", str(path), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
