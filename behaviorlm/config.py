@@ -1,6 +1,6 @@
 """Structured config schema: every key the YAML files may set, with its type.
 
-Registered in Hydra's ConfigStore as `behaviorlm_schema`, which `conf/config.yaml` extends. Because the schema
+Registered in Hydra's ConfigStore as `behaviorlm_schema`, which `behaviorlm/conf/config.yaml` extends. Because the schema
 is typed and struct, `aux_ratio=abc` and a misspelt `aux_ration=0.1` fail while the config is composed, before
 any work starts. Ranges that a type cannot express are checked by `validate_config`.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig
 
 STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "balanced_first", "tail_first", "tail_only",
@@ -131,7 +132,7 @@ class StageTrainConfig:
 
 @dataclass
 class BTuningConfig(StageTrainConfig):
-    max_epochs: int = 4
+    max_epochs: int = 8
     learning_rate: float = 1e-4
     loss: str = "ce"  # (str) ce: answer tokens' cross-entropy | balanced_softmax: softmax over names, prior-corrected
     merge_alpha: float = 1.0  # (float in [0, 1]) test with alpha * B-tuned + (1 - alpha) * A-tuned LoRA update
@@ -168,6 +169,7 @@ class LogitAdjustmentConfig:
 class ScoringConfig:
     mode: str = "exact"  # (str) exact (rank every candidate) | beam (constrained beam) | generate (free text)
     beam_width: int = 10  # (int) beam mode: first answer tokens kept; every name under them is scored exactly
+    beam_exact_top: int = 1  # (int) beam mode: the top k exact by branch and bound; 0: the plain beam
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
     logit_adjustment: LogitAdjustmentConfig = field(default_factory=lambda: LogitAdjustmentConfig())
@@ -286,6 +288,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check(cfg.scoring.mode in ("exact", "beam", "generate"), "scoring.mode", cfg.scoring.mode,
            "exact | beam | generate")
     _check(cfg.scoring.beam_width >= 1, "scoring.beam_width", cfg.scoring.beam_width, "an integer >= 1")
+    _check(cfg.scoring.beam_exact_top >= 0, "scoring.beam_exact_top", cfg.scoring.beam_exact_top, "an integer >= 0")
     _check(cfg.logger.name in ("wandb", "none"), "logger.name", cfg.logger.name, "wandb | none")
     _check(cfg.model.quantization in (None, "4bit"), "model.quantization", cfg.model.quantization, "null | 4bit")
     _check(cfg.launcher.name in ("local", "torchrun", "accelerate"), "launcher.name", cfg.launcher.name,
@@ -336,3 +339,46 @@ def check_selection_pool(samples_per_behavior: int, max_scored: Optional[int]) -
     if max_scored < 3 * samples_per_behavior:
         warnings.warn(f"selection.max_scored_per_behavior = {max_scored} is under 3 x samples_per_behavior "
                       f"({3 * samples_per_behavior}): difficulty selection has little to choose from", stacklevel=2)
+
+
+# The closed choices a sweep may list: a typo among a sweep's values fails when the sweep starts (SweepValueCheck),
+# not hours later when its job comes up.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "stage_order": STAGE_ORDERS, "method": METHODS, "scoring.mode": ("exact", "beam", "generate"),
+    "selection.strategy": ("difficulty", "random"), "train.b_tuning.loss": B_LOSSES,
+    "train.a_tuning.monitor": MONITORS, "train.b_tuning.monitor": MONITORS,
+}
+
+
+def check_sweep_values(values_by_key: dict[str, list[Any]]) -> None:
+    for key, values in values_by_key.items():
+        allowed = CHOICES.get(key.lstrip("+~"))
+        for value in values if allowed else ():
+            _check(str(value) in allowed, key.lstrip("+~"), value, " | ".join(allowed))
+
+
+def sweep_values(config: DictConfig) -> dict[str, list[Any]]:
+    """Every value each key takes in a multirun: command-line overrides and the sweeper's `params`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = list(config.hydra.overrides.task)
+    params = config.hydra.sweeper.get("params") or {}
+    lines += [f"{key}={value}" for key, value in params.items()]
+    found: dict[str, list[Any]] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        found.setdefault(override.key_or_group, []).extend(values)
+    return found
+
+
+class SweepValueCheck(Callback):
+    """Hydra callback: checks every swept value of a closed choice before the first job starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import sys
+
+        try:
+            check_sweep_values(sweep_values(config))
+        except ConfigError as err:  # Hydra turns a callback's exceptions into warnings: exit, as a bad run does
+            print(f"error: {err} (no job of this sweep was started)", file=sys.stderr)
+            raise SystemExit(2) from None

@@ -174,14 +174,23 @@ def write_test_outputs(out, table: pd.DataFrame, predictions: pd.DataFrame) -> N
     atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False))
 
 
+def acc_at_k_key(keys, prefix: str = "test/") -> str | None:
+    """The acc@k metric among `keys` (k is scoring.top_k, 5 unless set), e.g. 'test/acc_at_3'; None if absent."""
+    import re
+
+    found = sorted(key for key in keys if re.fullmatch(re.escape(prefix) + r"acc_at_\d+", str(key)))
+    return found[0] if found else None
+
+
 def format_results_table(metrics: dict, prefix: str = "test/") -> str:
     """The head/tail/overall table printed at the end of a run."""
     def cell(key: str) -> str:
         value = metrics.get(prefix + key)
         return "   n/a" if value is None else f"{value:6.3f}"
 
+    at_k = (acc_at_k_key(metrics, prefix) or f"{prefix}acc_at_5")[len(prefix):]
     rows = [("accuracy", "acc_anchor", "acc_tail", "acc_overall"),
-            ("acc@5", "acc_at_5_anchor", "acc_at_5_tail", "acc_at_5"),
+            (at_k.replace("acc_at_", "acc@"), f"{at_k}_anchor", f"{at_k}_tail", at_k),
             ("macro-F1", "macro_f1_anchor", "macro_f1_tail", "macro_f1"),
             ("weighted-F1", "weighted_f1_anchor", "weighted_f1_tail", "weighted_f1")]
     lines = [f"{'':12s} {'anchor':>7s} {'tail':>7s} {'overall':>7s}"]

@@ -74,6 +74,7 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
                              autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
                              cfg.scoring.beam_width, dist)
+    bm.beam_exact_top = cfg.scoring.beam_exact_top
     return bm, folder
 
 
@@ -88,6 +89,7 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
         "base_model_folder": base_folder,
         "prompt": {**OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.data.eval_seed},
         "history_len": cfg.data.history_len,
+        "min_history": cfg.data.min_history,
         "vocab": bm.vocab.to_dict(),
     }
     atomic_write_json(out / "manifest.json", manifest)
@@ -293,9 +295,23 @@ def split_runtime(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return {k: v for k, v in metrics.items() if k not in runtime}, runtime
 
 
+# Config keys that name files or folders: made absolute against the user's working directory before anything
+# else, so that torchrun/accelerate workers (started in the project root) and a later `cd` read the same files.
+PATH_KEYS = ("data.path", "data.train_path", "data.test_path", "data.taxonomy_path", "aux.path", "model.path",
+             "cache.dir", "paths.output_dir", "paths.model_cache_dir", "paths.data_dir")
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            OmegaConf.update(cfg, key, str(Path.cwd() / value), merge=False)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment job; returns the flat metrics written to `<output_dir>/metrics.json` (results) and
     `run_info.json` (timings, cache hits). A failing job writes `{"status": "failed", "error": ...}` instead."""
+    absolute_paths(cfg)
     validate_config(cfg)
     check_remedies(cfg)
     out = Path(cfg.paths.output_dir)

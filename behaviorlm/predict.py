@@ -29,7 +29,7 @@ from behaviorlm.stages import BehaviorModel
 
 log = logging.getLogger(__name__)
 def cache_root() -> Path:
-    """BEHAVIORLM_CACHE, as the run configs read it (conf/paths/default.yaml), else the checkout's .cache."""
+    """BEHAVIORLM_CACHE, as the run configs read it (behaviorlm/conf/paths/default.yaml), else the checkout's .cache."""
     return Path(os.environ.get("BEHAVIORLM_CACHE") or Path(__file__).resolve().parents[1] / ".cache")
 
 
@@ -67,9 +67,16 @@ def history_sample(events: Sequence[tuple[str, object]], history_len: int, at: o
 
 
 class BehaviorPredictor:
-    def __init__(self, behavior_model: BehaviorModel, history_len: int):
+    def __init__(self, behavior_model: BehaviorModel, history_len: int, min_history: int = 5):
         self.bm = behavior_model
         self.history_len = history_len
+        self.min_history = min_history  # what the run's own test required (data.min_history)
+
+    def use_scoring(self, mode: str, beam_width: int = 10, exact_top: int = 1) -> None:
+        """exact (every name ranked) or beam (the top `exact_top` exact by branch and bound; about 2x faster)."""
+        if mode not in ("exact", "beam"):
+            raise ValueError(f"scoring mode {mode!r}: expected exact | beam")
+        self.bm.scoring_mode, self.bm.beam_width, self.bm.beam_exact_top = mode, beam_width, exact_top
 
     @property
     def vocab(self) -> BehaviorVocab:
@@ -88,7 +95,8 @@ class BehaviorPredictor:
         model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), manifest["model"])
         torch_device = resolve_device(device)
         local = run_dir / manifest["base_model_folder"] if manifest["base_model_folder"] == "base_model" else None
-        base, tokenizer, _ = load_backbone(model_cfg, cache_dir or cache_root() / "models", torch_device, local_dir=local)
+        base, tokenizer, _ = load_backbone(model_cfg, cache_dir or cache_root() / "models", torch_device,
+                                           local_dir=local)
         model = PeftModel.from_pretrained(base, run_dir / "adapter").to(torch_device).eval()
         prompt = manifest["prompt"]
         prompts = PromptBuilder(tokenizer, prompt["formats"], prompt["use_chat_template"], prompt["system_prompt"],
@@ -96,7 +104,7 @@ class BehaviorPredictor:
         vocab = BehaviorVocab.from_dict(manifest["vocab"])
         bm = BehaviorModel.build(model, tokenizer, prompts, vocab, torch_device,
                                  autocast_dtype(model_cfg.precision, torch_device), batch_size)
-        return cls(bm, manifest["history_len"])
+        return cls(bm, manifest["history_len"], manifest.get("min_history", 5))
 
     def predict_samples(self, samples: Sequence[Sample], k: int = 5,
                         progress: Optional[str] = None) -> list[list[tuple[str, float]]]:

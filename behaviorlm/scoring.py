@@ -176,7 +176,7 @@ def top_k_names(scores: np.ndarray, names: Sequence[str], k: int) -> list[list[s
 @torch.no_grad()
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
                 amp_dtype: Optional[torch.dtype], width: int = 10, progress: Optional[str] = None,
-                batch_size: int = 1) -> np.ndarray:
+                batch_size: int = 1, exact_top: int = 0) -> np.ndarray:
     """Beam over the first answer token, exact below it: (prompts, candidates) scores, -inf where pruned.
 
     Two forwards per batch of prompts: the prompts alone (left-padded, keeping their KV cache), which rank the
@@ -186,6 +186,11 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     only when its first token is outside the top `width` (most names are one or two tokens, so that is where a
     beam's choices are made). Width 1 is greedy on the first token: never an invalid output. Batching changes
     nothing but speed (one prompt a time costs Python and kernel launches, which dominate on a GPU).
+
+    `exact_top` = k >= 1 makes the top k of the ranking exact (branch and bound): a name can score no more than its
+    first token's log-probability, so only first tokens above the k-th best score found can hold a better name;
+    their subtrees get one more trie-masked forward over the same cached prompt. One extra round suffices (the
+    bound only rises), and it is needed only where a pruned first token is close to the best names.
     """
     was_training = model.training
     model.eval()
@@ -211,34 +216,53 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             step = model(input_ids=ids, attention_mask=real.long(), position_ids=positions, use_cache=True,
                          logits_to_keep=1)
         first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)  # (batch, vocab)
-        keep = torch.topk(first_logprobs[:, first_tokens], min(width, len(first)), dim=1).indices.tolist()
-        kept = [torch.tensor(sorted(r for k in row for r in trie.first_rows[first[k]]), device=device)
-                for row in keep]
-        span = max(len(rows) for rows in kept)
-        rows = torch.zeros(batch, span, dtype=torch.long, device=device)
-        valid = torch.zeros(batch, span, dtype=torch.bool, device=device)
-        for b, r in enumerate(kept):
-            rows[b, :len(r)], valid[b, :len(r)] = r, True
-        mask = torch.zeros(batch, 1, span, n + span, dtype=torch.bool, device=device)
-        mask[:, 0, :, :n] = real[:, None, :] & valid[:, :, None]
-        mask[:, 0, :, n:] = ancestors[rows[:, :, None], rows[:, None, :]] & valid[:, :, None] & valid[:, None, :]
-        mask[:, 0, torch.arange(span), n + torch.arange(span)] = True  # a padding node sees itself, is never read
-        node_positions = (real.sum(1, keepdim=True) - 1) + depth[rows]
-        with autocast(device, amp_dtype):
-            logits = model(input_ids=node_tokens[rows], past_key_values=step.past_key_values, attention_mask=mask,
-                           position_ids=node_positions, use_cache=True).logits
-        node_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, span, vocab)
-        for b, i in enumerate(chunk):
-            r = kept[b]
-            # Table rows: 0 = the prompt's end, j + 1 = the j-th kept node; map the trie's rows onto them.
-            remap = torch.full((trie.n_nodes + 1,), -1, dtype=torch.long, device=device)
-            remap[0] = 0
-            remap[r + 1] = torch.arange(1, len(r) + 1, device=device)
-            table = torch.cat([first_logprobs[b][None], node_logprobs[b, :len(r)]])
-            score_rows = remap[trie_rows]
-            reached = ((score_rows >= 0) | ~trie_mask).all(1)
-            scores = (table[score_rows.clamp(min=0), trie_tokens] * trie_mask).sum(1)
-            out[i, reached.cpu().numpy()] = scores[reached].cpu().numpy()
+        candidates = first_logprobs[:, first_tokens]  # (batch, first tokens)
+        keep = torch.topk(candidates, min(width, len(first)), dim=1).indices.tolist()
+
+        def score_subtrees(keep_rows: list[list[int]]) -> None:
+            """One trie-masked forward over the subtrees of each prompt's kept first tokens (indices into `first`);
+            writes the names reached into `out`, then drops those nodes from the cache again."""
+            kept = [torch.tensor(sorted(r for k in row for r in trie.first_rows[first[k]]), dtype=torch.long,
+                                 device=device) for row in keep_rows]
+            span = max(1, max(len(rows) for rows in kept))
+            rows = torch.zeros(batch, span, dtype=torch.long, device=device)
+            valid = torch.zeros(batch, span, dtype=torch.bool, device=device)
+            for b, r in enumerate(kept):
+                rows[b, :len(r)], valid[b, :len(r)] = r, True
+            mask = torch.zeros(batch, 1, span, n + span, dtype=torch.bool, device=device)
+            mask[:, 0, :, :n] = real[:, None, :] & valid[:, :, None]
+            mask[:, 0, :, n:] = ancestors[rows[:, :, None], rows[:, None, :]] & valid[:, :, None] & valid[:, None, :]
+            mask[:, 0, torch.arange(span), n + torch.arange(span)] = True  # a padding node sees itself, is never read
+            node_positions = (real.sum(1, keepdim=True) - 1) + depth[rows]
+            with autocast(device, amp_dtype):
+                logits = model(input_ids=node_tokens[rows], past_key_values=step.past_key_values,
+                               attention_mask=mask, position_ids=node_positions, use_cache=True).logits
+            step.past_key_values.crop(-span)  # the cache holds the prompts alone again, for another round
+            node_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, span, vocab)
+            for b, i in enumerate(chunk):
+                r = kept[b]
+                if not len(r):
+                    continue
+                # Table rows: 0 = the prompt's end, j + 1 = the j-th kept node; map the trie's rows onto them.
+                remap = torch.full((trie.n_nodes + 1,), -1, dtype=torch.long, device=device)
+                remap[0] = 0
+                remap[r + 1] = torch.arange(1, len(r) + 1, device=device)
+                table = torch.cat([first_logprobs[b][None], node_logprobs[b, :len(r)]])
+                score_rows = remap[trie_rows]
+                reached = ((score_rows >= 0) | ~trie_mask).all(1)
+                scores = (table[score_rows.clamp(min=0), trie_tokens] * trie_mask).sum(1)
+                out[i, reached.cpu().numpy()] = scores[reached].cpu().numpy()
+
+        score_subtrees(keep)
+        if exact_top:
+            extra = []
+            for b, i in enumerate(chunk):
+                found = np.sort(out[i][np.isfinite(out[i])])[::-1]
+                bound = found[min(exact_top, len(found)) - 1] if len(found) else -np.inf
+                above = (candidates[b] > float(bound)).nonzero().flatten().tolist()
+                extra.append([k for k in above if k not in set(keep[b])])
+            if any(extra):
+                score_subtrees(extra)
         bar.update(batch)
     bar.close()
     model.train(was_training)

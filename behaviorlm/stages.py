@@ -131,6 +131,7 @@ class BehaviorModel:
     scoring_mode: str = "exact"
     beam_width: int = 10
     dist: Dist = LOCAL
+    beam_exact_top: int = 0  # beam mode: the top k of each ranking exact (scoring.beam_exact_top)
     # Added to every candidate's log-likelihood before ranking (post-hoc logit adjustment); None: off.
     score_offset: Optional[np.ndarray] = None
 
@@ -151,7 +152,8 @@ class BehaviorModel:
         mine, progress = self.dist.shard(samples), progress if self.dist.is_main else None
         if self.scoring_mode == "beam":
             local = beam_scores(self.model, self.prompt_ids(mine), self.scorer.trie, self.device, self.amp_dtype,
-                                width=self.beam_width, progress=progress, batch_size=self.scorer.batch_size)
+                                width=self.beam_width, progress=progress, batch_size=self.scorer.batch_size,
+                                exact_top=self.beam_exact_top)
         else:
             local = self.scorer.score(self.prompt_ids(mine), progress=progress)
         return self.dist.gather_rows(local, len(samples))

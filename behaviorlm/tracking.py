@@ -118,7 +118,8 @@ def run_name(override_dirname: Optional[str], job_type: str) -> str:
     """A readable run name from the job's overrides: `stage_order=joint,seed=1` -> `joint seed=1`."""
     if not override_dirname:
         return job_type
-    parts = [p for p in override_dirname.split(",") if not p.startswith(("logger.", "experiment=", "+ablation="))]
+    skip = ("logger.", "experiment=", "ablation=", "+ablation=", "hparams_search=")  # the same for every job
+    parts = [p for p in override_dirname.split(",") if not p.startswith(skip)]
     return " ".join(p.split("=", 1)[1] if p.startswith(("stage_order=", "method=")) else p for p in parts) or job_type
 
 

@@ -11,8 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "conf"  # shipped inside the package: `behaviorlm train` needs no checkout
+_CHECKOUT = PACKAGE_DIR.parent
+# The project root that relative paths (data/, outputs/, .cache/) hang off: the git checkout when the package runs
+# from one (editable install, run.py), else the user's working directory (an installed wheel).
+PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -39,6 +43,8 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("package_dir"):  # where the package (its configs and bundled data) is installed
+        OmegaConf.register_new_resolver("package_dir", lambda: str(PACKAGE_DIR))
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config"):

@@ -9,8 +9,11 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU) and 
     internal nodes (so `exact_vs_floor_forward` near 1 means the ranking costs no more than its tokens);
   * naive ranking, one full forward per (prompt, candidate), on a few prompts (`exact_speedup_vs_naive`);
   * rankings of both are compared (`naive_exact_top1_agreement` must be 1.0);
-  * beam mode (`scoring.beam_width` first tokens, exact below): its time against one plain forward over the
-    prompt alone (`beam_vs_prompt_forward`) and its top-1 agreement with the exact ranking on test prompts;
+  * beam mode (`scoring.beam_width` first tokens, exact below; top `scoring.beam_exact_top` exact by branch and
+    bound): its time against one plain forward over the prompt alone (`beam_vs_prompt_forward`) and its top-1
+    agreement with the exact ranking on 300 test prompts, with and without the bound;
+  * cost per query next to the sequence models (the paper's open question 2): ms at batch 1 and batched, and FLOPs
+    per query (torch's FlopCounterMode), for exact and beam ranking and for SASRec and BERT4Rec;
   * HF `generate` with the same beam width and as many new tokens as the trie is deep (`beam_speedup_vs_generate`);
   * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, against this
     machine's bf16 GEMM peak measured here (`train_flop_fraction_of_peak`);
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.models import autocast
@@ -75,7 +79,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="prompts for the exact/floor timing")
     parser.add_argument("--naive-samples", type=int, default=2, help="prompts for the naive timing")
     parser.add_argument("--train-steps", type=int, default=6)
-    parser.add_argument("--agreement-samples", type=int, default=150, help="test prompts for beam vs exact top-1")
+    parser.add_argument("--agreement-samples", type=int, default=300, help="test prompts for beam vs exact top-1")
+    parser.add_argument("--latency-samples", type=int, default=16, help="queries timed per model and batch size")
     parser.add_argument("--trl-steps", type=int, default=8, help="optimizer steps of the TRL comparison")
     parser.add_argument("--adapter", type=Path, help="a tuned LoRA folder (a run's adapter/) to load first")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench.json")
@@ -112,8 +117,9 @@ def main() -> None:
     agreement = float(np.mean(reference.argmax(1) == exact.argmax(1)))
 
     # Beam mode against the exact ranking and against a plain forward over the prompt alone.
-    width = cfg.scoring.beam_width
-    beam = partial(beam_scores, bm.model, trie=bm.scorer.trie, device=device, amp_dtype=amp, width=width)
+    width, exact_top = cfg.scoring.beam_width, cfg.scoring.beam_exact_top
+    beam = partial(beam_scores, bm.model, trie=bm.scorer.trie, device=device, amp_dtype=amp, width=width,
+                   exact_top=exact_top)
     beam_s = timed(lambda: beam(prompts)) / len(prompts)
     prompt_ids = [torch.tensor([p]) for p in prompts]
 
@@ -124,9 +130,11 @@ def main() -> None:
 
     prompt_s = timed(prompt_forward) / len(prompts)
     agreement_samples = bm.prompt_ids(dataset.test[:args.agreement_samples])
-    beam_top1 = beam(agreement_samples).argmax(1)
+    bm.scorer.batch_size = 8  # batched: agreement only
     exact_top1 = bm.scorer.score(agreement_samples).argmax(1)
-    beam_agreement = float(np.mean(beam_top1 == exact_top1))
+    beam_agreement = float(np.mean(beam(agreement_samples, batch_size=8).argmax(1) == exact_top1))
+    plain_agreement = float(np.mean(beam(agreement_samples, batch_size=8, exact_top=0).argmax(1) == exact_top1))
+    latency = query_costs(cfg, dataset, bm, beam, dataset.test[:args.latency_samples])
     generate_s = timed(lambda: hf_generate(bm, prompts, width=width)) / len(prompts)
 
     # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits.
@@ -159,7 +167,8 @@ def main() -> None:
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
         "beam_seconds_per_sample": beam_s, "prompt_forward_seconds_per_sample": prompt_s,
         "beam_vs_prompt_forward": beam_s / prompt_s, "beam_speedup_vs_exact": exact_s / beam_s,
-        "beam_width": width, "beam_top1_agreement": beam_agreement, "beam_agreement_samples": len(agreement_samples),
+        "beam_width": width, "beam_exact_top": exact_top, "beam_top1_agreement": beam_agreement,
+        "plain_beam_top1_agreement": plain_agreement, "beam_agreement_samples": len(agreement_samples), **latency,
         "generate_seconds_per_sample": generate_s, "beam_speedup_vs_generate": generate_s / beam_s,
         "adapter": str(args.adapter) if args.adapter else None,
         "exact_speedup_vs_naive": naive_s / exact_s, "naive_exact_top1_agreement": agreement,
@@ -172,6 +181,41 @@ def main() -> None:
     for key, value in report.items():
         print(f"{key.ljust(pad)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(pad)}  {value}")
     print(f"written: {args.out}")
+
+
+def query_costs(cfg, dataset, bm, beam, samples, batch: int = 8) -> dict:
+    """What one prediction costs (the paper's open question 2): ms per query at batch 1 and at `batch`, and FLOPs
+    per query (torch's FlopCounterMode over one query), for BehaviorLM exact and beam and for SASRec and BERT4Rec
+    as configured in `baselines` (untrained weights: the cost does not depend on them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from behaviorlm.baselines import build_baseline
+
+    prompts = bm.prompt_ids(samples)
+
+    def exact(chunk):
+        bm.scorer.batch_size = len(chunk)
+        bm.scorer.score(chunk)
+
+    models = {"exact": (exact, prompts), "beam": (lambda chunk: beam(chunk, batch_size=len(chunk)), prompts)}
+    for method in ("sasrec", "bert4rec"):
+        recommender = build_baseline(OmegaConf.merge(cfg, {"method": method}), dataset)
+        models[method] = (recommender.scores, list(samples))
+    costs = {}
+    for name, (predict, queries) in models.items():
+        for size, suffix in ((1, ""), (batch, "_batched")):
+            chunks = [queries[i:i + size] for i in range(0, len(queries), size)]
+            seconds = timed(lambda: [predict(chunk) for chunk in chunks])
+            costs[f"latency_ms_{name}{suffix}"] = 1000 * seconds / len(queries)
+        # the fused inference path of nn.TransformerEncoderLayer is invisible to the counter: count the plain ops
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            predict(queries[:1])
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        costs[f"flops_per_query_{name}"] = counter.get_total_flops()
+    costs["latency_batch"] = batch
+    return costs
 
 
 def load_adapter(model, folder: Path) -> None:

@@ -25,9 +25,21 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1", "test/acc_at_5"]
+from behaviorlm.metrics import acc_at_k_key
+
+METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1"]  # + acc@k, k = scoring.top_k
 LABELS = {"test/acc_overall": "overall", "test/acc_anchor": "anchor", "test/acc_tail": "tail",
-          "test/macro_f1": "macro-F1", "test/acc_at_5": "acc@5"}
+          "test/macro_f1": "macro-F1"}
+
+
+def label(metric: str) -> str:
+    return LABELS.get(metric) or metric.removeprefix("test/").replace("acc_at_", "acc@")
+
+
+def table_metrics(columns) -> list[str]:
+    """The metrics tabulated: the four above and acc@k for the k the jobs used (scoring.top_k)."""
+    at_k = acc_at_k_key(columns)
+    return METRICS + ([at_k] if at_k else [])
 # What ../shared/paper/BehaviorLM-summary.md states for each ablation (Llama-8B on the paper's datasets).
 PAPER = {
     "aux_ratio": {0.0: "worse than 5% (Table 6)", 0.05: "best (Table 6)", 0.2: "worse than 5% (Table 6)"},
@@ -81,15 +93,15 @@ def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
     rows = []
     for value, group in jobs.groupby(key, sort=True):
         row = {key: value, "n_seeds": len(group)}
-        for metric in METRICS:
+        for metric in table_metrics(jobs.columns):
             values = group[metric].dropna().to_numpy(dtype=float)
             if len(values) == 0:
                 continue
             low, high = t_interval(values)
-            row[f"{LABELS[metric]}_mean"] = values.mean()
-            row[f"{LABELS[metric]}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
-            row[f"{LABELS[metric]}_ci_low"] = low
-            row[f"{LABELS[metric]}_ci_high"] = high
+            row[f"{label(metric)}_mean"] = values.mean()
+            row[f"{label(metric)}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+            row[f"{label(metric)}_ci_low"] = low
+            row[f"{label(metric)}_ci_high"] = high
         row["paper"] = PAPER.get(key, {}).get(value, "")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -174,12 +186,13 @@ def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None
     """Mean ± half-width of the Student-t 95% interval over seeds (the value alone for one seed); with a
     reference, the paired difference in overall and tail accuracy [t-interval] and McNemar's p."""
     deltas = [] if pairs is None else ["Δ overall", "Δ tail"]
-    header = [key, "seeds"] + [LABELS[m] for m in METRICS] + deltas + ["paper"]
+    names = [label(m) for m in METRICS] + [c.removesuffix("_mean") for c in table.columns
+                                            if c.startswith("acc@") and c.endswith("_mean")]
+    header = [key, "seeds"] + names + deltas + ["paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row[key]), str(row["n_seeds"])]
-        for metric in METRICS:
-            name = LABELS[metric]
+        for name in names:
             if f"{name}_mean" in row and pd.notna(row[f"{name}_mean"]):
                 half = (row[f"{name}_ci_high"] - row[f"{name}_ci_low"]) / 2
                 # one seed has no interval: print the value alone rather than a misleading "± 0"
@@ -216,6 +229,9 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> list[Path]:
         ax.set_xlabel(key)
         if table[key].min() > 0 and table[key].max() / table[key].min() >= 10:
             ax.set_xscale("log")
+        # the swept values themselves as ticks (a log axis would print 6x10^0, 2x10^1)
+        ax.set_xticks(table[key].to_numpy(dtype=float), [f"{v:g}" for v in table[key]])
+        ax.minorticks_off()
     else:
         ax.set_xticks(positions, table[key].astype(str), rotation=20)
     ax.set_ylabel("test accuracy (mean, Student-t 95% CI over seeds)")

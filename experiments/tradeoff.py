@@ -1,16 +1,19 @@
-"""The head/tail trade-off of post-hoc logit adjustment on tuned runs, without retraining.
+"""The head/tail trade-off of two test-time remedies on tuned runs, without retraining (`make ablation-tradeoff`).
 
-    python -m experiments.tradeoff results/paper-main --taus 0 0.25 0.5 1 2 --out results/tradeoff-logit-adjustment
+    python -m experiments.tradeoff results/paper-main --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 \
+        --out results/ablation-tradeoff
 
-For every job of `--order` (default progressive) in the sweep: load its adapter (`behaviorlm predict`'s loader),
-score its validation and test samples once with the job's own scoring mode, then rank them with
-τ · (log p_train − log p_B) added for each τ, p_B being the B set the job recorded in selection.json
-(`scoring.logit_adjustment.tau` does the same inside a run). The rebuilt test set must be the job's (same digest)
-and τ = 0 must reproduce the job's test accuracy within one sample (bf16 scoring of a differently padded batch is
-not bit-identical); the script stops otherwise. Writes `jobs.csv` (seed × τ), `table.md` (mean and Student-t 95%
-interval over seeds of anchor, tail and overall accuracy per τ, paired against τ = 0 with exact McNemar tests pooled over seeds, the
-sweep's other stage orders as reference points) and `anchor_vs_tail.png`. The operating point a user should take
-is chosen on validation (`τ_val`, the τ with the best mean validation accuracy), never on the test.
+For every job of `--order` (default progressive) in the sweep: load its adapter (`behaviorlm predict`'s loader) and,
+for each alpha, interpolate it exactly towards the A-tuned adapter it continued from (the sweep's anchor_only job of
+the same seed: `train.b_tuning.merge_alpha` does the same inside a run), score the validation and test samples once,
+then rank them with tau * (log p_train - log p_B) added for each tau, p_B being the B set the job recorded in
+selection.json (`scoring.logit_adjustment.tau` inside a run). The rebuilt test set must be the job's (same digest)
+and the end points must reproduce the two jobs (alpha 1, tau 0: the progressive job; alpha 0: the anchor_only job)
+within `--drift-samples` test samples (bf16 scoring of a differently padded batch is not bit-identical); the script
+stops otherwise. Writes `jobs.csv` (seed x alpha x tau), `table.md` (mean and Student-t 95% interval over seeds of
+anchor, tail and overall accuracy along each remedy's curve, paired against the progressive job with exact McNemar
+tests pooled over seeds, the operating point chosen on validation over the whole grid, and the sweep's other stage
+orders as reference points) and `anchor_vs_tail.png`. Choose an operating point on validation, never on the test.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 
 def job_config(job_dir: Path):
     overrides = [o for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
+    # jobs run before `ablation` joined the defaults list appended it with '+'
+    overrides = [o.removeprefix("+") if o.startswith("+ablation=") else o for o in overrides]
     return compose_config([*overrides, "logger=none"])
 
 
@@ -75,6 +80,8 @@ def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path
     predictor = BehaviorPredictor.load(job_dir, batch_size=batch_size or cfg.scoring.batch_size)
     bm = predictor.bm
     bm.scoring_mode, bm.beam_width = cfg.scoring.mode, cfg.scoring.beam_width
+    # what the job scored with: jobs from before the bounded beam had none (the plain beam)
+    bm.beam_exact_top = OmegaConf.load(job_dir / ".hydra" / "config.yaml").scoring.get("beam_exact_top", 0)
     names, k = list(bm.vocab.names), cfg.scoring.top_k
     a_state = None
     if any(alpha != 1.0 for alpha in alphas):

@@ -81,7 +81,10 @@ def test_tradeoff_smoke_runs_paper_main_first_and_draws_both_curves(tmp_path):
     for seed in (0, 1):
         plain = rows[(rows["seed"] == seed) & (rows["tau"] == 0.0)].set_index("alpha")["test/acc_overall"]
         mine = jobs[jobs["seed"] == seed].set_index("stage_order")["test/acc_overall"]
-        assert plain[1.0] == pytest.approx(mine["progressive"]) and plain[0.0] == pytest.approx(mine["anchor_only"])
+        # (the Makefile scores at batch 8, the jobs at their own batch: up to 3 test samples apart, --drift-samples)
+        tolerance = 3 / jobs["n_test"].iloc[0] + 1e-9
+        assert plain[1.0] == pytest.approx(mine["progressive"], abs=tolerance)
+        assert plain[0.0] == pytest.approx(mine["anchor_only"], abs=tolerance)
     table = (tmp_path / "ablation-tradeoff" / "table.md").read_text()
     assert "Adapter interpolation" in table and "Chosen on validation" in table
     assert (tmp_path / "ablation-tradeoff" / "anchor_vs_tail.png").exists()

@@ -23,7 +23,7 @@ def test_default_config_has_the_swept_top_level_keys(compose):
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_config_file_composes_and_validates(compose, group):
-    for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
+    for path in sorted((ROOT / "behaviorlm" / "conf" / group).glob("*.yaml")):
         overrides = [f"{group}={path.stem}"]
         if path.stem == "csv":
             overrides.append("data.path=some.csv")
@@ -76,3 +76,30 @@ def test_out_of_range_value_exits_with_one_line_and_no_output_dir(tmp_path):
 def test_unknown_model_name_fails_at_compose_time():
     result = run_entrypoint(["model=gpt5"], timeout=120)
     assert result.returncode != 0 and "gpt5" in result.stderr
+
+
+def test_a_typo_among_a_sweeps_values_stops_the_sweep_before_any_job(tmp_path):
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    result = subprocess.run([sys.executable, "run.py", "-m", "experiment=smoke", "debug=fast",
+                             "stage_order=progressive,jointt", f"hydra.sweep.dir={sweep}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config key 'stage_order' = 'jointt'")
+    assert not list(sweep.glob("*/metrics.json"))  # not even the valid first job ran
+
+
+def test_sweep_values_come_from_overrides_and_sweeper_params():
+    from omegaconf import OmegaConf
+
+    from behaviorlm.config import ConfigError, check_sweep_values, sweep_values
+
+    config = OmegaConf.create({"hydra": {"overrides": {"task": ["scoring.mode=exact,beam", "seed=0,1"]},
+                                         "sweeper": {"params": {"+variant": "full,no_aux",
+                                                                "selection.strategy": "difficulty,randon"}}}})
+    found = sweep_values(config)
+    assert found["scoring.mode"] == ["exact", "beam"] and found["seed"] == ["0", "1"]
+    with pytest.raises(ConfigError, match="selection.strategy.*randon"):
+        check_sweep_values(found)

@@ -65,7 +65,7 @@ def test_a_sweep_without_a_varying_key_or_jobs_is_one_clear_error(tmp_path):
 
 
 def test_runs_have_readable_names_and_carry_the_hydra_choices(compose):
-    assert run_name("+ablation=paper_main,experiment=nyc_cpu,logger.group=pm,seed=1,stage_order=joint",
+    assert run_name("ablation=paper_main,experiment=nyc_cpu,logger.group=pm,seed=1,stage_order=joint",
                     "joint") == "seed=1 joint"
     assert run_name(None, "progressive") == "progressive"
     config = run_config(compose(), {"variant": "no_aux", "model": "smollm2_135m"})

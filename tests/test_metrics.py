@@ -32,3 +32,46 @@ def test_invalid_predictions_count_as_wrong():
     metrics, _ = compute_metrics(["A", "B"], [[], ["B"]], vocab(), k=5)
     assert metrics["acc_overall"] == 0.5
     assert metrics["valid_output_ratio"] == 0.5
+
+
+def test_results_table_and_sweep_table_follow_top_k():
+    """scoring.top_k = 3 (or `evaluate --k 3`) prints acc@3, not an acc@5 row of n/a."""
+    import pandas as pd
+
+    from behaviorlm.metrics import format_results_table
+    from experiments.collect import summarise, to_markdown
+
+    metrics = {"test/acc_overall": 0.2, "test/acc_anchor": 0.3, "test/acc_tail": 0.1, "test/acc_at_3": 0.45,
+               "test/acc_at_3_anchor": 0.5, "test/acc_at_3_tail": 0.4, "test/macro_f1": 0.05}
+    row = next(line for line in format_results_table(metrics).splitlines() if line.startswith("acc@"))
+    assert row.split() == ["acc@3", "0.500", "0.400", "0.450"]
+    jobs = pd.DataFrame([{**metrics, "seed": seed, "aux_ratio": 0.05} for seed in (0, 1)])
+    jobs.loc[1, "test/acc_at_3"] = 0.55
+    table = summarise(jobs, "aux_ratio")
+    assert table.loc[0, "acc@3_mean"] == pytest.approx(0.5)
+    assert "acc@3" in to_markdown(table, "aux_ratio").splitlines()[0]
+
+
+def test_every_metric_against_a_hand_worked_example():
+    """Six predictions worked out by hand (k = 2): anchors A, B; tail C, D, E; E is predicted but never a target.
+
+    top-1 predictions A B B E C A for targets A A B C C D; per-behavior F1: A 1/2, B 2/3, C 2/3, D 0, E 0."""
+    vocab = BehaviorVocab(names=list("ABCDE"), train_counts={n: 10 for n in "ABCDE"}, categories={},
+                          anchors={"A", "B"}, anchor_threshold=0.2)
+    targets = list("AABCCD")
+    rankings = [["A", "C"], ["B", "A"], ["B", "A"], ["E", "D"], ["C", "E"], ["A", "D"]]
+    m, table = compute_metrics(targets, rankings, vocab, k=2)
+    assert m["acc_overall"] == pytest.approx(3 / 6)
+    assert (m["acc_anchor"], m["acc_tail"]) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
+    assert m["acc_at_2"] == pytest.approx(5 / 6)
+    assert (m["acc_at_2_anchor"], m["acc_at_2_tail"]) == (pytest.approx(1.0), pytest.approx(2 / 3))
+    # macro-F1 counts E (predicted, never a target) as a behavior with F1 0: predicting it must cost
+    assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 2 / 3 + 0 + 0) / 5)
+    assert m["macro_f1_anchor"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["macro_f1_tail"] == pytest.approx((2 / 3 + 0 + 0) / 3)
+    # weighted by support (E has none): overall, anchors (A x2, B x1), tail (C x2, D x1)
+    assert m["weighted_f1"] == pytest.approx((1 / 2 * 2 + 2 / 3 + 2 / 3 * 2) / 6)
+    assert m["weighted_f1_anchor"] == pytest.approx((1 / 2 * 2 + 2 / 3) / 3)
+    assert m["weighted_f1_tail"] == pytest.approx((2 / 3 * 2) / 3)
+    f1 = table.set_index("behavior")["f1"]
+    assert f1.to_dict() == pytest.approx({"A": 0.5, "B": 2 / 3, "C": 2 / 3, "D": 0.0, "E": 0.0})

@@ -32,12 +32,27 @@ def test_tiny_model_learns_the_synthetic_rule(compose, tmp_path):
     assert (tmp_path / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("stage_order", sorted(STAGE_PLANS))
+# What each stage order must run, in order, written out here rather than read from STAGE_PLANS (the paper's
+# Fig. 4 variants differ only in order).
+EXPECTED_STAGES = {
+    "progressive": ["a_tuning", "difficulty_selection", "b_tuning"],
+    "joint": ["joint_tuning"],
+    "anchor_only": ["a_tuning"],
+    "balanced_only": ["random_balanced", "b_tuning"],
+    "balanced_first": ["random_balanced", "b_tuning", "a_tuning"],
+    "tail_first": ["tail_balanced", "b_tuning", "a_tuning"],
+    "tail_only": ["tail_balanced", "b_tuning"],
+    "zero_shot": [],
+}
+
+
+@pytest.mark.parametrize("stage_order", sorted(EXPECTED_STAGES))
 def test_each_stage_order_runs_the_stages_it_names(compose, tmp_path, stage_order):
     cfg = compose("experiment=smoke", f"stage_order={stage_order}", "debug=fast", output_dir=tmp_path)
     metrics = run(cfg)
-    stages_run = {key.split("/")[0] for key in metrics if key.endswith("/seconds") and not key.startswith("test")}
-    assert stages_run == set(STAGE_PLANS[stage_order])
+    # every stage reports cache_hit whether it ran or was restored; metrics keep the order the stages ran in
+    stages_run = [key.split("/")[0] for key in metrics if key.endswith("/cache_hit")]
+    assert stages_run == EXPECTED_STAGES[stage_order]
     for key in REQUIRED_KEYS:
         assert key in metrics
     if "difficulty_selection" in STAGE_PLANS[stage_order]:

@@ -77,7 +77,28 @@ def test_cli_predict_and_evaluate(tuned_run, tmp_path, capsys):
     cli_main(["evaluate", str(out), "--input", str(path), "--output", str(metrics_path), "--user-col", "uid",
               "--time-col", "ts", "--behavior-col", "action", "--device", "cpu", "--min-history", "3"])
     metrics = json.loads(metrics_path.read_text())
-    assert 0 <= metrics["acc_overall"] <= 1 and metrics["n_samples"] == len(log) - 3 * 3
+    assert 0 <= metrics["test/acc_overall"] <= 1 and metrics["test/n_samples"] == len(log) - 3 * 3
+
+    # by default, evaluate asks what the run's own test asked (data.min_history of the run, 3 in the smoke run)
+    cli_main(["evaluate", str(out), "--input", str(path), "--output", str(metrics_path), "--user-col", "uid",
+              "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
+    assert json.loads(metrics_path.read_text())["min_history"] == cfg.data.min_history
+
+    # other output formats, and the beam: same predictions as exact at the top (its top 1 is exact)
+    for suffix in (".json", ".jsonl", ".parquet"):
+        target = tmp_path / f"preds{suffix}"
+        cli_main(["predict", str(out), "--input", str(path), "--k", "2", "--output", str(target), "--user-col",
+                  "uid", "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
+        read = {".json": pd.read_json, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
+        assert len(read[suffix](target)) == 3 * 2
+    beam = tmp_path / "beam.csv"
+    cli_main(["predict", str(out), "--input", str(path), "--k", "1", "--output", str(beam), "--user-col", "uid",
+              "--time-col", "ts", "--behavior-col", "action", "--device", "cpu", "--scoring-mode", "beam",
+              "--beam-width", "1"])
+    exact = tmp_path / "exact.csv"
+    cli_main(["predict", str(out), "--input", str(path), "--k", "1", "--output", str(exact), "--user-col", "uid",
+              "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
+    assert pd.read_csv(beam)["behavior"].tolist() == pd.read_csv(exact)["behavior"].tolist()
 
 
 def test_cli_bad_input_is_one_line(tuned_run, tmp_path, capsys):
@@ -147,3 +168,27 @@ def test_cli_unreachable_artifact_is_one_line(tuned_run, tmp_path, capsys, monke
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_cli_rows_equal_the_api_and_at_sets_the_predicted_time(tuned_run, tmp_path, caplog):
+    cfg, out, _ = tuned_run
+    predictor = BehaviorPredictor.load(out, device="cpu")
+    names = predictor.vocab.names
+    rows = [("u1", "2024-02-01 08:00", names[0]), ("u1", "2024-02-01 09:30", names[1]),
+            ("u1", "2024-02-01 11:00", "Space Elevator"), ("u2", "2024-02-02 07:15", names[2])]
+    path = tmp_path / "events.csv"
+    pd.DataFrame(rows, columns=["user_id", "timestamp", "behavior"]).to_csv(path, index=False)
+    preds = tmp_path / "preds.csv"
+    with caplog.at_level("WARNING"):
+        cli_main(["predict", str(out), "--input", str(path), "--k", "3", "--output", str(preds), "--device", "cpu",
+                  "--at", "2024-02-03 18:45"])
+    assert "1 events (1 distinct behaviors, e.g. 'Space Elevator') are unknown" in caplog.text
+    frame = pd.read_csv(preds)
+    assert set(frame["at_time"]) == {"2024-02-03 18:45:00"}  # --at: when the predicted events happen
+    # the same histories and time through the API give the same behaviors and probabilities
+    api = predictor.predict([[(b, t) for _, t, b in rows[:3]], [(rows[3][2], rows[3][1])]], k=3,
+                            at=["2024-02-03 18:45", "2024-02-03 18:45"])
+    for user, ranked in zip(("u1", "u2"), api):
+        mine = frame[frame["user"] == user].sort_values("rank")
+        assert mine["behavior"].tolist() == [b for b, _ in ranked]
+        assert mine["probability"].tolist() == pytest.approx([round(p, 6) for _, p in ranked], abs=1e-6)

@@ -113,7 +113,9 @@ def test_gpu_check_script_runs_its_code_path_on_cpu(tmp_path):
 
     out = tmp_path / "gpu_check.json"
     result = subprocess.run([sys.executable, "-m", "experiments.gpu_check", "--device", "cpu", "--models",
-                             "tiny_random", "--samples", "4", "--train-steps", "3", "--out", str(out)],
+                             "tiny_random", "--samples", "4", "--train-steps", "3", "--shapes", "smollm2_135m",
+                             "--shape-batch", "1", "--seq-len", "16", "--shape-variants", "default",
+                             "nodropout+profile", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -121,4 +123,30 @@ def test_gpu_check_script_runs_its_code_path_on_cpu(tmp_path):
     assert kernels["exact_samples_per_s"] > 0 and kernels["beam_samples_per_s"] > 0
     assert kernels["train_samples_per_s"] > 0
     run, = report["runs"]
-    assert run["returncode"] == 0 and run["n_processes"] == 1 and 0 <= run["test_acc_overall"] <= 1
+    assert run["returncode"] == 0 and run["n_processes"] == 1
+    # the figure it reports is the run's own test accuracy, read back from the run folder
+    recorded = json.loads((out.parent / "gpu_runs" / "tiny_random_1proc" / "metrics.json").read_text())
+    assert run["test_acc_overall"] == recorded["test/acc_overall"]
+    default, variant = report["shapes"]
+    assert (default["variant"], variant["variant"]) == ("default", "nodropout+profile")
+    assert default["lora_params"] == variant["lora_params"] > 0  # the same adapter, only dropout differs
+    for shape in report["shapes"]:
+        assert 0 < shape["mfu_vs_measured_peak"] < 1 and shape["train_tokens_per_s"] > 0
+    assert variant["top_kernels"] and all(k["ms_per_step"] >= 0 for k in variant["top_kernels"])
+
+
+@pytest.mark.slow
+def test_torchrun_workers_read_a_relative_data_path_from_where_the_command_ran(tmp_path):
+    """The workers start in the project root; a `data.path` relative to the user's directory must still be found
+    (every path key is made absolute before they start)."""
+    from behaviorlm.data.dataset import load_dataset
+    from behaviorlm.utils import compose_config
+
+    events = load_dataset(compose_config(["data=synthetic"])).events
+    events.rename(columns={"user": "user_id", "time": "timestamp"}).to_csv(tmp_path / "log.csv", index=False)
+    args = [*(a for a in TINY_RUN if a != "data=synthetic"), "data=csv", "data.path=log.csv", "launcher=torchrun",
+            "launcher.nproc_per_node=2", "hydra.run.dir=out"]
+    result = run_entrypoint(args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["n_processes"] == 2 and metrics["data"] == "csv"

@@ -52,6 +52,51 @@ def test_beam_search_is_exact_when_wide_and_never_invalid_when_greedy():
     np.testing.assert_allclose(greedy[found], exact[found], atol=1e-4)
 
 
+def trap_model_and_candidates():
+    """A random model and names built so that the likeliest first token is a trap: first tokens 10-12 only start
+    three-token names (each later token costs about log 1/60), 13-15 start two-token names, 40-45 are unlikely."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    rng = np.random.default_rng(0)
+    candidates = [[first, int(a), int(b)] for first in (10, 11, 12) for a, b in rng.integers(20, 60, (4, 2))]
+    candidates += [[first, 1] for first in (13, 14, 15)]  # 1 ends a name, as an end-of-turn token does
+    candidates += [[first, 1] for first in range(40, 46)]  # first tokens too unlikely to matter: the bound prunes
+    prompts = [rng.integers(1, 60, rng.integers(5, 12)).tolist() for _ in range(24)]
+    with torch.no_grad():  # trap tokens' logits about 1.5-3 (the others about 0): likeliest first, rarely best
+        last = torch.stack([model.model(torch.tensor([p])).last_hidden_state[0, -1] for p in prompts]).mean(0)
+        for row, logit in [*zip((10, 11, 12), (3.0, 2.0, 1.5)), *((r, -8.0) for r in range(40, 46))]:
+            model.lm_head.weight[row] = logit * last / last.square().sum()
+    return model, candidates, prompts
+
+
+@pytest.mark.parametrize("exact_top, batch_size", [(1, 1), (1, 4), (3, 4)])
+def test_bounded_beam_ranks_the_top_k_exactly_even_when_greedy(exact_top, batch_size):
+    model, candidates, prompts = trap_model_and_candidates()
+    scorer = CandidateScorer(model, candidates, 0, torch.device("cpu"), None, 4)
+    exact = scorer.score(prompts)
+    plain = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=1, batch_size=batch_size)
+    bounded = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=1, batch_size=batch_size,
+                          exact_top=exact_top)
+    top = np.argsort(-exact, axis=1)[:, :exact_top]
+    # the plain beam keeps the LIKELIEST first token: its names are the ones under the argmax of a prompt forward
+    with torch.no_grad():
+        first = torch.stack([model(torch.tensor([p])).logits[0, -1] for p in prompts])
+    firsts = sorted({c[0] for c in candidates})
+    kept = [{candidates[j][0] for j in np.flatnonzero(np.isfinite(row))} for row in plain]
+    assert all(len(tokens) == 1 for tokens in kept)
+    best = first[:, firsts].max(1).values  # (ties between equally likely first tokens may go either way)
+    assert torch.allclose(torch.stack([first[i, next(iter(k))] for i, k in enumerate(kept)]), best)
+    # greedy on the first token alone misses the best name on some prompts; the bound never does
+    assert (np.argsort(-plain, axis=1)[:, :exact_top] != top).any()
+    np.testing.assert_array_equal(np.argsort(-bounded, axis=1, kind="stable")[:, :exact_top], top)
+    found = np.isfinite(bounded)
+    np.testing.assert_allclose(bounded[found], exact[found], atol=1e-4)  # every name it scored, scored exactly
+    assert found.sum() < exact.size  # and it still pruned
+
+
 @pytest.mark.parametrize("width", [1, 3])
 def test_batched_beam_scores_equal_one_prompt_at_a_time(width):
     model, tokenizer, samples, names, _ = tiny_model_and_samples()

@@ -72,3 +72,28 @@ def test_scoring_pool_caps_each_behavior():
     pool = scoring_pool(samples, 3, seed=0)
     assert len(pool) == 5 and sum(1 for i in pool if samples[i].target == "A") == 3
     assert scoring_pool(samples, None, 0) == list(range(12))
+
+
+def test_score_rows_follow_the_scored_pool_not_the_sample_index():
+    """Row k of `scores` belongs to sample scored[k]: with a pool that is not range(n), looking a row up by the
+    sample's own index would tier the wrong samples."""
+    samples = [sample("C", i) for i in range(8)]
+    scored = [6, 1, 4]  # only these were scored, in this order
+    rows = np.zeros((3, 4), dtype=np.float32)
+    rows[0, NAMES.index("D")] = 1.0  # sample 6: mispredicted as D, the same category as C
+    rows[1, NAMES.index("A")] = 1.0  # sample 1: mispredicted as A, another category
+    rows[2, NAMES.index("C")] = 0.4  # sample 4: correct, margin 0.4
+    selection = select_balanced(samples, VOCAB, 4, seed=0, scores=rows, scored=scored)
+    assert selection.indices[:3] == [6, 1, 4]
+    assert selection.tiers == ["contrastive", "mispredicted", "low_margin", "unscored"]
+
+
+def test_low_margin_comes_before_unscored_and_a_tie_is_not_a_misprediction():
+    samples = [sample("C", i) for i in range(3)]
+    rows = np.zeros((2, 4), dtype=np.float32)
+    rows[0, NAMES.index("C")] = rows[0, NAMES.index("A")] = 0.7  # sample 0: a tie between C and A, margin 0
+    rows[1, NAMES.index("C")] = 0.2  # sample 1: correct, margin 0.2
+    one = select_balanced(samples, VOCAB, 1, seed=0, scores=rows, scored=[0, 1])
+    assert one.indices == [0] and one.tiers == ["low_margin"]  # the tie: the smallest margin, still correct
+    two = select_balanced(samples, VOCAB, 3, seed=0, scores=rows, scored=[0, 1])
+    assert two.tiers == ["low_margin", "low_margin", "unscored"] and two.indices == [0, 1, 2]

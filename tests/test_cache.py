@@ -1,0 +1,62 @@
+"""The stage cache on its own: an entry is written whole or not at all, and a damaged one is rebuilt."""
+
+import json
+
+from behaviorlm.cache import MANIFEST, StageCache
+
+
+def write_entry(folder):
+    (folder / "adapter.pt").write_bytes(b"weights")
+    (folder / "report.json").write_text(json.dumps({"epochs": 2}))
+
+
+def test_saved_entry_is_a_hit_with_its_files(tmp_path):
+    cache = StageCache(tmp_path)
+    assert cache.load("a_tuning", "k1") is None and cache.misses == ["a_tuning"]
+    cache.save("a_tuning", "k1", write_entry)
+    entry = cache.load("a_tuning", "k1")
+    assert entry == tmp_path / "a_tuning" / "k1" and cache.hits == ["a_tuning"]
+    assert (entry / "adapter.pt").read_bytes() == b"weights"
+    assert set(json.loads((entry / MANIFEST).read_text())["files"]) == {"adapter.pt", "report.json"}
+    assert cache.load("a_tuning", "k2") is None  # another key is another entry
+    assert not [p for p in (tmp_path / "a_tuning").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_corrupted_or_partial_entry_is_removed_and_reported_as_a_miss(tmp_path, caplog):
+    cache = StageCache(tmp_path)
+    cache.save("b_tuning", "k", write_entry)
+    (tmp_path / "b_tuning" / "k" / "adapter.pt").write_bytes(b"altered")
+    assert cache.load("b_tuning", "k") is None and not (tmp_path / "b_tuning" / "k").exists()
+    assert "corrupted" in caplog.text
+    cache.save("b_tuning", "k", write_entry)
+    (tmp_path / "b_tuning" / "k" / "report.json").unlink()  # a file gone
+    assert cache.load("b_tuning", "k") is None
+    partial = tmp_path / "b_tuning" / "p"
+    partial.mkdir()
+    (partial / "adapter.pt").write_bytes(b"half")  # written but never completed: no manifest
+    assert cache.load("b_tuning", "p") is None and not partial.exists()
+    assert "incomplete" in caplog.text
+    cache.save("b_tuning", "k", write_entry)  # and rebuilt
+    assert cache.load("b_tuning", "k") is not None
+
+
+def test_a_failing_writer_leaves_nothing_behind(tmp_path):
+    cache = StageCache(tmp_path)
+
+    def crash(folder):
+        write_entry(folder)
+        raise RuntimeError("killed mid-write")
+
+    try:
+        cache.save("a_tuning", "k", crash)
+    except RuntimeError:
+        pass
+    assert list((tmp_path / "a_tuning").iterdir()) == []
+    assert cache.load("a_tuning", "k") is None
+
+
+def test_a_disabled_cache_writes_and_reads_nothing(tmp_path):
+    for cache in (StageCache(tmp_path / "off", enabled=False), StageCache(None)):
+        cache.save("a_tuning", "k", write_entry)
+        assert cache.load("a_tuning", "k") is None and cache.partial_dir("a_tuning", "k") is None
+    assert not (tmp_path / "off").exists()
