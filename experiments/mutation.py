@@ -10,7 +10,7 @@ reach the mutated function. A mutant is *killed* when a test fails, *survived* w
 killed because they do not change behaviour (an equivalent mutant: a log message, a default that every caller
 overrides); those are listed with a one-line reason in `tests/mutation_equivalents.json` and left out of the score:
 
-    score = killed / (mutants - equivalent - not run)
+    score = (killed + timed out) / (mutants - equivalent - not run)
 
 Survivors are listed by name (`mutmut show NAME` prints the diff).
 """
@@ -30,6 +30,8 @@ from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
 
 EQUIVALENTS = PROJECT_ROOT / "tests" / "mutation_equivalents.json"
 NOT_RUN = ("not checked", "skipped", "check was interrupted by user")
+# A mutant that makes a test fail, or loop until mutmut's time limit, is caught; "no tests" and "survived" are not.
+DETECTED = ("killed", "timeout")
 
 
 def mutmut_results() -> dict[str, str]:
@@ -57,17 +59,23 @@ def summarize(statuses: dict[str, str], equivalents: dict[str, str]) -> dict:
     counts = Counter(statuses.values())
     equivalent = [{"mutant": name, "reason": reason, "status": statuses[name]} for name, reason in equivalents.items()]
     scored = {n: s for n, s in statuses.items() if n not in equivalents and s not in NOT_RUN}
-    killed = sum(s == "killed" for s in scored.values())
+    killed = sum(s in DETECTED for s in scored.values())
     per_module = {}
     for name, status in scored.items():
         row = per_module.setdefault(module_of(name), {"mutants": 0, "killed": 0})
         row["mutants"] += 1
-        row["killed"] += status == "killed"
+        row["killed"] += status in DETECTED
+    for name, status in statuses.items():  # how much of each module this run reached
+        row = per_module.setdefault(module_of(name), {"mutants": 0, "killed": 0})
+        row["generated"] = row.get("generated", 0) + 1
+        row["checked"] = row.get("checked", 0) + (status not in NOT_RUN)
     for row in per_module.values():
-        row["score"] = row["killed"] / row["mutants"]
-    return {"mutants": len(statuses), "statuses": dict(counts), "equivalent": equivalent,
+        row["score"] = row["killed"] / row["mutants"] if row["mutants"] else None
+    checked = sum(s not in NOT_RUN for s in statuses.values())
+    return {"mutants": len(statuses), "checked": checked, "share_checked": checked / len(statuses) if statuses else 0,
+            "statuses": dict(counts), "equivalent": equivalent,
             "scored_mutants": len(scored), "killed": killed,
-            "survived": sorted(n for n, s in scored.items() if s != "killed"),
+            "survived": sorted(n for n, s in scored.items() if s not in DETECTED),
             "score": killed / len(scored) if scored else None, "per_module": per_module}
 
 
@@ -75,19 +83,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--report-only", action="store_true", help="do not run mutmut, only summarise")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("mutants", nargs="*", help="mutant name patterns for mutmut (e.g. 'behaviorlm.metrics*'); "
+                                                   "default: all")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "mutation.json")
     args = parser.parse_args()
     started = time.perf_counter()
     if not args.report_only:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
-                       cwd=PROJECT_ROOT, check=False)
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children),
+                        *args.mutants], cwd=PROJECT_ROOT, check=False)
     equivalents = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
     report = summarize(mutmut_results(), equivalents)
     report.update({"command": " ".join(["python -m experiments.mutation", *sys.argv[1:]]),
                    "seconds": None if args.report_only else time.perf_counter() - started,
-                   "cpu": os.cpu_count(), "tests": "pytest -m 'not slow' tests (the fast suite)"})
+                   "cpu": os.cpu_count(), "tests": "[tool.mutmut] pytest_add_cli_args_test_selection in pyproject"})
     atomic_write_json(args.out, report)
-    print(json.dumps({k: report[k] for k in ("mutants", "scored_mutants", "killed", "score", "statuses")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("mutants", "checked", "scored_mutants", "killed", "score", "statuses")},
+                     indent=1))
     print(f"{len(report['survived'])} survivors (mutmut show NAME); written: {args.out}")
 
 

@@ -60,3 +60,13 @@ def test_a_disabled_cache_writes_and_reads_nothing(tmp_path):
         cache.save("a_tuning", "k", write_entry)
         assert cache.load("a_tuning", "k") is None and cache.partial_dir("a_tuning", "k") is None
     assert not (tmp_path / "off").exists()
+
+
+def test_a_finished_stage_removes_its_epoch_checkpoints(tmp_path):
+    cache = StageCache(tmp_path)
+    partial = cache.partial_dir("b_tuning", "k")
+    assert partial == tmp_path / "b_tuning" / "k.partial"
+    partial.mkdir(parents=True)
+    (partial / "epoch_1.pt").write_bytes(b"checkpoint")
+    cache.save("b_tuning", "k", write_entry)
+    assert not partial.exists() and cache.load("b_tuning", "k") is not None

@@ -75,3 +75,36 @@ def test_every_metric_against_a_hand_worked_example():
     assert m["weighted_f1_tail"] == pytest.approx((2 / 3 * 2) / 3)
     f1 = table.set_index("behavior")["f1"]
     assert f1.to_dict() == pytest.approx({"A": 0.5, "B": 2 / 3, "C": 2 / 3, "D": 0.0, "E": 0.0})
+
+
+def test_stratified_proportion_by_hand():
+    """Anchor stratum: 3 of 4 right, weight 0.7; tail: 1 of 5 right, weight 0.3 (a stratum with weight but no
+    sample, and one with samples but no weight, are left out)."""
+    import numpy as np
+
+    from behaviorlm.metrics import stratified_proportion
+
+    correct = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 1], dtype=float)
+    strata = {"anchor": np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool),
+              "tail": np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0], bool),
+              "empty": np.zeros(10, bool), "unweighted": np.array([0] * 9 + [1], bool)}
+    estimate, n_eff = stratified_proportion(correct, strata, {"anchor": 0.7, "tail": 0.3, "empty": 0.5})
+    assert estimate == pytest.approx(0.7 * 3 / 4 + 0.3 * 1 / 5)  # the weights of the present strata sum to 1
+    variance = 0.7 ** 2 * 0.75 * 0.25 / 4 + 0.3 ** 2 * 0.2 * 0.8 / 5
+    assert n_eff == pytest.approx(estimate * (1 - estimate) / variance)
+    # weights that do not sum to 1 are normalised over the strata present, in the estimate and in its variance
+    assert stratified_proportion(correct, strata, {"anchor": 7, "tail": 3}) == pytest.approx((estimate, n_eff))
+    # no variance (every stratum all right or all wrong): the effective size is the samples' count
+    assert stratified_proportion(np.ones(10), strata, {"anchor": 0.7, "tail": 0.3}) == (1.0, 9.0)
+
+
+def test_test_outputs_are_the_tables_given(tmp_path):
+    import pandas as pd
+
+    from behaviorlm.metrics import write_test_outputs
+
+    table = pd.DataFrame({"behavior": ["A", "B"], "f1": [0.5, 0.25]})
+    predictions = pd.DataFrame({"sample_id": ["u1|t|A"], "correct": [1]})
+    write_test_outputs(tmp_path, table, predictions)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "per_behavior.csv"), table)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "test_predictions.csv"), predictions)

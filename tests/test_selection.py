@@ -1,5 +1,7 @@
 """Difficulty/contrastive selection: tiers fill in order, exactly F per behavior where F exist."""
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -97,3 +99,44 @@ def test_low_margin_comes_before_unscored_and_a_tie_is_not_a_misprediction():
     assert one.indices == [0] and one.tiers == ["low_margin"]  # the tie: the smallest margin, still correct
     two = select_balanced(samples, VOCAB, 3, seed=0, scores=rows, scored=[0, 1])
     assert two.tiers == ["low_margin", "low_margin", "unscored"] and two.indices == [0, 1, 2]
+
+
+def test_behaviors_come_in_vocabulary_order_and_tiers_are_counted():
+    vocab = BehaviorVocab(names=["D", "B", "C", "A"], train_counts={n: 1 for n in "ABCD"},
+                          categories={"A": "x", "B": "x", "C": "y", "D": "y"}, anchors={"D"})
+    samples = [sample(t, i) for i, t in enumerate("ABCDABCD")]
+    selection = select_balanced(samples, vocab, 2, seed=0, difficulty=False)
+    assert list(selection.per_behavior) == ["D", "B", "C", "A"]  # not alphabetical, not first-seen
+    assert [samples[i].target for i in selection.indices] == list("DDBBCCAA")
+    assert selection.tier_counts() == {"random": 8}
+    mixed = select_balanced([sample("C", i) for i in range(3)], VOCAB, 3, seed=0,
+                            scores=scores_for(["A", "C"], margins=[1.0, 0.3]), scored=[0, 1])
+    assert mixed.tier_counts() == {"mispredicted": 1, "low_margin": 1, "unscored": 1}
+
+
+def test_difficulty_off_ignores_the_scores_it_is_given():
+    samples = [sample("A", i) for i in range(6)]
+    selection = select_balanced(samples, VOCAB, 3, seed=0, scores=scores_for(["B"] * 6), scored=range(6),
+                                difficulty=False)
+    assert selection.tiers == ["random"] * 3
+
+
+def test_the_scoring_pool_is_seeded_capped_per_behavior_and_sorted():
+    samples = [sample("A", i) for i in range(20)] + [sample("B", 20 + i) for i in range(4)]
+    pool = scoring_pool(samples, 15, seed=3)
+    assert pool == sorted(pool) and len(pool) == 15 + 4  # A capped at 15, B keeps its 4
+    # drawn without replacement: 15 of 20 with replacement would repeat one (all distinct: p = 20!/5!/20^15 < 1e-3)
+    assert len(set(pool)) == len(pool)
+    assert set(range(20, 24)) <= set(pool)
+    assert scoring_pool(samples, 15, seed=3) == pool  # the same seed, the same pool
+    assert scoring_pool(samples, 15, seed=4) != pool  # another seed, another draw of A
+    assert scoring_pool(samples, None, seed=3) == list(range(24))
+
+
+def test_vocabulary_round_trips_through_its_dict():
+    vocab = BehaviorVocab(names=NAMES, train_counts={"A": 9, "B": 3, "C": 1, "D": 0}, categories=VOCAB.categories,
+                          anchors={"A"}, anchor_threshold=0.3)  # nothing at its default
+    restored = BehaviorVocab.from_dict(json.loads(json.dumps(vocab.to_dict())))  # as a manifest stores it
+    for field in ("names", "train_counts", "categories", "anchors", "anchor_threshold"):
+        assert getattr(restored, field) == getattr(vocab, field), field
+    assert restored.role("A") == "anchor" and restored.role("B") == "tail"
