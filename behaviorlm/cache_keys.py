@@ -83,6 +83,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("b_tuning", "tuning", {"train.a_tuning": _UPSTREAM, "aux_ratio": _UPSTREAM, "aux": _UPSTREAM}),
 )}
 
+TUNING_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "tuning")
+SELECTION_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "selection")
 CACHE_VERSION = 2  # bump when an entry's layout changes
 
 

@@ -9,14 +9,12 @@ Every number it prints comes from scoring held-out samples (validation after eac
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,10 +33,11 @@ from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
 from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, CandidateSoftmaxLoss, a_tuning_set, check_anchors,
                                check_remedies, difficulty_selection, logit_adjustment, random_balanced, role_counts,
-                               selection_scores, tail_balanced, tune, uses_difficulty)
+                               tail_balanced, tune)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
-from behaviorlm.cache_keys import STAGES, resolved, root_cache_key, stage_key
+from behaviorlm.cache_keys import SELECTION_STAGES, TUNING_STAGES, resolved, root_cache_key, stage_key
+from behaviorlm.stage_io import cached_selection_scores, restore_stage, save_run_artifacts, save_stage
 from behaviorlm.utils import atomic_write_json, provenance, seed_everything
 
 log = logging.getLogger(__name__)
@@ -73,50 +72,8 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
                             seed=cfg.data.eval_seed, include_target_time=cfg.prompt.include_target_time)
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
                              autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
-                             cfg.scoring.beam_width, dist)
-    bm.beam_exact_top = cfg.scoring.beam_exact_top
+                             cfg.scoring.beam_width, dist, cfg.scoring.beam_exact_top)
     return bm, folder
-
-
-def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out: Path,
-                       adapter_state: dict[str, torch.Tensor]) -> None:
-    """What `behaviorlm predict` needs to reuse this run: adapter, vocabulary, prompt settings, model reference."""
-    bm.model.save_pretrained(out / "adapter", state_dict=adapter_state)
-    if Path(base_folder) == out / "base_model":
-        base_folder = "base_model"  # relative: the run folder can be moved
-    manifest = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "base_model_folder": base_folder,
-        "prompt": {**OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.data.eval_seed},
-        "history_len": cfg.data.history_len,
-        "min_history": cfg.data.min_history,
-        "vocab": bm.vocab.to_dict(),
-    }
-    atomic_write_json(out / "manifest.json", manifest)
-
-
-TUNING_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "tuning")
-SELECTION_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "selection")
-
-
-def cached_selection_scores(cfg: DictConfig, cache: StageCache, parent_key: str, bm: BehaviorModel,
-                            dataset: BehaviorDataset) -> tuple[list[int], np.ndarray] | None:
-    """Scores of the selection pool under the model so far; they do not depend on F, so a sweep over F (or over
-    the contrastive switch) scores once."""
-    if not uses_difficulty(cfg.selection):
-        return None
-    key = stage_key(parent_key, "selection_scores", resolved(cfg))
-    dist = bm.dist
-    entry = dist.agree(cache.load("selection_scores", key) if dist.is_main else None)
-    if entry is not None:
-        saved = np.load(entry / "scores.npz")
-        return saved["pool"].tolist(), saved["scores"]
-    pool, scores = selection_scores(bm, dataset.train, cfg.selection, cfg.seed)
-    if dist.is_main:
-        cache.save("selection_scores", key, lambda folder: np.savez(folder / "scores.npz", pool=np.array(pool),
-                                                                     scores=scores))
-    dist.barrier()
-    return pool, scores
 
 
 def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorDataset, conversations,
@@ -178,27 +135,6 @@ def early_stopping_slice(cfg: DictConfig, dataset: BehaviorDataset):
     return subsample(dataset.val, cfg.train.val_samples_for_early_stopping, cfg.data.eval_seed)
 
 
-def save_stage(folder: Path, stage: str, adapter_state: dict | None, report: dict,
-               selection: Selection | None) -> None:
-    atomic_write_json(folder / "report.json", report)
-    if stage in TUNING_STAGES:
-        torch.save(adapter_state, folder / "adapter.pt")
-    else:
-        atomic_write_json(folder / "selection.json", {"indices": selection.indices, "tiers": selection.tiers,
-                                                      "per_behavior": selection.per_behavior})
-
-
-def restore_stage(folder: Path, stage: str, bm: BehaviorModel,
-                  selection: Selection | None) -> tuple[dict, Selection | None]:
-    report = json.loads((folder / "report.json").read_text())
-    if stage in TUNING_STAGES:
-        bm.model.load_state_dict(torch.load(folder / "adapter.pt", map_location=bm.device), strict=False)
-    else:
-        saved = json.loads((folder / "selection.json").read_text())
-        selection = Selection(saved["indices"], saved["tiers"], saved["per_behavior"])
-    return report, selection
-
-
 def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, out: Path,
                    dist: Dist = LOCAL) -> dict[str, Any]:
     """The stages of `stage_order`, then the test set. With several processes every rank runs this function;
@@ -220,7 +156,7 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
             started = time.perf_counter()
             scored = None
             if stage == "difficulty_selection":
-                scored = cached_selection_scores(cfg, cache, parent_key, bm, dataset)
+                scored = cached_selection_scores(cfg, config, cache, parent_key, bm, dataset)
             report, selection = run_stage(cfg, stage, bm, dataset, conversations, selection, tracker, scored,
                                           cache.partial_dir(stage, key))
             report["seconds"] = time.perf_counter() - started

@@ -26,11 +26,12 @@ from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.models import autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder
 from behaviorlm.stages import BehaviorModel
+from behaviorlm.utils import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 def cache_root() -> Path:
-    """BEHAVIORLM_CACHE, as the run configs read it (behaviorlm/conf/paths/default.yaml), else the checkout's .cache."""
-    return Path(os.environ.get("BEHAVIORLM_CACHE") or Path(__file__).resolve().parents[1] / ".cache")
+    """BEHAVIORLM_CACHE, else the project root's .cache: what the run configs read (conf/paths/default.yaml)."""
+    return Path(os.environ.get("BEHAVIORLM_CACHE") or PROJECT_ROOT / ".cache")
 
 
 def fetch_model_artifact(reference: str) -> Path:
@@ -38,8 +39,8 @@ def fetch_model_artifact(reference: str) -> Path:
     `Tracker.artifact` logs them), downloaded under $BEHAVIORLM_CACHE/artifacts: a folder laid out as a run's."""
     name = reference.removeprefix("wandb:")
     if name.count("/") != 2 or ":" not in name.rsplit("/", 1)[1]:
-        raise FileNotFoundError(f"'{reference}' is not a model artifact reference: expected "
-                                "wandb:ENTITY/PROJECT/NAME:ALIAS (e.g. wandb:me/behaviorlm-foursquare_nyc/model-ab12:progressive)")
+        raise FileNotFoundError(f"'{reference}' is not a model artifact reference: expected wandb:ENTITY/PROJECT/"
+                                "NAME:ALIAS (e.g. wandb:me/behaviorlm-foursquare_nyc/model-ab12:progressive)")
     import wandb
 
     try:

@@ -108,6 +108,9 @@ class CandidateSoftmaxLoss:
     def count(self, batch) -> int:
         return len(batch[1])
 
+    def width(self, batch) -> int:
+        return max(len(prompt) for prompt in batch[0])
+
     def loss_sum(self, model, batch) -> torch.Tensor:
         prompts, targets = batch
         logits = self.scorer.log_likelihoods(prompts, model) + self.offset
@@ -138,10 +141,11 @@ class BehaviorModel:
     @classmethod
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
               amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact",
-              beam_width: int = 10, dist: Dist = LOCAL):
+              beam_width: int = 10, dist: Dist = LOCAL, beam_exact_top: int = 0):
         candidates = [prompts.answer_ids(name) for name in vocab.names]
         scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size)
-        return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width, dist)
+        return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width, dist,
+                   beam_exact_top=beam_exact_top)
 
     def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
         return [self.prompts.sample_prompt_ids(s) for s in samples]

@@ -90,6 +90,9 @@ class AnswerTokenLoss:
     def count(self, batch) -> int:
         return int((batch[3] != -100).sum())
 
+    def width(self, batch) -> int:
+        return int(batch[0].shape[1])
+
     def loss_sum(self, model, batch) -> torch.Tensor:
         return answer_loss_sum(model, batch, self.amp_dtype, self.device)[0]
 
@@ -125,7 +128,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
 
     `batch_size` is the global batch. With several processes (`dist`) every rank draws the same global batches
     and trains on its strided slice of each; the loss is normalised by the global answer-token count, so N
-    processes take the same steps as one (up to float reduction order). `objective` (batch / count / loss_sum)
+    processes take the same steps as one (up to float reduction order). `objective` (batch / count / width / loss_sum)
     defaults to the answer tokens' cross-entropy; `stages.CandidateSoftmaxLoss` is the balanced-softmax one.
     """
     objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype)
@@ -211,7 +214,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                 optimizer.step()
             else:
                 skipped += 1
-                widths = [int(c[0].shape[1]) if torch.is_tensor(c[0]) else max(map(len, c[0])) for c in collated]
+                widths = [objective.width(c) for c in collated]
                 log.warning("%s epoch %d step %d: non-finite loss or gradient (loss sum %s over %d answer tokens, "
                             "row widths %s): step skipped", desc, epoch, step + 1, group_loss, group_tokens, widths)
             scheduler.step()

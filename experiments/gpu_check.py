@@ -169,7 +169,6 @@ def profile_steps(train_step, device: torch.device, steps: int = 2, top: int = 1
         sync(device)
     attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
-    total = sum(getattr(e, attr) for e in events if e.device_type == events[0].device_type) or 1.0
     return [{"op": e.key[:80], "ms_per_step": getattr(e, attr) / 1000 / steps, "calls_per_step": e.count / steps}
             for e in events[:top]]
 
