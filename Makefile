@@ -118,6 +118,7 @@ paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-c
 bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
 	$(PIP) install --quiet -e ".[bench]"
 	$(PY) -m experiments.bench --adapter results/bench_adapter $(ARGS)
+	$(PY) -m experiments.train_variants
 
 dashboard: $(SETUP) ## W&B workspace + report for a sweep: make dashboard SWEEP=results/paper-main [ARGS=--dry-run]
 	$(PY) -m behaviorlm.dashboard $(SWEEP) $(ARGS)

@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage_order": STAGE_ORDERS, "method": METHODS, "scoring.mode": ("exact", "beam", "generate"),
     "selection.strategy": ("difficulty", "random"), "train.b_tuning.loss": B_LOSSES,
     "train.a_tuning.monitor": MONITORS, "train.b_tuning.monitor": MONITORS,
+    "train.attn_implementation": ("auto", "eager", "sdpa"),
 }
 
 
@@ -154,6 +155,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # (float) AdamW weight decay
     warmup_ratio: float = 0.05  # (float) share of steps with linear warm-up
     max_grad_norm: float = 1.0  # (float) gradient clipping
+    attn_implementation: str = "auto"  # (str) training forward's attention: auto (eager on CPU) | eager | sdpa
     max_steps_per_epoch: Optional[int] = None  # (int|null) cap optimizer steps per epoch (smoke runs)
     early_stopping: bool = True  # (bool) stop on validation accuracy and keep the best epoch's adapter
     val_samples_for_early_stopping: Optional[int] = 200  # (int|null) validation samples scored after each epoch
@@ -177,6 +179,7 @@ class ScoringConfig:
     mode: str = "exact"  # (str) exact (rank every candidate) | beam (constrained beam) | generate (free text)
     beam_width: int = 10  # (int) beam mode: first answer tokens kept; every name under them is scored exactly
     beam_exact_top: int = 1  # (int) beam mode: the top k exact by branch and bound; 0: the plain beam
+    fp32_logits: bool = True  # (bool) exact and beam: the output projection in fp32 (bf16 logits decide near-ties)
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
     logit_adjustment: LogitAdjustmentConfig = field(default_factory=lambda: LogitAdjustmentConfig())

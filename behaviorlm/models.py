@@ -55,6 +55,32 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def training_attention(setting: str, device: torch.device) -> Optional[str]:
+    """train.attn_implementation -> the kernel the training forward switches to (None: the model's own)."""
+    if setting == "auto":
+        return "eager" if device.type == "cpu" else None
+    return setting
+
+
+@contextlib.contextmanager
+def attention_implementation(model, name: Optional[str]):
+    """Within the block the model (a peft or DDP wrapper's backbone) attends with `name`; the previous kernel after.
+
+    Eager and SDPA attention compute the same thing (a training step's loss and gradients agree to 1e-6 in fp32,
+    tests/test_training_guard.py); which is faster depends on the device and the sequence length."""
+    backbone = getattr(model, "module", model)
+    backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    previous = backbone.config._attn_implementation
+    if name is None or name == previous:
+        yield
+        return
+    backbone.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        backbone.set_attn_implementation(previous)
+
+
 def _package_dir(package: str, pip_install: Optional[str]) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

@@ -75,6 +75,7 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
         "prompt": {**OmegaConf.to_container(cfg.prompt, resolve=True), "seed": cfg.data.eval_seed},
         "history_len": cfg.data.history_len,
         "min_history": cfg.data.min_history,
+        "fp32_logits": cfg.scoring.fp32_logits,  # predict ranks as the run's own test did
         "vocab": bm.vocab.to_dict(),
     }
     atomic_write_json(out / "manifest.json", manifest)

@@ -26,10 +26,11 @@ from behaviorlm.config import ConfigError
 from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import compute_metrics
+from behaviorlm.models import training_attention
 from behaviorlm.prompts import PromptBuilder
 from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions, top_k_names
 from behaviorlm.selection import Selection, scoring_pool, select_balanced
-from behaviorlm.training import TrainExample, train_lora
+from behaviorlm.training import AnswerTokenLoss, TrainExample, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +136,19 @@ class BehaviorModel:
     beam_width: int = 10
     dist: Dist = LOCAL
     beam_exact_top: int = 0  # beam mode: the top k of each ranking exact (scoring.beam_exact_top)
+    fp32_logits: bool = True  # the output projection in fp32 while ranking (scoring.fp32_logits)
     # Added to every candidate's log-likelihood before ranking (post-hoc logit adjustment); None: off.
     score_offset: Optional[np.ndarray] = None
 
     @classmethod
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
               amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact",
-              beam_width: int = 10, dist: Dist = LOCAL, beam_exact_top: int = 0):
+              beam_width: int = 10, dist: Dist = LOCAL, beam_exact_top: int = 0, fp32_logits: bool = True):
         candidates = [prompts.answer_ids(name) for name in vocab.names]
-        scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size)
+        scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size,
+                                 fp32_logits)
         return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width, dist,
-                   beam_exact_top=beam_exact_top)
+                   beam_exact_top=beam_exact_top, fp32_logits=fp32_logits)
 
     def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
         return [self.prompts.sample_prompt_ids(s) for s in samples]
@@ -157,7 +160,7 @@ class BehaviorModel:
         if self.scoring_mode == "beam":
             local = beam_scores(self.model, self.prompt_ids(mine), self.scorer.trie, self.device, self.amp_dtype,
                                 width=self.beam_width, progress=progress, batch_size=self.scorer.batch_size,
-                                exact_top=self.beam_exact_top)
+                                exact_top=self.beam_exact_top, fp32_logits=self.fp32_logits)
         else:
             local = self.scorer.score(self.prompt_ids(mine), progress=progress)
         return self.dist.gather_rows(local, len(samples))
@@ -179,9 +182,6 @@ class BehaviorModel:
     def evaluate(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None):
         rankings = self.rankings(samples, k, progress)
         return compute_metrics([s.target for s in samples], rankings, self.vocab, k)
-
-    def accuracy(self, samples: Sequence[Sample]) -> float:
-        return float(self.evaluate(samples, k=1)[0]["acc_overall"])
 
     def behavior_examples(self, samples: Sequence[Sample]) -> list[TrainExample]:
         return [TrainExample(tuple(p), tuple(self.prompts.answer_ids(s.target)))
@@ -231,6 +231,9 @@ def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictCon
     validate = None
     if train_cfg.early_stopping and val_samples:
         validate = validation_monitor(bm, val_samples, stage_cfg.monitor, k, records)
+    if objective is None:  # the answer tokens' cross-entropy, with the attention kernel train_cfg asks for
+        objective = AnswerTokenLoss(bm.tokenizer.pad_token_id, bm.device, bm.amp_dtype,
+                                    training_attention(train_cfg.attn_implementation, bm.device))
     return train_lora(bm.model, examples, pad_id=bm.tokenizer.pad_token_id, device=bm.device,
                       amp_dtype=bm.amp_dtype, max_epochs=stage_cfg.max_epochs,
                       learning_rate=stage_cfg.learning_rate, batch_size=train_cfg.batch_size,

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from behaviorlm.distributed import LOCAL, Dist
-from behaviorlm.models import autocast
+from behaviorlm.models import attention_implementation, autocast
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,10 @@ def answer_loss_sum(model, batch, amp_dtype, device) -> tuple[torch.Tensor, int]
 class AnswerTokenLoss:
     """The default objective: cross-entropy over the answer's tokens, normalised per answer token."""
 
-    def __init__(self, pad_id: int, device: torch.device, amp_dtype: Optional[torch.dtype]):
+    def __init__(self, pad_id: int, device: torch.device, amp_dtype: Optional[torch.dtype],
+                 attn_implementation: Optional[str] = None):
         self.pad_id, self.device, self.amp_dtype = pad_id, device, amp_dtype
+        self.attn_implementation = attn_implementation  # None: the model's own kernel
 
     def batch(self, examples: Sequence[TrainExample]):
         return collate(examples, self.pad_id, self.device)
@@ -94,7 +96,9 @@ class AnswerTokenLoss:
         return int(batch[0].shape[1])
 
     def loss_sum(self, model, batch) -> torch.Tensor:
-        return answer_loss_sum(model, batch, self.amp_dtype, self.device)[0]
+        # a plain padding mask: any attention kernel computes the same (the trie masks of scoring need SDPA)
+        with attention_implementation(model, self.attn_implementation):
+            return answer_loss_sum(model, batch, self.amp_dtype, self.device)[0]
 
 
 class NonFiniteTrainingError(RuntimeError):

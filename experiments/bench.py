@@ -3,7 +3,8 @@
     python -m experiments.bench                     # make bench; writes results/bench.json
     python -m experiments.bench --samples 4         # quicker
 
-It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU) and the same NYC prompts:
+It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU, the output layer in fp32 as
+`scoring.fp32_logits` sets it) and the same NYC prompts:
   * exact trie ranking of all 192 behaviors per prompt (behaviorlm.scoring.CandidateScorer);
   * the FLOP floor of that ranking: one plain forward over a sequence as long as the prompt plus the trie's
     internal nodes (so `exact_vs_floor_forward` near 1 means the ranking costs no more than its tokens);
@@ -28,6 +29,7 @@ matters on the tuned model that selection and evaluation score with, not on the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -40,10 +42,10 @@ import torch
 from omegaconf import OmegaConf
 
 from behaviorlm.data.dataset import load_dataset
-from behaviorlm.models import autocast
+from behaviorlm.models import autocast, training_attention
 from behaviorlm.pipeline import build_behavior_model
-from behaviorlm.scoring import beam_scores, naive_scores
-from behaviorlm.training import answer_loss_sum, collate, trainable_state
+from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores
+from behaviorlm.training import AnswerTokenLoss, collate, length_grouped_batches, trainable_state
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
 
 
@@ -103,8 +105,8 @@ def main() -> None:
     exact_s = timed(lambda: bm.scorer.score(prompts)) / len(prompts)
     floor_ids = [torch.randint(0, len(bm.tokenizer), (1, len(p) + nodes)) for p in prompts]
 
-    def floor_forward():
-        with torch.no_grad(), autocast(device, amp):
+    def floor_forward():  # the same arithmetic as the ranking: bf16 body, output layer as scoring.fp32_logits says
+        with torch.no_grad(), fp32_output_layer(bm.model, bm.fp32_logits), autocast(device, amp):
             for ids in floor_ids:
                 bm.model(input_ids=ids, logits_to_keep=nodes + 1)
 
@@ -112,7 +114,7 @@ def main() -> None:
     candidates = [bm.prompts.answer_ids(n) for n in bm.vocab.names]
     few = prompts[:args.naive_samples]
     started = time.perf_counter()
-    reference = naive_scores(bm.model, few, candidates, device, amp)
+    reference = naive_scores(bm.model, few, candidates, device, amp, fp32_logits=bm.fp32_logits)
     naive_s = (time.perf_counter() - started) / len(few)
     exact = bm.scorer.score(few)
     agreement = float(np.mean(reference.argmax(1) == exact.argmax(1)))
@@ -120,12 +122,12 @@ def main() -> None:
     # Beam mode against the exact ranking and against a plain forward over the prompt alone.
     width, exact_top = cfg.scoring.beam_width, cfg.scoring.beam_exact_top
     beam = partial(beam_scores, bm.model, trie=bm.scorer.trie, device=device, amp_dtype=amp, width=width,
-                   exact_top=exact_top)
+                   exact_top=exact_top, fp32_logits=bm.fp32_logits)
     beam_s = timed(lambda: beam(prompts)) / len(prompts)
     prompt_ids = [torch.tensor([p]) for p in prompts]
 
     def prompt_forward():
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad(), fp32_output_layer(bm.model, bm.fp32_logits), autocast(device, amp):
             for ids in prompt_ids:
                 bm.model(input_ids=ids, logits_to_keep=1)
 
@@ -141,29 +143,39 @@ def main() -> None:
     beam_agreement = float(np.mean(beam_top1 == exact_top1))
     plain_agreement = float(np.mean(beam(agreement_samples, batch_size=8, exact_top=0).argmax(1) == exact_top1))
     # Where they disagree, how far apart the two names are under the exact ranking: a few hundredths of a nat is
-    # bf16 noise between two computation paths (KV cache + subtree vs one trie pass), not a pruned better name.
+    # bf16 noise between two computation paths (KV cache + subtree vs one trie pass), not a pruned better name;
+    # scoring.fp32_logits (default) removes its largest part, the bf16 rounding of the logits themselves.
     rows = np.flatnonzero(beam_top1 != exact_top1)
     gaps = exact_scores[rows, exact_top1[rows]] - exact_scores[rows, beam_top1[rows]]
     latency = query_costs(cfg, dataset, bm, beam, dataset.test[:args.latency_samples])
     generate_s = timed(lambda: hf_generate(bm, prompts, width=width)) / len(prompts)
 
-    # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits.
-    examples = bm.behavior_examples(dataset.train[:cfg.train.batch_size * args.train_steps])
+    # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits, in
+    # batches grouped by length as the loop groups them (padding < 1%; consecutive examples would pad 8.5%).
+    pool = bm.behavior_examples(dataset.train[:cfg.train.batch_size * 32])
+    groups = length_grouped_batches([len(e) for e in pool], cfg.train.batch_size,
+                                    np.random.default_rng(0))[:args.train_steps]
+    examples = [pool[i] for group in groups for i in group]
     params = [p for p in bm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    batches = [collate(examples[i:i + cfg.train.batch_size], bm.tokenizer.pad_token_id, device)
-               for i in range(0, len(examples), cfg.train.batch_size)]
+    batches = [collate([pool[i] for i in group], bm.tokenizer.pad_token_id, device) for group in groups]
     bm.model.train()
+    # the loop's objective, with the attention kernel train.attn_implementation gives it (auto: eager on CPU)
+    objective = AnswerTokenLoss(bm.tokenizer.pad_token_id, device, amp,
+                                training_attention(cfg.train.attn_implementation, device))
 
     def train_steps():
         for batch in batches:
-            loss, tokens = answer_loss_sum(bm.model, batch, amp, device)
-            (loss / tokens).backward()
+            (objective.loss_sum(bm.model, batch) / objective.count(batch)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
     train_s = timed(train_steps)
-    trl = compare_with_trl(bm, dataset.train, cfg.train.batch_size, args.trl_steps)
+    shares = time_shares(train_steps)
+    with without_lora_dropout(bm.model):  # what the LoRA dropout masks cost (model.lora.dropout)
+        train_no_dropout_s = timed(train_steps)
+    with without_lora_dropout(bm.model):
+        trl = compare_with_trl(bm, objective, dataset.train, cfg.train.batch_size, args.trl_steps)
     tokens = sum(int(b[1].sum()) for b in batches)
     base_params = sum(p.numel() for n, p in bm.model.named_parameters() if "lora" not in n and "embed" not in n)
     # forward 2N + backward through activations 2N per token (frozen weights need no weight gradients).
@@ -177,7 +189,8 @@ def main() -> None:
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
         "beam_seconds_per_sample": beam_s, "prompt_forward_seconds_per_sample": prompt_s,
         "beam_vs_prompt_forward": beam_s / prompt_s, "beam_speedup_vs_exact": exact_s / beam_s,
-        "beam_width": width, "beam_exact_top": exact_top, "beam_top1_agreement": beam_agreement,
+        "beam_width": width, "beam_exact_top": exact_top, "fp32_logits": bm.fp32_logits,
+        "beam_top1_agreement": beam_agreement,
         "plain_beam_top1_agreement": plain_agreement, "beam_agreement_samples": len(agreement_samples),
         "beam_disagreement_exact_gaps_nats": [round(float(g), 4) for g in gaps], **latency,
         "generate_seconds_per_sample": generate_s, "beam_speedup_vs_generate": generate_s / beam_s,
@@ -185,13 +198,51 @@ def main() -> None:
         "exact_speedup_vs_naive": naive_s / exact_s, "naive_exact_top1_agreement": agreement,
         "train_samples_per_s": len(examples) / train_s, "train_tokens_per_s": tokens / train_s,
         "train_flop_per_s": train_flops, "bf16_gemm_peak_flop_per_s": peak,
-        "train_flop_fraction_of_peak": train_flops / peak, **trl,
+        "train_flop_fraction_of_peak": train_flops / peak, "train_time_shares": shares,
+        "lora_dropout": cfg.model.lora.dropout, "train_attn_implementation": objective.attn_implementation,
+        "train_flop_fraction_of_peak_without_dropout": train_flops * train_s / train_no_dropout_s / peak, **trl,
     }
     atomic_write_json(args.out, report)
     pad = max(len(k) for k in report)
     for key, value in report.items():
         print(f"{key.ljust(pad)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(pad)}  {value}")
     print(f"written: {args.out}")
+
+
+@contextlib.contextmanager
+def without_lora_dropout(model):
+    """LoRA's dropout off inside the block (peft's per-module dropouts swapped for identities, then put back)."""
+    swapped = []
+    for module in model.modules():
+        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
+            for name, dropout in module.lora_dropout.items():
+                swapped.append((module.lora_dropout, name, dropout))
+                module.lora_dropout[name] = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        for modules, name, dropout in swapped:
+            modules[name] = dropout
+
+
+def time_shares(fn, top: int = 8) -> dict:
+    """Where a training step's CPU time goes (torch.profiler, self time per op over one more pass): matmuls (eager
+    attention's included), dtype casts (autocast's fp32 <-> bf16 copies), attention (SDPA kernels only), and the
+    largest other ops, as shares of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+    total = sum(ops.values())
+    groups = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "dtype_casts": ("aten::copy_", "aten::_to_copy"),
+              "attention": tuple(k for k in ops if "scaled_dot_product" in k)}
+    shares = {name: sum(ops.get(k, 0) for k in keys) / total for name, keys in groups.items()}
+    grouped = {k for keys in groups.values() for k in keys}
+    rest = sorted(((t, k) for k, t in ops.items() if k not in grouped), reverse=True)
+    shares.update({k: t / total for t, k in rest[:top]})
+    shares["other"] = 1 - sum(shares.values())
+    return {k: round(v, 4) for k, v in shares.items()}
 
 
 def query_costs(cfg, dataset, bm, beam, samples, batch: int = 8) -> dict:
@@ -246,8 +297,9 @@ def hf_generate(bm, prompts, width: int) -> None:
                               pad_token_id=bm.tokenizer.pad_token_id)
 
 
-def compare_with_trl(bm, train_samples, batch_size: int, steps: int, learning_rate: float = 1e-4) -> dict:
-    """Our training step against TRL's SFTTrainer: same adapter start, batches, order, optimizer and loss."""
+def compare_with_trl(bm, objective, train_samples, batch_size: int, steps: int, learning_rate: float = 1e-4) -> dict:
+    """Our training step against TRL's SFTTrainer: same adapter start, batches, order, optimizer and loss. LoRA
+    dropout is off for both (their random masks would differ), so the loss curves compare the arithmetic."""
     try:
         from datasets import Dataset
         from torch.utils.data import SequentialSampler
@@ -260,13 +312,14 @@ def compare_with_trl(bm, train_samples, batch_size: int, steps: int, learning_ra
     start = {k: v.detach().clone() for k, v in trainable_state(bm.model).items()}
     params = [p for p in bm.model.parameters() if p.requires_grad]
 
-    # Ours: the step of behaviorlm.training.train_lora (answer-only logits, left padding), constant LR.
+    # Ours: the step of behaviorlm.training.train_lora (answer-only logits, left padding, its attention kernel),
+    # constant LR.
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     bm.model.train()
     ours_losses, marks = [], []
     for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i:i + batch_size], bm.tokenizer.pad_token_id, bm.device)
-        loss_sum, tokens = answer_loss_sum(bm.model, batch, bm.amp_dtype, bm.device)
+        batch = objective.batch(examples[i:i + batch_size])
+        loss_sum, tokens = objective.loss_sum(bm.model, batch), objective.count(batch)
         (loss_sum / tokens).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

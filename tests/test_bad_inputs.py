@@ -107,6 +107,19 @@ def test_a_threshold_that_leaves_no_anchor_stops_every_order_that_a_tunes():
     check_anchors("progressive", anchorless_vocab(0.5))  # Home is an anchor at 0.5
 
 
+def test_the_no_anchor_error_names_the_most_frequent_behavior_and_its_true_share():
+    # the most frequent target sorts first by name here, so a max() over the names alone would pick another
+    events = pd.DataFrame({"behavior": ["Cafe", "Gym", "Zoo"], "category": [None] * 3})
+    train = [Sample("u", pd.Timestamp("2024-01-01"), ("Gym",), ((0, 8),), target)
+             for target in ["Cafe"] * 5 + ["Zoo"] * 4 + ["Gym"]]
+    with pytest.raises(ConfigError, match=r"share of training targets is 0.5000, 'Cafe'\)"):
+        check_anchors("progressive", build_vocab(events, train, 0.6))
+    # one training sample: its behavior holds the whole share (1.0), not half of it
+    single = [Sample("u", pd.Timestamp("2024-01-01"), ("Gym",), ((0, 8),), "Zoo")]
+    with pytest.raises(ConfigError, match=r"share of training targets is 1.0000, 'Zoo'\)"):
+        check_anchors("progressive", build_vocab(events, single, 1.0))
+
+
 def test_no_anchor_run_exits_2_with_one_line(tmp_path):
     result = run_entrypoint(["data=synthetic", "model=tiny_random", "logger=none", "anchor_threshold=0.9",
                              f"hydra.run.dir={tmp_path}/job"], timeout=120)

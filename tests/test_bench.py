@@ -28,4 +28,23 @@ def test_bench_writes_speed_agreement_and_per_query_costs(tmp_path):
     assert report["flops_per_query_exact"] > 10 * report["flops_per_query_sasrec"]
     assert report["flops_per_query_beam"] <= report["flops_per_query_exact"]
     assert 0 < report["train_flop_fraction_of_peak"] < 1
+    shares = report["train_time_shares"]  # where the step's time goes: the parts add up to the whole
+    assert shares["matmul"] > 0 and all(v >= 0 for v in shares.values())
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert report["train_attn_implementation"] == "eager"  # the loop's CPU default, measured as the loop runs
+    assert report["train_flop_fraction_of_peak_without_dropout"] > 0
     assert report["machine"]["load_average_1min_at_start"] >= 0
+
+
+@pytest.mark.slow
+def test_train_variants_times_each_attention_kernel_with_and_without_dropout(tmp_path):
+    out = tmp_path / "variants.json"
+    result = subprocess.run([sys.executable, "-m", "experiments.train_variants", "--steps", "1", "--out", str(out),
+                             "model=tiny_random", "data=synthetic"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert sorted(report["seconds_per_step"]) == ["eager, lora dropout 0.0", "eager, no lora dropout",
+                                                  "sdpa, lora dropout 0.0", "sdpa, no lora dropout"]
+    assert all(s > 0 for s in report["seconds_per_step"].values())
+    assert report["speedup_vs_sdpa_with_dropout"]["sdpa, lora dropout 0.0"] == 1.0 and report["tokens"] > 0

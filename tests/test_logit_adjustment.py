@@ -32,6 +32,16 @@ def test_tuning_on_the_training_prior_needs_no_adjustment():
     assert np.allclose(logit_adjustment(VOCAB, trained_on, tau=1.0), 0.0)
 
 
+def test_a_behavior_missing_from_the_training_counts_gets_a_finite_add_one_offset():
+    # train_counts of a loaded vocab lists only behaviors that were training targets: 'Zoo' has no entry at all
+    vocab = BehaviorVocab(names=["Home", "Office", "Zoo"], train_counts={"Home": 7, "Office": 2}, categories={},
+                          anchors={"Home"}, anchor_threshold=0.2)
+    offset = logit_adjustment(vocab, ["Home", "Office", "Zoo"], tau=1.0)
+    assert np.isfinite(offset).all()
+    # p_train = (8, 3, 1) / 12, p_tuned = uniform
+    assert offset[2] == pytest.approx(np.log(1 / 12) - np.log(1 / 3))
+
+
 @pytest.mark.slow
 def test_tau_moves_test_predictions_to_anchors_and_reuses_the_tuned_stages(compose, tmp_path):
     shares = []

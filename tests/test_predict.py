@@ -26,6 +26,8 @@ def tuned_run(tmp_path_factory):
 def test_loaded_run_reproduces_the_evaluators_test_metrics(tuned_run):
     cfg, out, metrics = tuned_run
     predictor = BehaviorPredictor.load(out, device="cpu")
+    # it ranks as the run's own test did: the output-layer precision comes from the run's manifest
+    assert predictor.bm.fp32_logits is cfg.scoring.fp32_logits is True
     test = load_dataset(cfg).test
     ranked = predictor.predict_samples(test, k=5)
     reproduced, _ = compute_metrics([s.target for s in test], [[b for b, _ in row] for row in ranked],

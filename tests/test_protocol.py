@@ -279,6 +279,73 @@ def test_each_stage_trains_on_the_samples_its_order_names(compose, tmp_path, mon
         assert per_behavior and all(sum(t.values()) <= 3 for t in per_behavior.values())
 
 
+# ---- the A-Tuning set: anchors plus the requested share of conversations ---------------------------------------
+
+class ConversationPrompts:
+    """The prompt builder's two calls the A-Tuning set makes, with token ids that say where they came from."""
+
+    def __init__(self):
+        self.response_limits = []
+
+    def conversation_ids(self, messages, max_response_tokens):
+        self.response_limits.append(max_response_tokens)
+        return [1000 + messages[0]["id"]], [2000 + messages[0]["id"]]
+
+
+def a_tuning_model(anchors):
+    from types import SimpleNamespace
+
+    from behaviorlm.data.samples import BehaviorVocab
+    from behaviorlm.training import TrainExample
+
+    vocab = BehaviorVocab(names=["Home", "Gym"], train_counts={"Home": 19, "Gym": 1}, categories={}, anchors=anchors)
+    return SimpleNamespace(vocab=vocab, prompts=ConversationPrompts(), behavior_examples=lambda samples: [
+        TrainExample((i,), (7,) if s.target == "Home" else (8,)) for i, s in enumerate(samples)])
+
+
+def test_aux_count_is_the_share_of_the_whole_a_tuning_set_rounded():
+    from behaviorlm.stages import aux_example_count
+
+    # ratio r of the whole set: n_aux = r * n / (1 - r), rounded to the nearest count
+    assert aux_example_count(95, 0.05) == 5 and aux_example_count(100, 0.2) == 25
+    assert aux_example_count(30, 0.05) == 2  # 1.58 rounds up
+    assert aux_example_count(7, 0.05) == 0  # 0.37 rounds down
+    assert aux_example_count(0, 0.5) == 0 and aux_example_count(10, 0.0) == 0
+
+
+def test_the_a_tuning_set_is_every_anchor_sample_then_seeded_conversations_at_the_requested_share():
+    from behaviorlm.stages import a_tuning_set
+
+    train = [Sample("u", pd.Timestamp("2024-01-01"), ("Gym",), ((0, 8),), t) for t in ["Home"] * 57 + ["Gym"] * 3]
+    conversations = [[{"id": i, "role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+                     for i in range(40)]
+    bm = a_tuning_model({"Home"})
+    examples, report = a_tuning_set(bm, train, conversations, 0.05, 16, seed=3)
+    behavior, aux = examples[:57], examples[57:]
+    assert all(e.kind == "behavior" and e.answer_ids == (7,) for e in behavior)  # anchors only, Gym left out
+    assert len(aux) == 3 and all(e.kind == "aux" for e in aux)  # round(0.05 * 57 / 0.95) = 3
+    assert report == {"n_anchor_examples": 57, "n_aux_examples": 3, "aux_ratio_realised": 3 / 60}
+    assert bm.prompts.response_limits == [16, 16, 16]  # long responses are cut where the config says
+    picked = [e.prompt_ids[0] - 1000 for e in aux]
+    assert [e.answer_ids[0] - 2000 for e in aux] == picked and len(set(picked)) == 3  # no repeats while enough
+    again, _ = a_tuning_set(a_tuning_model({"Home"}), train, conversations, 0.05, 16, seed=3)
+    assert again == examples  # the same seed draws the same conversations
+    other = a_tuning_set(a_tuning_model({"Home"}), train, conversations, 0.05, 16, seed=4)[0][57:]
+    assert [e.prompt_ids for e in other] != [e.prompt_ids for e in aux]
+    # more conversations asked for than exist: drawn with replacement rather than failing
+    few, report = a_tuning_set(a_tuning_model({"Home"}), train, conversations[:2], 0.5, 16, seed=0)
+    assert report["n_aux_examples"] == 57 and {e.prompt_ids[0] for e in few[57:]} <= {1000, 1001}
+    none, report = a_tuning_set(a_tuning_model({"Home"}), train, conversations, 0.0, 16, seed=0)
+    assert len(none) == 57 and report["aux_ratio_realised"] == 0.0
+    one, _ = a_tuning_set(a_tuning_model({"Home"}), train[:19], conversations, 0.05, 16, seed=0)
+    assert sum(e.kind == "aux" for e in one) == 1  # round(0.05 * 19 / 0.95) = 1
+    # without replacement while there are enough: 24 of 40, and all 40 of 40, are all different conversations
+    many, _ = a_tuning_set(a_tuning_model({"Home"}), train, conversations, 0.3, 16, seed=0)
+    assert len(many) - 57 == 24 and len({e.prompt_ids for e in many[57:]}) == 24
+    every, _ = a_tuning_set(a_tuning_model({"Home"}), train[:40], conversations, 0.5, 16, seed=0)
+    assert sorted(e.prompt_ids[0] - 1000 for e in every[40:]) == list(range(40))
+
+
 # ---- baselines see the target's time ---------------------------------------------------------------------------
 
 def hour_rule_samples(seed=0):

@@ -15,7 +15,6 @@ from behaviorlm.config import ConfigError
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.models import add_lora, adopt_as_default, interpolate_lora
 from behaviorlm.pipeline import run
-from behaviorlm.scoring import CandidateScorer
 from behaviorlm.stages import CandidateSoftmaxLoss
 from behaviorlm.training import TrainExample
 
@@ -212,6 +211,25 @@ def test_balanced_softmax_on_a_balanced_set_teaches_the_training_prior_and_ce_a_
     smoothed = np.array([601, 301, 91, 10]) / 1003  # add-one smoothed, as logit_adjustment smooths
     assert np.allclose(learned["balanced_softmax"], smoothed, atol=0.01), learned
     assert np.allclose(learned["plain softmax"], 0.25, atol=0.01), learned
+
+
+def test_balanced_softmax_refuses_an_answer_that_is_not_a_behavior_name():
+    from types import SimpleNamespace
+
+    from behaviorlm.data.samples import BehaviorVocab
+
+    vocab = BehaviorVocab(names=["Home", "Gym"], train_counts={"Home": 3, "Gym": 1}, categories={}, anchors={"Home"})
+    answer = {"Home": (10,), "Gym": (11, 12)}
+    bm = SimpleNamespace(scorer=None, vocab=vocab, device=torch.device("cpu"),
+                         prompts=SimpleNamespace(answer_ids=lambda name: answer[name]))
+    objective = CandidateSoftmaxLoss(bm, np.zeros(2))
+    batch = objective.batch([TrainExample((1,), (11, 12)), TrainExample((2, 3, 4), (10,))])
+    assert batch[1].tolist() == [1, 0]  # rows of vocab.names
+    assert objective.count(batch) == 2 and objective.width(batch) == 3  # the longest prompt
+    aux = TrainExample((1, 2), (40, 41, 42), kind="aux")
+    with pytest.raises(ValueError, match=r"^balanced_softmax: 1 training example\(s\) answer with something other than "
+                                         r"a behavior name \(aux conversations\?\); use loss=ce for that stage$"):
+        objective.batch([TrainExample((1,), (10,)), aux])
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from behaviorlm.prompts import PromptBuilder
-from behaviorlm.scoring import CandidateScorer, CandidateTrie, beam_scores, naive_scores
+from behaviorlm.scoring import CandidateScorer, CandidateTrie, beam_scores, naive_scores, top_k_names
 from helpers import tiny_model_and_samples
 
 
@@ -108,3 +108,86 @@ def test_batched_beam_scores_equal_one_prompt_at_a_time(width):
     batched = beam_scores(model, prompts, trie, torch.device("cpu"), None, width=width, batch_size=4)
     assert (np.isfinite(one) == np.isfinite(batched)).all()  # the same names kept
     np.testing.assert_allclose(batched[np.isfinite(one)], one[np.isfinite(one)], atol=1e-4)
+
+
+def test_top_k_names_ranks_best_first_breaks_ties_by_vocab_order_and_drops_pruned_names():
+    # vocab order is most frequent first, so a tie goes to the more frequent behavior, on every numpy
+    scores = np.array([[0.1, 0.5, -np.inf, 0.5, 0.3]])
+    names = ["a", "b", "c", "d", "e"]
+    assert top_k_names(scores, names, 3) == [["b", "d", "e"]]
+    assert top_k_names(scores, names, 5) == [["b", "d", "e", "a"]]  # 'c' was pruned by the beam: never ranked
+    # many ties over more names than an insertion sort handles: the order must still follow the vocab
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 4, size=(3, 200)).astype(float)
+    many = [f"n{j}" for j in range(200)]
+    expected = [[many[j] for j in sorted(range(200), key=lambda j: (-row[j], j))[:10]] for row in wide]
+    assert top_k_names(wide, many, 10) == expected
+
+
+def test_the_naive_reference_runs_in_the_precision_it_is_given():
+    # bench compares the bf16 exact scorer with a bf16 reference: an fp32 reference would count bf16 rounding
+    # as disagreement
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    builder = PromptBuilder(tokenizer)
+    prompts = [builder.sample_prompt_ids(s) for s in samples[:2]]
+    candidates = [builder.answer_ids(n) for n in names]
+    cpu = torch.device("cpu")
+    full = naive_scores(model, prompts, candidates, cpu)
+    half = naive_scores(model, prompts, candidates, cpu, torch.bfloat16, fp32_logits=False)
+    assert np.abs(half - full).max() > 1e-4  # bf16 rounding shows
+    np.testing.assert_allclose(half, full, atol=0.25)  # but it is rounding, not another model
+    for fp32_logits in (False, True):  # the exact scorer matches the reference in the same precision
+        reference = naive_scores(model, prompts, candidates, cpu, torch.bfloat16, fp32_logits=fp32_logits)
+        exact = CandidateScorer(model, candidates, tokenizer.pad_token_id, cpu, torch.bfloat16, 2,
+                                fp32_logits=fp32_logits).score(prompts)
+        np.testing.assert_allclose(exact, reference, atol=1e-3)
+    # an fp32 output layer takes the largest rounding out: closer to the fp32 scores than an all-bf16 forward
+    assert np.abs(reference - full).mean() < np.abs(half - full).mean()
+
+
+def test_the_fp32_output_layer_computes_logits_in_fp32_under_autocast_and_is_removed_after():
+    from behaviorlm.models import add_lora
+    from behaviorlm.scoring import fp32_output_layer
+    from omegaconf import OmegaConf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    model = add_lora(base, OmegaConf.create({"r": 4, "alpha": 8, "dropout": 0.0,
+                                             "target_modules": ["q_proj", "v_proj"]})).eval()
+    ids = torch.tensor([[5, 17, 42, 7]])
+    head = model.get_output_embeddings()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        plain = model(input_ids=ids).logits
+        with fp32_output_layer(model):
+            precise = model(input_ids=ids).logits
+            assert head.weight is model.get_input_embeddings().weight  # still tied
+        after = model(input_ids=ids).logits
+    assert plain.dtype == torch.bfloat16 and precise.dtype == torch.float32
+    torch.testing.assert_close(precise, hidden.float() @ head.weight.float().T, rtol=1e-5, atol=1e-5)
+    assert (precise - plain.float()).abs().max() > 0  # bf16 logits are rounded
+    assert after.dtype == torch.bfloat16 and "forward" not in vars(head)  # the patch is gone
+    with fp32_output_layer(model, enabled=False), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(input_ids=ids).logits.dtype == torch.bfloat16
+
+
+def test_a_behavior_model_scores_with_the_mode_it_was_built_with():
+    from behaviorlm.data.samples import BehaviorVocab
+    from behaviorlm.stages import BehaviorModel
+
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    vocab = BehaviorVocab(names=names, train_counts={n: 1 for n in names})
+    cpu = torch.device("cpu")
+
+    def scores(mode, width=1):
+        bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, None, 2, mode, width,
+                                 beam_exact_top=0)
+        return bm.scores(samples[:4])
+
+    exact = scores("exact")
+    assert exact.shape == (4, len(names)) and np.isfinite(exact).all()  # every name ranked
+    greedy = scores("beam", width=1)
+    assert (~np.isfinite(greedy)).any(axis=1).all()  # one first token kept: the rest pruned on every row
+    np.testing.assert_allclose(greedy[np.isfinite(greedy)], exact[np.isfinite(greedy)], atol=1e-4)

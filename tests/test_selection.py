@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.selection import scoring_pool, select_balanced
@@ -140,3 +141,89 @@ def test_vocabulary_round_trips_through_its_dict():
     for field in ("names", "train_counts", "categories", "anchors", "anchor_threshold"):
         assert getattr(restored, field) == getattr(vocab, field), field
     assert restored.role("A") == "anchor" and restored.role("B") == "tail"
+
+
+class ScoringModel:
+    """The part of a BehaviorModel the selection stages read: its vocabulary and `scores`, here a fixed score row
+    per sample (keyed by the sample's user) so that the expected selection can be worked out by hand."""
+
+    def __init__(self, rows: dict):
+        self.vocab, self.rows, self.scored = VOCAB, rows, []
+
+    def scores(self, samples, progress=None):
+        self.scored.append([s.user for s in samples])
+        return np.stack([self.rows[s.user] for s in samples])
+
+
+def selection_config(**overrides):
+    from omegaconf import OmegaConf
+    return OmegaConf.create({"strategy": "difficulty", "difficulty": True, "contrastive": True,
+                             "max_scored_per_behavior": None, **overrides})
+
+
+def test_difficulty_selection_scores_the_capped_pool_and_reports_what_it_chose():
+    from behaviorlm.stages import difficulty_selection
+
+    # 6 samples of C: predicted D (same category), A, C (margin 0.2), C (margin 0.6), D, C (margin 0.9)
+    samples = [sample("C", i) for i in range(6)]
+    predicted = [("D", 1.0), ("A", 1.0), ("C", 0.2), ("C", 0.6), ("D", 1.0), ("C", 0.9)]
+    rows = {}
+    for i, (name, margin) in enumerate(predicted):
+        rows[f"u{i}"] = np.zeros(4, dtype=np.float32)
+        rows[f"u{i}"][NAMES.index(name)] = margin
+    model = ScoringModel(rows)
+    selection, report = difficulty_selection(model, samples, 3, selection_config(), seed=0)
+    assert model.scored == [[f"u{i}" for i in range(6)]]  # the whole pool, scored once
+    assert sorted(selection.indices[:2]) == [0, 4] and selection.indices[2] == 1
+    assert report == {"n_scored": 6, "n_selected": 3, "share_random_fill": 0.0, "tier_contrastive": 2,
+                      "tier_mispredicted": 1, "train_acc_scored": 0.5}
+    _, plain = difficulty_selection(ScoringModel(rows), samples, 3, selection_config(contrastive=False), seed=0)
+    assert "tier_contrastive" not in plain and plain["tier_mispredicted"] == 3  # same category no longer first
+    # a capped pool: 4 of the 6 scored, the rest fills at random (and says so)
+    capped, report = difficulty_selection(ScoringModel(rows), samples, 6, selection_config(max_scored_per_behavior=4),
+                                          seed=0)
+    assert report["n_scored"] == 4 and report["tier_unscored"] == 2
+    assert report["share_random_fill"] == pytest.approx(2 / 6)
+    # scores computed earlier (the stage cache) are used as they are: the model is not asked again
+    cached = ScoringModel(rows)
+    again, _ = difficulty_selection(cached, samples, 3, selection_config(), seed=0,
+                                    scored=(list(range(6)), np.stack([rows[f"u{i}"] for i in range(6)])))
+    assert cached.scored == [] and again.indices == selection.indices
+    # one slot, filled at random because nothing was scored: all of the selection is random fill
+    _, alone = difficulty_selection(cached, samples[:1], 1, selection_config(), seed=0,
+                                    scored=([], np.zeros((0, 4), dtype=np.float32)))
+    assert alone["n_selected"] == 1 and alone["share_random_fill"] == 1.0
+
+
+def test_random_and_tail_stages_ignore_scores_follow_the_seed_and_tail_skips_anchors():
+    from behaviorlm.stages import difficulty_selection, random_balanced, tail_balanced, uses_difficulty
+
+    samples = [sample(t, i) for i, t in enumerate("ABCD" * 6)]
+    model = ScoringModel({})  # any call to scores would fail: no rows
+    for cfg in (selection_config(strategy="random"), selection_config(difficulty=False)):
+        assert not uses_difficulty(cfg)
+        chosen, report = difficulty_selection(model, samples, 2, cfg, seed=0)
+        assert set(chosen.tiers) == {"random"} and report["n_scored"] == 0 and "train_acc_scored" not in report
+    assert uses_difficulty(selection_config())
+    first, report = random_balanced(model, samples, 4, seed=1)
+    assert report == {"n_selected": 16}
+    assert random_balanced(model, samples, 4, seed=1)[0].indices == first.indices
+    assert random_balanced(model, samples, 4, seed=2)[0].indices != first.indices
+    tail, report = tail_balanced(model, samples, 4, seed=1)
+    assert report == {"n_selected": 12} and "A" not in {samples[i].target for i in tail.indices}  # A is the anchor
+    assert tail_balanced(model, samples, 4, seed=1)[0].indices == tail.indices
+    assert tail_balanced(model, samples, 4, seed=2)[0].indices != tail.indices
+    assert model.scored == []
+
+
+def test_a_capped_selection_pool_and_its_random_fill_follow_the_seed():
+    from behaviorlm.stages import difficulty_selection
+
+    samples = [sample("C", i) for i in range(20)]
+    rows = {f"u{i}": np.eye(4, dtype=np.float32)[NAMES.index("C")] * (i + 1) / 20 for i in range(20)}
+    cfg = selection_config(max_scored_per_behavior=5)
+    runs, reports = zip(*[difficulty_selection(ScoringModel(rows), samples, 8, cfg, seed=seed) for seed in (0, 0, 1)])
+    assert runs[0].tier_counts() == {"low_margin": 5, "unscored": 3}
+    assert reports[0]["train_acc_scored"] == 1.0  # all 5 scored samples predicted right
+    assert runs[0].indices == runs[1].indices  # the same seed: the same pool and the same fill
+    assert runs[0].indices != runs[2].indices

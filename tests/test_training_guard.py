@@ -62,3 +62,32 @@ def test_many_nan_steps_stop_the_stage_with_one_clear_line(monkeypatch):
     poison(monkeypatch, set(range(100)))
     with pytest.raises(NonFiniteTrainingError, match=r"a_tuning epoch 1: 20 of 20 steps had a non-finite loss"):
         train(model, tokenizer, examples)
+
+
+def test_eager_attention_trains_the_same_adapter_as_sdpa_and_the_kernel_comes_back():
+    from behaviorlm.models import training_attention
+    from behaviorlm.training import AnswerTokenLoss
+
+    assert training_attention("auto", torch.device("cpu")) == "eager"  # the CPU default
+    assert training_attention("auto", torch.device("cuda")) is None  # the model's own (SDPA / flash) on a GPU
+    assert training_attention("sdpa", torch.device("cpu")) == "sdpa"
+    adapters, seen = {}, []
+    for kernel in ("sdpa", "eager"):
+        model, tokenizer, examples = lora_model_and_examples(12)  # prompts of 5-11 tokens: left padding in play
+        backbone = model.get_base_model()
+        forward = backbone.model.layers[0].self_attn.forward
+
+        def recording(*args, _forward=forward, _backbone=backbone, **kwargs):
+            seen.append(_backbone.config._attn_implementation)
+            return _forward(*args, **kwargs)
+
+        backbone.model.layers[0].self_attn.forward = recording
+        objective = AnswerTokenLoss(tokenizer.pad_token_id, torch.device("cpu"), None, kernel)
+        train_lora(model, examples, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None,
+                   max_epochs=1, learning_rate=1e-2, batch_size=4, desc="a_tuning", objective=objective)
+        assert backbone.config._attn_implementation == "sdpa"  # restored for scoring, whose trie mask needs it
+        adapters[kernel] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
+    assert seen == ["sdpa"] * 3 + ["eager"] * 3  # 3 steps each, in the kernel asked for
+    for name, weight in adapters["sdpa"].items():
+        torch.testing.assert_close(adapters["eager"][name], weight, rtol=1e-4, atol=1e-5)
+    assert any((w != 0).any() for n, w in adapters["eager"].items() if "lora_B" in n)  # it trained

@@ -1,0 +1,77 @@
+"""One LoRA training step, changed one thing at a time: which attention kernel, LoRA dropout on or off.
+
+    python -m experiments.train_variants            # results/train_variants.json (about 2 minutes on 2 cores)
+
+The same 6 length-grouped batches of 8 real NYC examples (SmolLM2-135M, bf16 autocast, the loop's answer-token
+objective) are trained under each variant; the second of two passes is timed. `make bench` measures the default
+(eager attention on CPU, LoRA dropout as configured); this says what each of the two settings costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from behaviorlm.data.dataset import load_dataset
+from behaviorlm.pipeline import build_behavior_model
+from behaviorlm.training import AnswerTokenLoss, collate, length_grouped_batches
+from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
+from experiments.bench import without_lora_dropout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "train_variants.json")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=gemma3_270m")
+    args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
+    cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", *args.overrides])
+    dataset = load_dataset(cfg)
+    bm, _ = build_behavior_model(cfg, dataset, [])
+    pool = bm.behavior_examples(dataset.train[:cfg.train.batch_size * 32])
+    groups = length_grouped_batches([len(e) for e in pool], cfg.train.batch_size,
+                                    np.random.default_rng(0))[:args.steps]
+    batches = [collate([pool[i] for i in group], bm.tokenizer.pad_token_id, bm.device) for group in groups]
+    optimizer = torch.optim.AdamW([p for p in bm.model.parameters() if p.requires_grad], lr=1e-4)
+    bm.model.train()
+
+    def seconds_per_step(kernel: str) -> float:
+        objective = AnswerTokenLoss(bm.tokenizer.pad_token_id, bm.device, bm.amp_dtype, kernel)
+
+        def steps():
+            for batch in batches:
+                (objective.loss_sum(bm.model, batch) / objective.count(batch)).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        steps()  # warm-up
+        started = time.perf_counter()
+        steps()
+        return (time.perf_counter() - started) / len(batches)
+
+    variants = {}
+    for kernel in ("sdpa", "eager"):
+        variants[f"{kernel}, lora dropout {cfg.model.lora.dropout}"] = seconds_per_step(kernel)
+        with without_lora_dropout(bm.model):
+            variants[f"{kernel}, no lora dropout"] = seconds_per_step(kernel)
+    baseline = next(iter(variants.values()))  # SDPA with dropout: the defaults before eager attention on CPU
+    report = {"seconds_per_step": variants,
+              "speedup_vs_sdpa_with_dropout": {k: baseline / v for k, v in variants.items()},
+              "batch_size": cfg.train.batch_size, "steps": len(batches), "model": cfg.model.name,
+              "tokens": sum(int(b[1].sum()) for b in batches), "load_average_1min_at_start": load_at_start,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "command": "python -m experiments.train_variants " + " ".join(args.overrides)}
+    atomic_write_json(args.out, report)
+    for name, seconds in variants.items():
+        print(f"{name:32s} {seconds:.3f} s/step  {baseline / seconds:.2f}x")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
