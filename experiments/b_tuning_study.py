@@ -23,7 +23,6 @@ import pandas as pd
 
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import load_dataset
-from behaviorlm.data.samples import subsample
 from behaviorlm.metrics import compute_metrics
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.selection import select_balanced

@@ -346,6 +346,58 @@ def test_the_a_tuning_set_is_every_anchor_sample_then_seeded_conversations_at_th
     assert sorted(e.prompt_ids[0] - 1000 for e in every[40:]) == list(range(40))
 
 
+def test_role_counts_split_a_stages_targets_into_anchors_and_tail():
+    from behaviorlm.stages import role_counts
+
+    vocab = a_tuning_model({"Home"}).vocab
+    samples = [Sample("u", pd.Timestamp("2024-01-01"), ("Gym",), ((0, 8),), t) for t in ["Home"] * 5 + ["Gym"] * 2]
+    assert role_counts(samples, vocab) == {"n_anchor_targets": 5, "n_tail_targets": 2}
+
+
+def test_a_tuning_stage_hands_train_lora_exactly_what_the_config_and_the_model_say(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+    from omegaconf import OmegaConf
+
+    import behaviorlm.stages as stages
+    from behaviorlm.training import AnswerTokenLoss
+
+    received = []
+    monkeypatch.setattr(stages, "train_lora", lambda model, examples, **kwargs: received.append(kwargs) or ["ok"])
+    asked = []
+    bm = SimpleNamespace(model="the model", tokenizer=SimpleNamespace(pad_token_id=7), device=torch.device("cpu"),
+                         amp_dtype=torch.bfloat16, dist="the dist",
+                         evaluate=lambda samples, k: asked.append((samples, k)) or ({"acc_tail": 0.25,
+                                                                                     "acc_overall": 0.5}, None))
+    stage_cfg = OmegaConf.create({"max_epochs": 3, "learning_rate": 2e-4, "patience": 4, "monitor": "acc_tail"})
+    train_cfg = OmegaConf.create({"batch_size": 6, "grad_accum": 2, "weight_decay": 0.01, "warmup_ratio": 0.1,
+                                  "max_grad_norm": 0.5, "max_steps_per_epoch": 9, "early_stopping": True,
+                                  "attn_implementation": "auto"})
+    on_step = print
+    result = stages.tune(bm, ["e"], stage_cfg, train_cfg, ["v"], seed=11, desc="a_tuning", on_step=on_step,
+                         checkpoint_dir=Path("ckpt"), k=3)
+    assert result == ["ok"]
+    kwargs = received[-1]
+    objective = kwargs.pop("objective")
+    validate = kwargs.pop("validate")
+    assert kwargs == {"pad_id": 7, "device": torch.device("cpu"), "amp_dtype": torch.bfloat16, "max_epochs": 3,
+                      "learning_rate": 2e-4, "batch_size": 6, "grad_accum": 2, "weight_decay": 0.01,
+                      "warmup_ratio": 0.1, "max_grad_norm": 0.5, "max_steps_per_epoch": 9, "patience": 4,
+                      "seed": 11, "desc": "a_tuning", "on_step": on_step, "checkpoint_dir": Path("ckpt"),
+                      "dist": "the dist"}
+    assert validate() == 0.25 and asked == [(["v"], 3)]  # the monitor (acc_tail) on the validation slice at k
+    assert isinstance(objective, AnswerTokenLoss) and objective.attn_implementation == "eager"  # CPU default
+    assert (objective.pad_id, objective.device, objective.amp_dtype) == (7, torch.device("cpu"), torch.bfloat16)
+    # no early stopping without the setting or without validation samples; a given objective is used as it is
+    stages.tune(bm, ["e"], stage_cfg, OmegaConf.merge(train_cfg, {"early_stopping": False}), ["v"], 0, "b")
+    assert received[-1]["validate"] is None
+    stages.tune(bm, ["e"], stage_cfg, train_cfg, [], 0, "b", objective="balanced")
+    assert received[-1]["validate"] is None and received[-1]["objective"] == "balanced"
+    stages.tune(bm, ["e"], stage_cfg, OmegaConf.merge(train_cfg, {"attn_implementation": "sdpa"}), [], 0, "b")
+    assert received[-1]["objective"].attn_implementation == "sdpa"
+
+
 # ---- baselines see the target's time ---------------------------------------------------------------------------
 
 def hour_rule_samples(seed=0):

@@ -77,6 +77,7 @@ def test_bounded_beam_ranks_the_top_k_exactly_even_when_greedy(exact_top, batch_
     model, candidates, prompts = trap_model_and_candidates()
     scorer = CandidateScorer(model, candidates, 0, torch.device("cpu"), None, 4)
     exact = scorer.score(prompts)
+    assert np.isfinite(exact).all()  # exact ranking prunes nothing, though there are 12 first tokens
     plain = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=1, batch_size=batch_size)
     bounded = beam_scores(model, prompts, scorer.trie, torch.device("cpu"), None, width=1, batch_size=batch_size,
                           exact_top=exact_top)
@@ -143,6 +144,7 @@ def test_the_naive_reference_runs_in_the_precision_it_is_given():
         np.testing.assert_allclose(exact, reference, atol=1e-3)
     # an fp32 output layer takes the largest rounding out: closer to the fp32 scores than an all-bf16 forward
     assert np.abs(reference - full).mean() < np.abs(half - full).mean()
+    np.testing.assert_array_equal(naive_scores(model, prompts, candidates, cpu, torch.bfloat16), reference)  # default
 
 
 def test_the_fp32_output_layer_computes_logits_in_fp32_under_autocast_and_is_removed_after():
@@ -191,3 +193,26 @@ def test_a_behavior_model_scores_with_the_mode_it_was_built_with():
     greedy = scores("beam", width=1)
     assert (~np.isfinite(greedy)).any(axis=1).all()  # one first token kept: the rest pruned on every row
     np.testing.assert_allclose(greedy[np.isfinite(greedy)], exact[np.isfinite(greedy)], atol=1e-4)
+
+
+def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_name_or_none_when_generating():
+    from behaviorlm.data.samples import BehaviorVocab
+    from behaviorlm.stages import BehaviorModel
+
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    vocab = BehaviorVocab(names=names, train_counts={n: 1 for n in names})
+    bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, torch.device("cpu"), None, 2)
+    scores = bm.scores(samples[:4])
+    expected = [[names[j] for j in sorted(range(len(names)), key=lambda j: -row[j])[:3]] for row in scores]
+    assert bm.rankings(samples[:4], k=3) == expected
+    bm.score_offset = np.zeros(len(names))
+    bm.score_offset[-1] = 100.0  # post-hoc logit adjustment: the last name now wins every ranking
+    assert all(row[0] == names[-1] and row[1:] == ranked[:2] for row, ranked in
+               zip(bm.rankings(samples[:4], k=3), [[n for n in r if n != names[-1]] for r in expected]))
+    metrics, _ = bm.evaluate(samples[:4], k=2)  # acc@k at the k asked for, over the same rankings
+    top2 = [r[:2] for r in bm.rankings(samples[:4], k=2)]
+    assert metrics["acc_at_2"] == np.mean([s.target in r for s, r in zip(samples[:4], top2)])
+    assert "acc_at_5" not in metrics
+    bm.score_offset, bm.scoring_mode = None, "generate"
+    generated = bm.rankings(samples[:4], k=3)
+    assert len(generated) == 4 and all(len(row) <= 1 and set(row) <= set(names) for row in generated)
