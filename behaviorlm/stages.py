@@ -30,7 +30,7 @@ from behaviorlm.models import training_attention
 from behaviorlm.prompts import PromptBuilder
 from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions, top_k_names
 from behaviorlm.selection import Selection, scoring_pool, select_balanced
-from behaviorlm.training import AnswerTokenLoss, TrainExample, train_lora
+from behaviorlm.training import TrainExample, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +231,6 @@ def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictCon
     validate = None
     if train_cfg.early_stopping and val_samples:
         validate = validation_monitor(bm, val_samples, stage_cfg.monitor, k, records)
-    if objective is None:  # the answer tokens' cross-entropy, with the attention kernel train_cfg asks for
-        objective = AnswerTokenLoss(bm.tokenizer.pad_token_id, bm.device, bm.amp_dtype,
-                                    training_attention(train_cfg.attn_implementation, bm.device))
     return train_lora(bm.model, examples, pad_id=bm.tokenizer.pad_token_id, device=bm.device,
                       amp_dtype=bm.amp_dtype, max_epochs=stage_cfg.max_epochs,
                       learning_rate=stage_cfg.learning_rate, batch_size=train_cfg.batch_size,
@@ -241,7 +238,8 @@ def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictCon
                       warmup_ratio=train_cfg.warmup_ratio, max_grad_norm=train_cfg.max_grad_norm,
                       max_steps_per_epoch=train_cfg.max_steps_per_epoch, validate=validate,
                       patience=stage_cfg.patience, seed=seed, desc=desc, on_step=on_step,
-                      checkpoint_dir=checkpoint_dir, dist=bm.dist, objective=objective)
+                      checkpoint_dir=checkpoint_dir, dist=bm.dist, objective=objective,
+                      attn_implementation=training_attention(train_cfg.attn_implementation, bm.device))
 
 
 def a_tuning_set(bm: BehaviorModel, train: Sequence[Sample], conversations: Sequence[list[dict]],

@@ -127,15 +127,17 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                max_grad_norm: float = 1.0, max_steps_per_epoch: Optional[int] = None,
                validate: Optional[Callable[[], float]] = None, patience: int = 2, seed: int = 0,
                desc: str = "train", on_step: Optional[Callable[[dict], None]] = None,
-               checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL, objective=None) -> list[EpochResult]:
+               checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL, objective=None,
+               attn_implementation: Optional[str] = None) -> list[EpochResult]:
     """Train the model's trainable (LoRA) parameters; with `validate`, keep the best epoch's weights.
 
     `batch_size` is the global batch. With several processes (`dist`) every rank draws the same global batches
     and trains on its strided slice of each; the loss is normalised by the global answer-token count, so N
     processes take the same steps as one (up to float reduction order). `objective` (batch / count / width / loss_sum)
-    defaults to the answer tokens' cross-entropy; `stages.CandidateSoftmaxLoss` is the balanced-softmax one.
+    defaults to the answer tokens' cross-entropy, its forward attending with `attn_implementation` (None: the
+    model's own kernel); `stages.CandidateSoftmaxLoss` is the balanced-softmax one.
     """
-    objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype)
+    objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype, attn_implementation)
     if not examples:
         log.warning("%s: no training examples; skipping the stage", desc)
         return []

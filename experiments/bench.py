@@ -150,15 +150,10 @@ def main() -> None:
     latency = query_costs(cfg, dataset, bm, beam, dataset.test[:args.latency_samples])
     generate_s = timed(lambda: hf_generate(bm, prompts, width=width)) / len(prompts)
 
-    # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits, in
-    # batches grouped by length as the loop groups them (padding < 1%; consecutive examples would pad 8.5%).
-    pool = bm.behavior_examples(dataset.train[:cfg.train.batch_size * 32])
-    groups = length_grouped_batches([len(e) for e in pool], cfg.train.batch_size,
-                                    np.random.default_rng(0))[:args.train_steps]
-    examples = [pool[i] for group in groups for i in group]
+    # Training: our loop's step on real NYC examples (prompt + answer), bf16 autocast, answer-only logits.
+    examples, batches = grouped_train_batches(bm, dataset.train, cfg.train.batch_size, args.train_steps)
     params = [p for p in bm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    batches = [collate([pool[i] for i in group], bm.tokenizer.pad_token_id, device) for group in groups]
     bm.model.train()
     # the loop's objective, with the attention kernel train.attn_implementation gives it (auto: eager on CPU)
     objective = AnswerTokenLoss(bm.tokenizer.pad_token_id, device, amp,
@@ -207,6 +202,15 @@ def main() -> None:
     for key, value in report.items():
         print(f"{key.ljust(pad)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(pad)}  {value}")
     print(f"written: {args.out}")
+
+
+def grouped_train_batches(bm, train_samples, batch_size: int, steps: int) -> tuple[list, list]:
+    """`steps` collated batches of real training examples, grouped by length as the training loop groups them
+    (padding < 1%; consecutive examples would pad 8.5%), and the examples they hold."""
+    pool = bm.behavior_examples(train_samples[:batch_size * 32])
+    groups = length_grouped_batches([len(e) for e in pool], batch_size, np.random.default_rng(0))[:steps]
+    batches = [collate([pool[i] for i in group], bm.tokenizer.pad_token_id, bm.device) for group in groups]
+    return [pool[i] for group in groups for i in group], batches
 
 
 @contextlib.contextmanager

@@ -14,14 +14,13 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.pipeline import build_behavior_model
-from behaviorlm.training import AnswerTokenLoss, collate, length_grouped_batches
+from behaviorlm.training import AnswerTokenLoss
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
-from experiments.bench import without_lora_dropout
+from experiments.bench import grouped_train_batches, without_lora_dropout
 
 
 def main() -> None:
@@ -34,10 +33,7 @@ def main() -> None:
     cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", *args.overrides])
     dataset = load_dataset(cfg)
     bm, _ = build_behavior_model(cfg, dataset, [])
-    pool = bm.behavior_examples(dataset.train[:cfg.train.batch_size * 32])
-    groups = length_grouped_batches([len(e) for e in pool], cfg.train.batch_size,
-                                    np.random.default_rng(0))[:args.steps]
-    batches = [collate([pool[i] for i in group], bm.tokenizer.pad_token_id, bm.device) for group in groups]
+    _, batches = grouped_train_batches(bm, dataset.train, cfg.train.batch_size, args.steps)  # the bench's batches
     optimizer = torch.optim.AdamW([p for p in bm.model.parameters() if p.requires_grad], lr=1e-4)
     bm.model.train()
 

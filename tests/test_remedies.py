@@ -213,7 +213,8 @@ def test_balanced_softmax_on_a_balanced_set_teaches_the_training_prior_and_ce_a_
     assert np.allclose(learned["plain softmax"], 0.25, atol=0.01), learned
 
 
-def test_balanced_softmax_refuses_an_answer_that_is_not_a_behavior_name():
+def home_gym_objective() -> CandidateSoftmaxLoss:
+    """The balanced-softmax objective over two names, Home (answer ids (10,)) and Gym ((11, 12)), no offset."""
     from types import SimpleNamespace
 
     from behaviorlm.data.samples import BehaviorVocab
@@ -222,7 +223,11 @@ def test_balanced_softmax_refuses_an_answer_that_is_not_a_behavior_name():
     answer = {"Home": (10,), "Gym": (11, 12)}
     bm = SimpleNamespace(scorer=None, vocab=vocab, device=torch.device("cpu"),
                          prompts=SimpleNamespace(answer_ids=lambda name: answer[name]))
-    objective = CandidateSoftmaxLoss(bm, np.zeros(2))
+    return CandidateSoftmaxLoss(bm, np.zeros(2))
+
+
+def test_balanced_softmax_refuses_an_answer_that_is_not_a_behavior_name():
+    objective = home_gym_objective()  # Home answers (10,), Gym (11, 12)
     aux = TrainExample((1, 2), (40, 41, 42), kind="aux")
     with pytest.raises(ValueError, match=r"^balanced_softmax: 1 training example\(s\) answer with something other than "
                                          r"a behavior name \(aux conversations\?\); use loss=ce for that stage$"):
@@ -230,15 +235,7 @@ def test_balanced_softmax_refuses_an_answer_that_is_not_a_behavior_name():
 
 
 def test_a_balanced_softmax_batch_holds_the_names_rows_its_count_and_the_longest_prompt():
-    from types import SimpleNamespace
-
-    from behaviorlm.data.samples import BehaviorVocab
-
-    vocab = BehaviorVocab(names=["Home", "Gym"], train_counts={"Home": 3, "Gym": 1}, categories={}, anchors={"Home"})
-    answer = {"Home": (10,), "Gym": (11, 12)}
-    bm = SimpleNamespace(scorer=None, vocab=vocab, device=torch.device("cpu"),
-                         prompts=SimpleNamespace(answer_ids=lambda name: answer[name]))
-    objective = CandidateSoftmaxLoss(bm, np.zeros(2))
+    objective = home_gym_objective()  # Home answers (10,), Gym (11, 12)
     batch = objective.batch([TrainExample((1,), (11, 12)), TrainExample((2, 3, 4), (10,)), TrainExample((5,), (10,))])
     assert batch[0] == [(1,), (2, 3, 4), (5,)] and batch[1].tolist() == [1, 0, 0]  # rows of vocab.names
     assert objective.count(batch) == 3 and objective.width(batch) == 3  # the longest prompt (a skipped step logs it)

@@ -66,7 +66,6 @@ def test_many_nan_steps_stop_the_stage_with_one_clear_line(monkeypatch):
 
 def test_eager_attention_trains_the_same_adapter_as_sdpa_and_the_kernel_comes_back():
     from behaviorlm.models import training_attention
-    from behaviorlm.training import AnswerTokenLoss
 
     assert training_attention("auto", torch.device("cpu")) == "eager"  # the CPU default
     assert training_attention("auto", torch.device("cuda")) is None  # the model's own (SDPA / flash) on a GPU
@@ -82,9 +81,8 @@ def test_eager_attention_trains_the_same_adapter_as_sdpa_and_the_kernel_comes_ba
             return _forward(*args, **kwargs)
 
         backbone.model.layers[0].self_attn.forward = recording
-        objective = AnswerTokenLoss(tokenizer.pad_token_id, torch.device("cpu"), None, kernel)
         train_lora(model, examples, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None,
-                   max_epochs=1, learning_rate=1e-2, batch_size=4, desc="a_tuning", objective=objective)
+                   max_epochs=1, learning_rate=1e-2, batch_size=4, desc="a_tuning", attn_implementation=kernel)
         assert backbone.config._attn_implementation == "sdpa"  # restored for scoring, whose trie mask needs it
         adapters[kernel] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
     assert seen == ["sdpa"] * 3 + ["eager"] * 3  # 3 steps each, in the kernel asked for
