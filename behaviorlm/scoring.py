@@ -233,11 +233,12 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch, n = len(chunk), max(len(prompts[i]) for i in chunk)
-        ids = torch.zeros(batch, n, dtype=torch.long, device=device)
-        real = torch.zeros(batch, n, dtype=torch.bool, device=device)
+        ids = torch.zeros(batch, n, dtype=torch.long)  # built on the host, moved once: no copy per prompt
+        real = torch.zeros(batch, n, dtype=torch.bool)
         for b, i in enumerate(chunk):
-            ids[b, n - len(prompts[i]):] = torch.tensor(list(prompts[i]), device=device)
+            ids[b, n - len(prompts[i]):] = torch.tensor(list(prompts[i]))
             real[b, n - len(prompts[i]):] = True
+        ids, real = ids.to(device), real.to(device)
         positions = (real.cumsum(1) - 1).clamp(min=0)
         with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
             step = model(input_ids=ids, attention_mask=real.long(), position_ids=positions, use_cache=True,
@@ -245,17 +246,18 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
         first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)  # (batch, vocab)
         candidates = first_logprobs[:, first_tokens]  # (batch, first tokens)
         keep = torch.topk(candidates, min(width, len(first)), dim=1).indices.tolist()
+        host_candidates = candidates.cpu()
 
         def score_subtrees(keep_rows: list[list[int]]) -> None:
             """One trie-masked forward over the subtrees of each prompt's kept first tokens (indices into `first`);
             writes the names reached into `out`, then drops those nodes from the cache again."""
-            kept = [torch.tensor(sorted(r for k in row for r in trie.first_rows[first[k]]), dtype=torch.long,
-                                 device=device) for row in keep_rows]
+            kept = [sorted(r for k in row for r in trie.first_rows[first[k]]) for row in keep_rows]
             span = max(1, max(len(rows) for rows in kept))
-            rows = torch.zeros(batch, span, dtype=torch.long, device=device)
-            valid = torch.zeros(batch, span, dtype=torch.bool, device=device)
+            rows = torch.zeros(batch, span, dtype=torch.long)
+            valid = torch.zeros(batch, span, dtype=torch.bool)
             for b, r in enumerate(kept):
-                rows[b, :len(r)], valid[b, :len(r)] = r, True
+                rows[b, :len(r)], valid[b, :len(r)] = torch.tensor(r, dtype=torch.long), True
+            rows, valid = rows.to(device), valid.to(device)
             mask = torch.zeros(batch, 1, span, n + span, dtype=torch.bool, device=device)
             mask[:, 0, :, :n] = real[:, None, :] & valid[:, :, None]
             mask[:, 0, :, n:] = ancestors[rows[:, :, None], rows[:, None, :]] & valid[:, :, None] & valid[:, None, :]
@@ -266,19 +268,21 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
                                attention_mask=mask, position_ids=node_positions, use_cache=True).logits
             step.past_key_values.crop(-span)  # the cache holds the prompts alone again, for another round
             node_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, span, vocab)
+            # All prompts of the batch at once (one copy to the host, not one per prompt: on a GPU the per-prompt
+            # syncs, not the forwards, set the pace). Table rows per prompt: 0 = the prompt's end, j + 1 = its j-th
+            # kept node; `remap` maps the trie's rows onto them (-1: not kept).
+            remap = torch.full((batch, trie.n_nodes + 1), -1, dtype=torch.long, device=device)
+            slots = torch.arange(1, span + 1, device=device).expand(batch, -1)
+            remap.scatter_(1, torch.where(valid, rows + 1, 0), torch.where(valid, slots, 0))
+            remap[:, 0] = 0
+            table = torch.cat([first_logprobs[:, None], node_logprobs], 1)  # (batch, 1 + span, vocab)
+            score_rows = remap[:, trie_rows]  # (batch, candidates, max_len)
+            reached = ((score_rows >= 0) | ~trie_mask).all(-1).cpu().numpy()
+            picked = table[torch.arange(batch, device=device)[:, None, None], score_rows.clamp(min=0), trie_tokens]
+            scores = (picked * trie_mask).sum(-1).cpu().numpy()
             for b, i in enumerate(chunk):
-                r = kept[b]
-                if not len(r):
-                    continue
-                # Table rows: 0 = the prompt's end, j + 1 = the j-th kept node; map the trie's rows onto them.
-                remap = torch.full((trie.n_nodes + 1,), -1, dtype=torch.long, device=device)
-                remap[0] = 0
-                remap[r + 1] = torch.arange(1, len(r) + 1, device=device)
-                table = torch.cat([first_logprobs[b][None], node_logprobs[b, :len(r)]])
-                score_rows = remap[trie_rows]
-                reached = ((score_rows >= 0) | ~trie_mask).all(1)
-                scores = (table[score_rows.clamp(min=0), trie_tokens] * trie_mask).sum(1)
-                out[i, reached.cpu().numpy()] = scores[reached].cpu().numpy()
+                if kept[b]:
+                    out[i, reached[b]] = scores[b, reached[b]]
 
         score_subtrees(keep)
         if exact_top:
@@ -286,7 +290,7 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             for b, i in enumerate(chunk):
                 found = np.sort(out[i][np.isfinite(out[i])])[::-1]
                 bound = found[min(exact_top, len(found)) - 1] if len(found) else -np.inf
-                above = (candidates[b] > float(bound)).nonzero().flatten().tolist()
+                above = (host_candidates[b] > float(bound)).nonzero().flatten().tolist()
                 extra.append([k for k in above if k not in set(keep[b])])
             if any(extra):
                 score_subtrees(extra)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -261,24 +263,53 @@ def nan_probe(device_name: str, steps: int = 24) -> dict:
     return report
 
 
-def kernel_check(model_name: str, device_name: str, samples: int, train_steps: int) -> dict:
+def random_weight_folder(model_name: str, source_dir: Path) -> Path:
+    """The model's cache folder filled with random weights (seed 0) of the config in `source_dir`, beside its
+    tokenizer files: the pipeline's own loading, prompts and trie on a machine that cannot carry the checkpoint.
+    Exact ranking costs the same FLOPs whatever the weights; the bounded beam's second round does not."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = compose_config(MODEL_ARGS[model_name])
+    target = Path(cfg.paths.model_cache_dir) / cfg.model.name
+    target.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source_dir)).save_pretrained(target)
+    for name in source_dir.iterdir():
+        if name.is_file() and name.name != "config.json" and not name.name.endswith(".safetensors"):
+            shutil.copy(name, target / name.name)
+    return target
+
+
+def kernel_check(model_name: str, device_name: str, samples: int, train_steps: int,
+                 scoring_batches: list[int] | None = None, train_batch: int | None = None) -> dict:
+    """Scoring prompts/s per mode and per prompts-per-forward (`scoring_batches`, default the config's), then
+    LoRA training samples/s, all through the pipeline's own BehaviorModel."""
+    overrides = [f"train.batch_size={train_batch}"] if train_batch else []
     cfg = compose_config([*MODEL_ARGS[model_name], f"device={device_name}", "logger=none", "aux_ratio=0",
-                          "model.precision=bf16"])
+                          "model.precision=bf16", *overrides])
     dataset = load_dataset(cfg)
     bm, _ = build_behavior_model(cfg, dataset, [])
     device = bm.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     test = dataset.test[:samples]
-    result = {"model": model_name, "device": str(device), "samples": len(test)}
-    for mode in ("exact", "beam"):
-        bm.scoring_mode = mode
-        bm.scores(test[:2])  # warm-up (kernel selection, allocator)
-        sync(device)
-        started = time.perf_counter()
-        bm.scores(test)
-        sync(device)
-        result[f"{mode}_samples_per_s"] = len(test) / (time.perf_counter() - started)
+    result = {"model": model_name, "device": str(device), "samples": len(test), "scoring": []}
+    for batch_size in scoring_batches or [bm.scorer.batch_size]:
+        bm.scorer.batch_size = batch_size
+        for mode in ("exact", "beam"):
+            bm.scoring_mode = mode
+            bm.scores(test[:batch_size])  # warm-up (kernel selection, allocator)
+            sync(device)
+            started = time.perf_counter()
+            bm.scores(test)
+            sync(device)
+            rate = len(test) / (time.perf_counter() - started)
+            result["scoring"].append({"mode": mode, "prompts_per_forward": batch_size, "prompts_per_s": rate,
+                                      "peak_memory_gb": peak_memory_gb(device)})
+            result[f"{mode}_samples_per_s"] = max(rate, result.get(f"{mode}_samples_per_s", 0.0))
+            print(json.dumps(result["scoring"][-1]), flush=True)
     examples = bm.behavior_examples(dataset.train[:cfg.train.batch_size * train_steps])
     params = [p for p in bm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -296,6 +327,7 @@ def kernel_check(model_name: str, device_name: str, samples: int, train_steps: i
     sync(device)
     timed_samples = sum(b[0].shape[0] for b in batches[1:])
     result["train_samples_per_s"] = timed_samples / (time.perf_counter() - started) if len(batches) > 1 else None
+    result["train_batch_size"] = cfg.train.batch_size
     result["peak_memory_gb"] = peak_memory_gb(device)
     return result
 
@@ -342,6 +374,11 @@ def main() -> None:
     parser.add_argument("--shape-variants", nargs="*", default=["default"],
                         help="per shape, the LoRA steps to time: '+'-joined nodropout, compile, bNN (see shape_check)")
     parser.add_argument("--samples", type=int, default=32, help="test prompts timed per scoring mode")
+    parser.add_argument("--scoring-batches", type=int, nargs="*", default=None,
+                        help="prompts per scoring forward to time (default: the config's scoring.batch_size)")
+    parser.add_argument("--train-batch", type=int, default=None, help="rows per timed training step of --models")
+    parser.add_argument("--random-weights", type=Path, default=None, metavar="DIR",
+                        help="--models load random weights of the config in DIR, with DIR's tokenizer (speed only)")
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--skip-runs", action="store_true", help="kernels only, no end-to-end pipeline runs")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "gpu_check.json")
@@ -358,6 +395,16 @@ def main() -> None:
     if args.nan_probe:
         report["nan_probe"] = nan_probe(args.device, args.probe_steps)
         print(json.dumps({k: v for k, v in report["nan_probe"].items() if k != "training"}), flush=True)
+    if args.random_weights:  # a cache of its own: the real checkpoint's folder is never overwritten
+        os.environ["BEHAVIORLM_CACHE"] = tempfile.mkdtemp(prefix="gpu_check_random_weights_")
+    for model in args.models:
+        if args.random_weights:
+            print(f"random weights in {random_weight_folder(model, args.random_weights)}", flush=True)
+        report["kernels"].append(kernel_check(model, args.device, args.samples, args.train_steps,
+                                              args.scoring_batches, args.train_batch))
+        report["kernels"][-1]["weights"] = "random (real config and tokenizer)" if args.random_weights else "real"
+        print(json.dumps(report["kernels"][-1]), flush=True)
+        atomic_write_json(args.out, report)
     if args.shapes:
         report["bf16_gemm_peak_flop_per_s"] = peak = gemm_peak(torch.device(args.device))
         for shape in args.shapes:
@@ -369,9 +416,6 @@ def main() -> None:
                 torch._dynamo.reset()  # drop a compiled variant's graphs and the model they hold
                 if args.device == "cuda":
                     torch.cuda.empty_cache()
-    for model in args.models:
-        report["kernels"].append(kernel_check(model, args.device, args.samples, args.train_steps))
-        print(json.dumps(report["kernels"][-1]), flush=True)
     if not args.skip_runs:
         counts = [1, 2] if report["gpus"] >= 2 else [1]
         for model in args.models:

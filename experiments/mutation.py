@@ -89,7 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     if not args.report_only:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children),
+        subprocess.run([sys.executable, "-m", "experiments.mutmut_runner", "run", "--max-children",
+                        str(args.max_children),
                         *args.mutants], cwd=PROJECT_ROOT, check=False)
     equivalents = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
     report = summarize(mutmut_results(), equivalents)

