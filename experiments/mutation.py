@@ -52,6 +52,11 @@ def module_of(mutant: str) -> str:
     return dotted.replace(".", "/") + ".py"
 
 
+def fastest_first(tests: list[str], durations: dict[str, float]) -> list[str]:
+    """Tests by recorded duration, shortest first (unknown ones last, then by name, so the order is stable)."""
+    return sorted(tests, key=lambda test: (durations.get(test, float("inf")), test))
+
+
 def summarize(statuses: dict[str, str], equivalents: dict[str, str]) -> dict:
     unknown = sorted(set(equivalents) - set(statuses))
     if unknown:

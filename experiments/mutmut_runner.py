@@ -14,10 +14,7 @@ from mutmut.__main__ import cli
 from mutmut.state import state
 from mutmut.workers import isolation
 
-
-def fastest_first(tests: list[str], durations: dict[str, float]) -> list[str]:
-    """Tests by recorded duration, shortest first (unknown ones last, then by name, so the order is stable)."""
-    return sorted(tests, key=lambda test: (durations.get(test, float("inf")), test))
+from experiments.mutation import fastest_first
 
 
 def _sorting_submit(submit):

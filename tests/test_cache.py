@@ -10,16 +10,43 @@ def write_entry(folder):
     (folder / "report.json").write_text(json.dumps({"epochs": 2}))
 
 
-def test_saved_entry_is_a_hit_with_its_files(tmp_path):
+def test_saved_entry_is_a_hit_with_its_files(tmp_path, caplog):
     cache = StageCache(tmp_path)
     assert cache.load("a_tuning", "k1") is None and cache.misses == ["a_tuning"]
     cache.save("a_tuning", "k1", write_entry)
-    entry = cache.load("a_tuning", "k1")
+    with caplog.at_level("INFO", logger="behaviorlm.cache"):
+        entry = cache.load("a_tuning", "k1")
     assert entry == tmp_path / "a_tuning" / "k1" and cache.hits == ["a_tuning"]
+    assert caplog.messages[-1] == "stage cache hit: a_tuning k1"  # the run's log says which entry it reused
     assert (entry / "adapter.pt").read_bytes() == b"weights"
     assert set(json.loads((entry / MANIFEST).read_text())["files"]) == {"adapter.pt", "report.json"}
     assert cache.load("a_tuning", "k2") is None  # another key is another entry
     assert not [p for p in (tmp_path / "a_tuning").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_an_entry_is_written_in_a_hidden_temporary_beside_it_then_moved_into_place(tmp_path):
+    """A fresh cache root (folders created), the writer's folder a hidden sibling of the entry (one rename on the
+    same file system; never listed as an entry), a manifest naming the stage and every file's SHA-256."""
+    import hashlib
+
+    cache = StageCache(tmp_path / "new" / "root")
+    written_in = []
+
+    def write(folder):
+        written_in.append(folder)
+        write_entry(folder)
+
+    cache.save("a_tuning", "k1", write)
+    stage_dir = tmp_path / "new" / "root" / "a_tuning"
+    folder, = written_in
+    assert folder.parent == stage_dir and folder.name.startswith(".k1.") and not folder.exists()
+    assert json.loads((stage_dir / "k1" / MANIFEST).read_text()) == {
+        "stage": "a_tuning", "files": {"adapter.pt": hashlib.sha256(b"weights").hexdigest(),
+                                       "report.json": hashlib.sha256(b'{"epochs": 2}').hexdigest()}}
+    # another job of a sweep saving the same entry later: the first one stays, the second leaves nothing behind
+    cache.save("a_tuning", "k1", lambda f: (f / "adapter.pt").write_bytes(b"other weights"))
+    assert (stage_dir / "k1" / "adapter.pt").read_bytes() == b"weights"
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["k1"]
 
 
 def test_a_corrupted_or_partial_entry_is_removed_and_reported_as_a_miss(tmp_path, caplog):
@@ -27,7 +54,9 @@ def test_a_corrupted_or_partial_entry_is_removed_and_reported_as_a_miss(tmp_path
     cache.save("b_tuning", "k", write_entry)
     (tmp_path / "b_tuning" / "k" / "adapter.pt").write_bytes(b"altered")
     assert cache.load("b_tuning", "k") is None and not (tmp_path / "b_tuning" / "k").exists()
-    assert "corrupted" in caplog.text
+    assert cache.misses == ["b_tuning"] and cache.hits == []  # a rebuilt entry counts as a miss of its stage
+    assert caplog.messages[-1] == ("stage cache: b_tuning/k is corrupted (a file is missing or altered); "
+                                   "rebuilding it")
     cache.save("b_tuning", "k", write_entry)
     (tmp_path / "b_tuning" / "k" / "report.json").unlink()  # a file gone
     assert cache.load("b_tuning", "k") is None

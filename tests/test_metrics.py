@@ -75,8 +75,8 @@ def test_every_metric_against_a_hand_worked_example():
     """Six predictions worked out by hand (k = 2): anchors A, B; tail C, D, E; E is predicted but never a target.
 
     top-1 predictions A B B E C A for targets A A B C C D; per-behavior F1: A 1/2, B 2/3, C 2/3, D 0, E 0."""
-    vocab = BehaviorVocab(names=list("ABCDE"), train_counts={n: 10 for n in "ABCDE"}, categories={},
-                          anchors={"A", "B"}, anchor_threshold=0.2)
+    vocab = BehaviorVocab(names=list("ABCDE"), train_counts={n: 10 for n in "ABCD"},  # E: never in training
+                          categories={"A": "Food", "B": "Food", "C": "Shop"}, anchors={"A", "B"}, anchor_threshold=0.2)
     targets = list("AABCCD")
     rankings = [["A", "C"], ["B", "A"], ["B", "A"], ["E", "D"], ["C", "E"], ["A", "D"]]
     m, table = compute_metrics(targets, rankings, vocab, k=2)
@@ -94,6 +94,37 @@ def test_every_metric_against_a_hand_worked_example():
     assert m["weighted_f1_tail"] == pytest.approx((2 / 3 * 2) / 3)
     f1 = table.set_index("behavior")["f1"]
     assert f1.to_dict() == pytest.approx({"A": 0.5, "B": 2 / 3, "C": 2 / 3, "D": 0.0, "E": 0.0})
+    # the per-behavior table as per_behavior.csv stores it: counts, then precision and recall (0 where undefined)
+    rows = table.set_index("behavior")
+    assert rows[["support", "predicted", "correct"]].to_dict("index") == {
+        "A": {"support": 2, "predicted": 2, "correct": 1}, "B": {"support": 1, "predicted": 2, "correct": 1},
+        "C": {"support": 2, "predicted": 1, "correct": 1}, "D": {"support": 1, "predicted": 0, "correct": 0},
+        "E": {"support": 0, "predicted": 1, "correct": 0}}
+    assert all(rows[c].dtype.kind == "i" for c in ("support", "predicted", "correct"))  # the CSV says 2, not 2.0
+    assert rows[["role", "category", "train_count"]].to_dict("index") == {
+        "A": {"role": "anchor", "category": "Food", "train_count": 10},
+        "B": {"role": "anchor", "category": "Food", "train_count": 10},
+        "C": {"role": "tail", "category": "Shop", "train_count": 10},
+        "D": {"role": "tail", "category": "", "train_count": 10},
+        "E": {"role": "unseen", "category": "", "train_count": 0}}
+    assert table["behavior"].tolist() == ["A", "C", "B", "D", "E"]  # most targets first, ties by name
+    assert (m["valid_output_ratio"], m["n_samples"], m["n_anchor_samples"], m["n_tail_samples"],
+            m["n_unseen_tail_samples"]) == (1.0, 6, 3, 3, 0)
+    # no valid answer for the first sample; E a target never seen in training (an unseen tail behavior)
+    some, _ = compute_metrics(["A", "C", "E"], [[], ["C"], ["E"]], vocab, k=1)
+    assert (some["valid_output_ratio"], some["n_samples"], some["n_anchor_samples"], some["n_tail_samples"],
+            some["n_unseen_tail_samples"], some["acc_unseen_tail"]) == (pytest.approx(2 / 3), 3, 1, 2, 1, 1.0)
+    assert rows["precision"].to_dict() == pytest.approx({"A": 0.5, "B": 0.5, "C": 1.0, "D": 0.0, "E": 0.0})
+    assert rows["recall"].to_dict() == pytest.approx({"A": 0.5, "B": 1.0, "C": 0.5, "D": 0.0, "E": 0.0})
+    # precision = recall = 1/3 (X: 3 targets, 3 predictions, 1 right): F1 1/3, precision + recall below 1
+    _, small = compute_metrics(list("XXXYYY"), [["X"], ["Y"], ["Y"], ["X"], ["X"], ["Y"]], vocab, k=1)
+    assert small.set_index("behavior")["f1"].to_dict() == pytest.approx({"X": 1 / 3, "Y": 1 / 3})
+    # acc@k reads k names deep, no deeper; k is 5 unless given
+    assert compute_metrics(["A"], [["B", "C", "A"]], vocab, k=2)[0]["acc_at_2"] == 0.0
+    assert compute_metrics(["A"], [["B", "C", "D", "E", "A", "C"]], vocab)[0]["acc_at_5"] == 1.0
+    # a group without samples: None, not NaN (no tail target here)
+    only_anchors, _ = compute_metrics(["A", "B"], [["A"], ["A"]], vocab, k=1)
+    assert only_anchors["acc_tail"] is None and only_anchors["macro_f1_tail"] is None
 
 
 def test_stratified_proportion_by_hand():

@@ -2,6 +2,7 @@
 intervals and stratified reweighting, Student-t and McNemar statistics across seeds, a seeded early-stopping
 slice with its monitor, stage orders that train on what they say, and baselines that see the target's time."""
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -14,7 +15,8 @@ from behaviorlm.baselines import SequenceModelConfig, SequenceRecommender
 from behaviorlm.config import ConfigError, check_selection_pool, validate_config
 from behaviorlm.data.dataset import load_dataset, stratified_subsample
 from behaviorlm.data.samples import Sample, build_samples, split_samples, subsample
-from behaviorlm.metrics import evaluate_rankings, samples_digest, stratified_proportion, wilson_interval
+from behaviorlm.metrics import (evaluate_rankings, sample_id, samples_digest, stratified_proportion,
+                                wilson_interval)
 from behaviorlm.pipeline import early_stopping_slice, run
 from behaviorlm.stages import validation_monitor
 from conftest import run_entrypoint
@@ -105,6 +107,11 @@ def test_wilson_interval_matches_hand_computed_values():
     # p = 0 keeps a positive upper bound (the normal interval would collapse to [0, 0])
     low, high = wilson_interval(0.0, 20)
     assert low == 0.0 and high == pytest.approx(3.8415 / 23.8415, abs=1e-4)
+    # one trial: p = 1, n = 1: centre (1 + 1.92073) / 4.84146 = 0.60327, half 0.40483 * sqrt(0.96036) = 0.39673
+    assert wilson_interval(1.0, 1) == pytest.approx((0.206549, 1.0), abs=1e-6)
+    assert wilson_interval(0.5, 0) == (0.0, 1.0)  # no trials: nothing is known, the whole range
+    # p = 1 at n = 16: centre + half is 1 + 2e-16 in floating point; a probability's bound stays at 1
+    assert wilson_interval(1.0, 16)[1] == 1.0
 
 
 def test_stratified_estimate_and_effective_size_match_hand_computation():
@@ -117,8 +124,10 @@ def test_stratified_estimate_and_effective_size_match_hand_computation():
 
 
 def test_evaluate_rankings_reports_intervals_digest_and_per_sample_rows():
+    """Five anchor and three tail targets, ranked two names deep (k = 2), reweighted to an 80/20 test period:
+    top-1 hits 1 0 1 0 0 | 1 0 0 (anchor 2/5, tail 1/3), top-2 hits 1 1 1 1 0 | 1 1 0 (anchor 4/5, tail 2/3)."""
     samples = [Sample("u", pd.Timestamp("2024-01-01") + pd.Timedelta(hours=i), ("A",), ((0, 0),), t)
-               for i, t in enumerate(["A", "A", "A", "A", "t", "t", "t", "t"])]
+               for i, t in enumerate(["A", "A", "A", "A", "A", "t", "t", "t"])]
 
     class Vocab:
         anchors, names, categories, train_counts = {"A"}, ["A", "t"], {}, {"A": 10, "t": 2}
@@ -126,14 +135,28 @@ def test_evaluate_rankings_reports_intervals_digest_and_per_sample_rows():
         def role(self, name):
             return "anchor" if name == "A" else "tail"
 
-    rankings = [["A"], ["A"], ["A"], ["t"], ["t"], ["A"], ["A"], ["A"]]
-    metrics, _, predictions = evaluate_rankings(samples, rankings, Vocab(), k=1, weights={"anchor": 0.8, "tail": 0.2})
-    assert metrics["acc_overall"] == pytest.approx(0.65) and metrics["acc_overall_sample"] == pytest.approx(0.5)
-    assert (metrics["acc_tail_ci_low"], metrics["acc_tail_ci_high"]) == pytest.approx(wilson_interval(0.25, 4))
-    assert metrics["acc_overall_ci_low"] < 0.65 < metrics["acc_overall_ci_high"]
+    rankings = [["A", "t"], ["t", "A"], ["A", "t"], ["t", "A"], ["t"], ["t", "A"], ["A", "t"], ["A"]]
+    metrics, _, predictions = evaluate_rankings(samples, rankings, Vocab(), k=2, weights={"anchor": 0.8, "tail": 0.2})
+    assert metrics["acc_overall"] == pytest.approx(0.8 * 2 / 5 + 0.2 / 3)  # the period's mix, not the sample's
+    assert metrics["acc_overall_sample"] == pytest.approx(3 / 8)
+    assert metrics["acc_at_2"] == pytest.approx(0.8 * 4 / 5 + 0.2 * 2 / 3) and "acc_at_5" not in metrics
+    assert metrics["weight_anchor"] == 0.8
+    # each interval on its own stratum's count: 5 anchor samples, 3 tail samples
+    assert (metrics["acc_anchor_ci_low"], metrics["acc_anchor_ci_high"]) == pytest.approx(wilson_interval(0.4, 5))
+    assert (metrics["acc_tail_ci_low"], metrics["acc_tail_ci_high"]) == pytest.approx(wilson_interval(1 / 3, 3))
+    assert metrics["acc_overall_ci_low"] < metrics["acc_overall"] < metrics["acc_overall_ci_high"]
     assert metrics["samples_digest"] == samples_digest(samples)
-    assert predictions["correct"].tolist() == [1, 1, 1, 0, 1, 0, 0, 0]
-    assert predictions["role"].tolist() == ["anchor"] * 4 + ["tail"] * 4
+    assert list(predictions.columns) == ["sample_id", "target", "role", "top2", "correct"]
+    assert predictions["sample_id"].tolist() == [sample_id(s) for s in samples]
+    assert predictions["sample_id"][1] == "u|2024-01-01T01:00:00|A"  # user, time, target: one sample's identity
+    assert predictions["correct"].tolist() == [1, 0, 1, 0, 0, 1, 0, 0] and predictions["correct"].dtype.kind == "i"
+    # the digest is stored in every job's metrics: the same samples must give the same 16 hex digits for good
+    ids = "\n".join(sorted(f"u|2024-01-01T0{i}:00:00|{t}" for i, t in enumerate("AAAAAttt")))
+    assert metrics["samples_digest"] == hashlib.sha256(ids.encode()).hexdigest()[:16]
+    assert predictions["role"].tolist() == ["anchor"] * 5 + ["tail"] * 3
+    assert predictions["top2"].tolist()[:2] == ['["A", "t"]', '["t", "A"]']
+    plain, _, _ = evaluate_rankings(samples, rankings, Vocab())  # k defaults to 5; no weights: the sample's mean
+    assert plain["acc_at_5"] == 6 / 8 and plain["acc_overall"] == 3 / 8 and "weight_anchor" not in plain
 
 
 def test_a_job_writes_intervals_digest_random_fill_share_and_predictions(compose, tmp_path):

@@ -98,6 +98,24 @@ def test_a_mismatched_a_tuned_adapter_is_refused():
     assert list(model.peft_config) == ["default"]
 
 
+def test_adapter_interpolation_needs_a_tuning_before_b_tuning_in_one_process(compose, tmp_path):
+    from behaviorlm.stages import check_remedies
+
+    check_remedies(compose("experiment=smoke", "stage_order=progressive", "train.b_tuning.merge_alpha=0.5",
+                           output_dir=tmp_path))  # A then B, one process: allowed
+    with pytest.raises(ConfigError) as error:
+        check_remedies(compose("experiment=smoke", "stage_order=balanced_first", "train.b_tuning.merge_alpha=0.5",
+                               output_dir=tmp_path))
+    assert str(error.value) == (
+        "config key 'train.b_tuning.merge_alpha' = 0.5 interpolates from the A-tuned to the B-tuned adapter, and "
+        "stage_order=balanced_first does not A-tune before B-Tuning (use progressive, or merge_alpha=1)")
+    with pytest.raises(ConfigError) as error:
+        check_remedies(compose("experiment=smoke", "stage_order=progressive", "train.b_tuning.merge_alpha=0.5",
+                               "launcher=torchrun", output_dir=tmp_path))
+    assert str(error.value) == ("config key 'train.b_tuning.merge_alpha' = 0.5 is not supported with "
+                                "launcher=torchrun yet: run the interpolation with launcher=local")
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["stage_order=joint", "train.b_tuning.merge_alpha=0.5"], "merge_alpha"),
     (["stage_order=balanced_first", "train.b_tuning.merge_alpha=0.5"], "merge_alpha"),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.prompts import PromptBuilder
 from behaviorlm.scoring import CandidateScorer, CandidateTrie, beam_scores, naive_scores, top_k_names
 from helpers import tiny_model_and_samples
@@ -70,6 +71,17 @@ def trap_model_and_candidates():
         for row, logit in [*zip((10, 11, 12), (3.0, 2.0, 1.5)), *((r, -8.0) for r in range(40, 46))]:
             model.lm_head.weight[row] = logit * last / last.square().sum()
     return model, candidates, prompts
+
+
+def test_exact_ranking_scores_every_name_beyond_the_beams_default_width():
+    """Exact ranking is the beam at full width: with 12 first tokens, more than the beam's default 10, it still
+    scores every name, each as one forward per name would."""
+    model, candidates, prompts = trap_model_and_candidates()
+    scorer = CandidateScorer(model, candidates, 0, torch.device("cpu"), None, 4)
+    assert len(scorer.trie.first_rows) == 12
+    exact = scorer.score(prompts[:3])
+    assert np.isfinite(exact).all()
+    np.testing.assert_allclose(exact, naive_scores(model, prompts[:3], candidates, torch.device("cpu")), atol=1e-4)
 
 
 @pytest.mark.parametrize("exact_top, batch_size", [(1, 1), (1, 4), (3, 4)])
@@ -175,7 +187,7 @@ def test_the_fp32_output_layer_computes_logits_in_fp32_under_autocast_and_is_rem
         assert model(input_ids=ids).logits.dtype == torch.bfloat16
 
 
-def test_a_behavior_model_scores_with_the_mode_it_was_built_with():
+def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
     from behaviorlm.data.samples import BehaviorVocab
     from behaviorlm.stages import BehaviorModel
 
@@ -193,9 +205,49 @@ def test_a_behavior_model_scores_with_the_mode_it_was_built_with():
     greedy = scores("beam", width=1)
     assert (~np.isfinite(greedy)).any(axis=1).all()  # one first token kept: the rest pruned on every row
     np.testing.assert_allclose(greedy[np.isfinite(greedy)], exact[np.isfinite(greedy)], atol=1e-4)
+    # beam mode hands the beam every setting the model was built with (a recording beam stands in)
+    seen = []
+
+    def recording_beam(model_, prompts, trie, device, amp_dtype, **settings):
+        seen.append((len(prompts), device, amp_dtype, settings))
+        return np.zeros((len(prompts), len(names)), dtype=np.float32)
+
+    monkeypatch.setattr("behaviorlm.stages.beam_scores", recording_beam)
+    default = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, None, 2)
+    assert (default.scoring_mode, default.beam_width, default.dist, default.beam_exact_top, default.fp32_logits,
+            default.scorer.fp32_logits) == ("exact", 10, LOCAL, 0, True, True)
+    two_ranks = Dist(rank=0, world=2)
+    bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, torch.bfloat16, 3, "beam", 7,
+                             dist=two_ranks, beam_exact_top=2, fp32_logits=False)
+    assert (bm.device, bm.amp_dtype, bm.dist, bm.beam_exact_top, bm.fp32_logits) == (
+        cpu, torch.bfloat16, two_ranks, 2, False)
+    assert (bm.scorer.device, bm.scorer.amp_dtype, bm.scorer.batch_size, bm.scorer.fp32_logits) == (
+        cpu, torch.bfloat16, 3, False)
+    bm.dist = LOCAL
+    assert bm.scores(samples[:4], progress="scoring test").shape == (4, len(names))
+    assert seen == [(4, cpu, torch.bfloat16, {"width": 7, "progress": "scoring test", "batch_size": 3,
+                                              "exact_top": 2, "fp32_logits": False})]
+    # exact mode: the scorer gets this rank's prompts and the progress label; the gather every sample's count
+
+    class RecordingDist:
+        is_main, gathered = True, []
+
+        def shard(self, items):
+            return list(items)
+
+        def gather_rows(self, local, n):
+            self.gathered.append(n)
+            return local
+
+    bm.scoring_mode, bm.dist = "exact", RecordingDist()
+    monkeypatch.setattr(bm.scorer, "score", lambda prompts, progress=None: seen.append((len(prompts), progress))
+                        or np.zeros((len(prompts), len(names))))
+    bm.scores(samples[:4], progress="exact test")
+    assert seen[1:] == [(4, "exact test")] and bm.dist.gathered == [4]
 
 
-def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_name_or_none_when_generating():
+def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_name_or_none_when_generating(
+        monkeypatch):
     from behaviorlm.data.samples import BehaviorVocab
     from behaviorlm.stages import BehaviorModel
 
@@ -216,3 +268,27 @@ def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_nam
     bm.score_offset, bm.scoring_mode = None, "generate"
     generated = bm.rankings(samples[:4], k=3)
     assert len(generated) == 4 and all(len(row) <= 1 and set(row) <= set(names) for row in generated)
+    # What the generate branch hands its generator and its gather (a random tiny model's generations are rarely
+    # valid names, so a recording generator stands in): a token budget of the longest name, the autocast dtype,
+    # this rank's shard; every sample's answer back in order, a name as a one-name ranking, None as none.
+    calls, gathered = [], []
+
+    def fake_generate(model, tokenizer, prompts, names_, device, amp_dtype, max_new_tokens, progress=None):
+        calls.append((len(prompts), amp_dtype, max_new_tokens))
+        return [names_[0], None, names_[2], None][:len(prompts)]
+
+    class RecordingDist:
+        is_main = True
+
+        def shard(self, items):
+            return list(items)
+
+        def gather(self, local, n):
+            gathered.append(n)
+            return list(local)
+
+    monkeypatch.setattr("behaviorlm.stages.generate_predictions", fake_generate)
+    bm.dist, bm.amp_dtype = RecordingDist(), torch.bfloat16
+    assert bm.rankings(samples[:4], k=3) == [[names[0]], [], [names[2]], []]
+    longest = max(len(PromptBuilder(tokenizer).answer_ids(n)) for n in names)
+    assert calls == [(4, torch.bfloat16, longest)] and gathered == [4]

@@ -141,6 +141,8 @@ def test_vocabulary_round_trips_through_its_dict():
     for field in ("names", "train_counts", "categories", "anchors", "anchor_threshold"):
         assert getattr(restored, field) == getattr(vocab, field), field
     assert restored.role("A") == "anchor" and restored.role("B") == "tail"
+    # a name with no training sample is unseen, whether counted as 0 or absent from the counts (a test-only name)
+    assert restored.role("D") == "unseen" and restored.role("a name never counted") == "unseen"
 
 
 class ScoringModel:
