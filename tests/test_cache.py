@@ -2,7 +2,7 @@
 
 import json
 
-from behaviorlm.cache import MANIFEST, StageCache
+from behaviorlm.cache import MANIFEST, StageCache, digest
 
 
 def write_entry(folder):
@@ -99,3 +99,13 @@ def test_a_finished_stage_removes_its_epoch_checkpoints(tmp_path):
     (partial / "epoch_1.pt").write_bytes(b"checkpoint")
     cache.save("b_tuning", "k", write_entry)
     assert not partial.exists() and cache.load("b_tuning", "k") is not None
+
+
+def test_a_key_digest_ignores_key_order_and_reads_any_value_as_text(tmp_path):
+    """Cache keys digest resolved configs: the same settings in another order are the same key, paths and other
+    values JSON cannot hold are read as text, and any changed setting is another key (20 hex digits)."""
+    key = digest({"lr": 2e-4, "model": {"name": "tiny", "path": tmp_path}})
+    assert key == digest({"model": {"path": tmp_path, "name": "tiny"}, "lr": 2e-4})
+    assert key == digest({"lr": 2e-4, "model": {"name": "tiny", "path": str(tmp_path)}})
+    assert key != digest({"lr": 1e-4, "model": {"name": "tiny", "path": tmp_path}})
+    assert len(key) == 20 and int(key, 16) >= 0

@@ -9,7 +9,8 @@ import pytest
 from behaviorlm.data.conversations import load_conversations, parse_dialogue
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.data.logs import DataError, read_behavior_log
-from behaviorlm.data.samples import build_samples, build_vocab, split_samples
+from behaviorlm.data.samples import (Sample, build_samples, build_vocab, cap_per_behavior, split_samples,
+                                     time_cutoff)
 from behaviorlm.data.summary import dataset_summary
 from behaviorlm.data.synthetic import generate_synthetic_log
 from conftest import ROOT
@@ -180,3 +181,50 @@ def test_conversation_corpora_load_as_chat_messages(tmp_path):
         load_conversations(bad, "alpaca")
     with pytest.raises(DataError, match="does not exist"):
         load_conversations(tmp_path / "nope.json", "alpaca")
+
+
+def test_k_shot_cap_keeps_at_most_k_per_behavior_in_order_and_seeded():
+    samples = [Sample("u", pd.Timestamp("2024-01-01") + pd.Timedelta(hours=i), (), (), target)
+               for i, target in enumerate("AABABAAB")]  # A x5, B x3
+    assert cap_per_behavior(samples, None, seed=0) is samples  # no cap: every sample
+    kept = cap_per_behavior(samples, 3, seed=0)
+    assert [s.target for s in kept].count("A") == 3 and [s.target for s in kept].count("B") == 3
+    assert kept == sorted(kept, key=lambda s: s.time)  # the original order
+    assert [cap_per_behavior(samples, 2, seed) for seed in range(8)] == [
+        cap_per_behavior(samples, 2, seed) for seed in range(8)]  # the same seed, the same draw
+    draws = {tuple(s.time for s in cap_per_behavior(samples, 2, seed)) for seed in range(8)}
+    assert len(draws) > 1 and all(len(d) == 4 for d in draws)  # seeds draw different samples, 2 of each
+
+
+def test_chronological_split_at_its_boundaries():
+    """Eight samples an hour apart (hours 0-7), no fixed periods: a quarter to test, a third of the rest to val."""
+    hours = [pd.Timestamp("2024-01-01") + pd.Timedelta(hours=h) for h in range(8)]
+    assert time_cutoff(hours, 0.0) == hours[-1] and time_cutoff(hours, 1.0) == hours[0]  # clipped to the ends
+    assert time_cutoff(hours, 0.25) == hours[6]
+    samples = [Sample("u", t, (), (), "A") for t in hours]
+    split = split_samples(samples, None, 0.25, 1 / 3)
+    # test from the cutoff on (hour 6 included); val from round(6 * 2/3) = 4 on; train before it
+    assert [[s.time.hour for s in split[k]] for k in ("train", "val", "test")] == [[0, 1, 2, 3], [4, 5], [6, 7]]
+    assert [s.time.hour for s in split_samples(samples, None, 0.25, 0.0)["train"]] == list(range(6))  # no val
+    at = split_samples(samples, "2024-01-01 05:00", 0.25, 0.0)  # a fixed test start wins over the fraction
+    assert [s.time.hour for s in at["test"]] == [5, 6, 7]
+    assert split_samples([], None, 0.25, 0.2) == {"train": [], "val": [], "test": []}
+    one = split_samples(samples[:1], None, 0.25, 0.0)  # one sample: at the cutoff, so a test sample
+    assert (len(one["train"]), len(one["test"])) == (0, 1)
+
+
+def test_vocabulary_orders_by_training_count_and_marks_anchors_by_share():
+    events = pd.DataFrame({"behavior": ["Gym", "Cafe", "Bar", "Aquarium", "Cafe"],
+                           "category": ["Sport", "Food", "Food", "Park", "Drinks"]})
+    train = [Sample("u", pd.Timestamp("2024-01-01"), (), (), t) for t in ["Cafe", "Cafe", "Gym", "Bar", "Cafe"]]
+    vocab = build_vocab(events, train, anchor_threshold=0.3)
+    assert vocab.names == ["Cafe", "Bar", "Gym", "Aquarium"]  # most targets first, ties by name; Aquarium: none
+    assert vocab.train_counts == {"Cafe": 3, "Bar": 1, "Gym": 1, "Aquarium": 0}
+    assert vocab.anchors == {"Cafe"}  # 3/5 > 0.3; Bar and Gym 1/5 each; Aquarium 0
+    # a behavior's first category in the log wins (Cafe is logged as Food, later as Drinks)
+    assert vocab.categories == {"Gym": "Sport", "Cafe": "Food", "Bar": "Food", "Aquarium": "Park"}
+    assert build_vocab(events, train, anchor_threshold=0.19).anchors == {"Cafe", "Bar", "Gym"}  # never Aquarium
+    single = build_vocab(events, train[:1], anchor_threshold=0.6)  # one training sample: a share of 1
+    assert single.anchors == {"Cafe"}
+    uncategorised = build_vocab(events.assign(category=None), train, anchor_threshold=0.3)
+    assert uncategorised.categories == {}

@@ -30,8 +30,13 @@ def test_trie_shares_prefixes_and_feeds_no_leaf():
     assert sorted(trie.node_tokens) == [5, 6, 7, 8]
     assert trie.n_nodes == 4
     assert trie.score_mask.sum().item() == 8
-    with pytest.raises(ValueError, match="identical"):
+    with pytest.raises(ValueError, match=r"^two candidates have identical token sequences; they cannot be told "
+                                         r"apart$"):
         CandidateTrie.build([[1, 2], [1, 2]])
+    # names ending under one parent, and a one-token name, are told apart
+    assert CandidateTrie.build([[1, 2], [1, 3], [4]]).n_nodes == 1  # only the shared 1 is fed
+    scorer = CandidateScorer(None, [[1, 2], [1, 3]], 0, torch.device("cpu"), None)
+    assert (scorer.batch_size, scorer.fp32_logits) == (4, True)  # the defaults: 4 prompts a pass, fp32 output layer
 
 
 def test_beam_search_is_exact_when_wide_and_never_invalid_when_greedy():
@@ -51,6 +56,22 @@ def test_beam_search_is_exact_when_wide_and_never_invalid_when_greedy():
         kept = {first_token[j] for j in np.flatnonzero(row)}
         assert len(kept) == 1 and row.sum() == first_token.count(kept.pop())
     np.testing.assert_allclose(greedy[found], exact[found], atol=1e-4)
+
+
+def test_one_pass_log_likelihoods_equal_one_forward_per_name_for_padded_prompts():
+    """The balanced-softmax loss's differentiable scores (prompts and the whole trie in one masked pass): prompts of
+    different lengths left-padded into one batch, each name's summed log-probability as a plain forward over that
+    prompt and name alone gives it."""
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    builder = PromptBuilder(tokenizer)
+    prompts = [builder.sample_prompt_ids(s) for s in samples[:6]]
+    assert len({len(p) for p in prompts}) > 1  # the batch is padded
+    candidates = [builder.answer_ids(n) for n in names]
+    scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, torch.device("cpu"), None, 6)
+    scores = scorer.log_likelihoods(prompts)
+    assert scores.requires_grad and scores.shape == (6, len(names))
+    reference = naive_scores(model, prompts, candidates, torch.device("cpu"))
+    np.testing.assert_allclose(scores.detach().numpy(), reference, atol=1e-4)
 
 
 def trap_model_and_candidates():
