@@ -208,6 +208,26 @@ def test_the_fp32_output_layer_computes_logits_in_fp32_under_autocast_and_is_rem
         assert model(input_ids=ids).logits.dtype == torch.bfloat16
 
 
+class RecordingDist:
+    """One process standing in for a rank of many: its shard is every sample, and it records the counts it is
+    asked to gather back."""
+    is_main = True
+
+    def __init__(self):
+        self.gathered = []
+
+    def shard(self, items):
+        return list(items)
+
+    def gather(self, local, n):
+        self.gathered.append(n)
+        return list(local)
+
+    def gather_rows(self, local, n):
+        self.gathered.append(n)
+        return local
+
+
 def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
     from behaviorlm.data.samples import BehaviorVocab
     from behaviorlm.stages import BehaviorModel
@@ -250,16 +270,6 @@ def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
                                               "exact_top": 2, "fp32_logits": False})]
     # exact mode: the scorer gets this rank's prompts and the progress label; the gather every sample's count
 
-    class RecordingDist:
-        is_main, gathered = True, []
-
-        def shard(self, items):
-            return list(items)
-
-        def gather_rows(self, local, n):
-            self.gathered.append(n)
-            return local
-
     bm.scoring_mode, bm.dist = "exact", RecordingDist()
     monkeypatch.setattr(bm.scorer, "score", lambda prompts, progress=None: seen.append((len(prompts), progress))
                         or np.zeros((len(prompts), len(names))))
@@ -292,24 +302,14 @@ def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_nam
     # What the generate branch hands its generator and its gather (a random tiny model's generations are rarely
     # valid names, so a recording generator stands in): a token budget of the longest name, the autocast dtype,
     # this rank's shard; every sample's answer back in order, a name as a one-name ranking, None as none.
-    calls, gathered = [], []
+    calls = []
 
     def fake_generate(model, tokenizer, prompts, names_, device, amp_dtype, max_new_tokens, progress=None):
         calls.append((len(prompts), amp_dtype, max_new_tokens))
         return [names_[0], None, names_[2], None][:len(prompts)]
 
-    class RecordingDist:
-        is_main = True
-
-        def shard(self, items):
-            return list(items)
-
-        def gather(self, local, n):
-            gathered.append(n)
-            return list(local)
-
     monkeypatch.setattr("behaviorlm.stages.generate_predictions", fake_generate)
     bm.dist, bm.amp_dtype = RecordingDist(), torch.bfloat16
     assert bm.rankings(samples[:4], k=3) == [[names[0]], [], [names[2]], []]
     longest = max(len(PromptBuilder(tokenizer).answer_ids(n)) for n in names)
-    assert calls == [(4, torch.bfloat16, longest)] and gathered == [4]
+    assert calls == [(4, torch.bfloat16, longest)] and bm.dist.gathered == [4]
