@@ -294,7 +294,7 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
             "n_behaviors": len(vocab.names), "seconds_total": time.perf_counter() - started, "status": "completed",
             "variant": variant, "n_processes": dist.world, "engine": dist.engine,
             "eval_seed": cfg.data.eval_seed, "test_sampling": cfg.data.test_sampling,
-            "include_target_time": cfg.prompt.include_target_time,
+            "include_target_time": cfg.prompt.include_target_time, "lora_dropout": cfg.model.lora.dropout,
         })
         if torch.cuda.is_available():
             metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9

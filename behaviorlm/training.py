@@ -235,7 +235,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
             raise NonFiniteTrainingError(
                 f"{desc} epoch {epoch}: {skipped} of {math.ceil(len(batches) / grad_accum)} steps had a non-finite "
                 f"loss or gradient (model weights {next(model.parameters()).dtype} on {device.type}); try "
-                "model.precision=fp32 or a lower learning rate")
+                "model.precision=mixed (fp32 weights), fp32 or a lower learning rate")
         seconds = time.perf_counter() - started
         seen = int(dist.sum(seen))
         accuracy = validate() if validate is not None else None

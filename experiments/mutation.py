@@ -3,6 +3,8 @@
     python -m experiments.mutation                 # mutmut run (config: [tool.mutmut] in pyproject.toml), then
                                                    # results/mutation.json
     python -m experiments.mutation --report-only   # re-read mutmut's results after `mutmut run NAME ...`
+    python -m experiments.mutation --refresh-test-map --survivors
+                                                   # after adding tests: map them, re-run only the survivors
 
 mutmut (3.x) copies the package to `mutants/`, plants one small bug at a time in the six modules of
 `[tool.mutmut] only_mutate` (metrics, selection, scoring, stages, cache, data/samples) and runs the fast tests that
@@ -91,8 +93,17 @@ def main() -> None:
     parser.add_argument("mutants", nargs="*", help="mutant name patterns for mutmut (e.g. 'behaviorlm.metrics*'); "
                                                    "default: all")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "mutation.json")
+    parser.add_argument("--refresh-test-map", action="store_true",
+                        help="map every selected test to the functions it reaches again (after adding tests)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the survivors recorded in --out (with the tests added since)")
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.refresh_test_map:
+        subprocess.run([sys.executable, "-m", "experiments.mutmut_runner", "map-tests"], cwd=PROJECT_ROOT, check=True)
+    if args.survivors:
+        # Named mutants are re-run even with a verdict; unnamed ones keep theirs.
+        args.mutants = [*args.mutants, *json.loads(args.out.read_text())["survived"]]
     if not args.report_only:
         subprocess.run([sys.executable, "-m", "experiments.mutmut_runner", "run", "--max-children",
                         str(args.max_children),

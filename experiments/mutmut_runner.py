@@ -5,27 +5,65 @@ that a 0.01 s unit test kills could first sit through the 3-4 s tiny-pipeline te
 Ordering them by the durations mutmut itself recorded makes a killed mutant cost its cheapest killing test; a
 surviving one still runs them all. Verdicts do not change, only the order tests run in.
 
+`map-tests` rebuilds mutmut's map from functions to the tests that reach them. The stored map had 43 of the 133
+selected tests, all added after the first run, mapped to nothing, so a mutant of `cache.digest` was never given the
+test that kills it. This module used to import behaviorlm (through experiments.mutation) before mutmut puts
+mutants/ first on sys.path; a stats pass in such a process runs the tests against the unmutated package and maps
+nothing (measured: "could not find any test case for any mutant", as when the stored stats were deleted), and maps
+98 tests to 63 functions with the import made late (`_sorting_submit`). Mutant verdicts were not affected (those
+runs killed 1,729 mutants). `map-tests` runs every selected test once in this process, in mutmut's own stats mode
+with its own collector, and stores the map; verdicts are kept, so re-run the survivors after it
+(`experiments.mutation --refresh-test-map --survivors`).
+
     python -m experiments.mutmut_runner run [MUTANT ...]     # as `python -m mutmut run`
+    python -m experiments.mutmut_runner map-tests            # after a first `run` (it needs mutmut's stats)
 """
 
 from __future__ import annotations
 
-from mutmut.__main__ import cli
+import sys
+
+from mutmut.__main__ import cli, create_mutants, run_stats_collection
+from mutmut.runners.harness import PytestRunner
+from mutmut.stats import load_stats
+from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
 from mutmut.state import state
 from mutmut.workers import isolation
-
-from experiments.mutation import fastest_first
 
 
 def _sorting_submit(submit):
     def wrapped(self, mutant_name: str, tests: list[str], cpu_time_limit: int, estimated_time: float) -> None:
+        # Imported here, not at the top: experiments.mutation imports behaviorlm, and a behaviorlm imported before
+        # mutmut puts mutants/ first on sys.path is the unmutated one, which every test would then use.
+        from experiments.mutation import fastest_first
         return submit(self, mutant_name, fastest_first(tests, state().duration_by_test), cpu_time_limit,
                       estimated_time)
     return wrapped
+
+
+def map_tests() -> None:
+    """Run every selected test once here in mutmut's stats mode and store the test map it records."""
+    copy_src_dir()
+    copy_also_copy_files()  # the current tests/ into mutants/
+    setup_source_paths()  # import behaviorlm from mutants/, where the trampolines are
+    if not load_stats():
+        raise SystemExit("error: mutants/mutmut-stats.json missing: run `python -m experiments.mutation` first")
+    # The tests must run against the current code: mutmut's own generation step rewrites the mutants of changed
+    # modules (resetting the verdicts of changed functions) and copies the others.
+    create_mutants(1)
+    state().current_function_hashes = dict(state().old_function_hashes)  # the next run still sees what changed
+    state().tests_by_mangled_function_name.clear()
+    state().function_dependencies.clear()
+    state().duration_by_test.clear()
+    # A ForkRunner collects stats in its own process (the fork server does it in a child, see above).
+    run_stats_collection(isolation.ForkRunner(max_workers=1, test_runner=PytestRunner()))
 
 
 for _runner in (isolation.ForkServerRunner, isolation.ForkRunner):
     _runner.submit = _sorting_submit(_runner.submit)
 
 if __name__ == "__main__":
-    cli()
+    if sys.argv[1:] == ["map-tests"]:
+        map_tests()
+    else:
+        cli()

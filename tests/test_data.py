@@ -185,15 +185,32 @@ def test_conversation_corpora_load_as_chat_messages(tmp_path):
 
 def test_k_shot_cap_keeps_at_most_k_per_behavior_in_order_and_seeded():
     samples = [Sample("u", pd.Timestamp("2024-01-01") + pd.Timedelta(hours=i), (), (), target)
-               for i, target in enumerate("AABABAAB")]  # A x5, B x3
+               for i, target in enumerate("AABABAABC")]  # A x5, B x3, C x1 (fewer than any cap below)
     assert cap_per_behavior(samples, None, seed=0) is samples  # no cap: every sample
     kept = cap_per_behavior(samples, 3, seed=0)
     assert [s.target for s in kept].count("A") == 3 and [s.target for s in kept].count("B") == 3
+    assert kept[-1] is samples[-1]  # C's one sample, kept whatever the cap
     assert kept == sorted(kept, key=lambda s: s.time)  # the original order
     assert [cap_per_behavior(samples, 2, seed) for seed in range(8)] == [
         cap_per_behavior(samples, 2, seed) for seed in range(8)]  # the same seed, the same draw
-    draws = {tuple(s.time for s in cap_per_behavior(samples, 2, seed)) for seed in range(8)}
-    assert len(draws) > 1 and all(len(d) == 4 for d in draws)  # seeds draw different samples, 2 of each
+    draws = {tuple(s.time for s in cap_per_behavior(samples, 2, seed)) for seed in range(16)}
+    assert len(draws) > 1 and all(len(d) == 5 for d in draws)  # seeds draw different samples, 2 of A and B, C
+    assert all(len(set(d)) == len(d) for d in draws)  # drawn without replacement: no sample twice
+
+
+def test_samples_carry_the_sources_period_and_a_history_from_the_users_first_event():
+    """A source that fixes the split (a `period` column) hands each sample its target's period; a history window
+    longer than the events before a target starts at the user's first event; every short user is counted."""
+    hours = [pd.Timestamp("2024-01-01") + pd.Timedelta(hours=h) for h in range(4)]
+    events = pd.DataFrame({"user": ["u"] * 4 + ["v", "w"], "time": hours + hours[:2],
+                           "behavior": ["A", "B", "C", "D", "E", "F"],
+                           "period": ["train", "train", "train", "test", "train", "train"]})
+    samples, skipped = build_samples(events, history_len=5, min_history=1)
+    assert skipped == 2  # v and w have one event each
+    assert [(s.history, s.target, s.period) for s in samples] == [
+        (("A",), "B", "train"), (("A", "B"), "C", "train"), (("A", "B", "C"), "D", "test")]
+    without_period, _ = build_samples(events.drop(columns="period"), history_len=5, min_history=1)
+    assert {s.period for s in without_period} == {None}
 
 
 def test_chronological_split_at_its_boundaries():

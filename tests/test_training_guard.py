@@ -89,3 +89,16 @@ def test_eager_attention_trains_the_same_adapter_as_sdpa_and_the_kernel_comes_ba
     for name, weight in adapters["sdpa"].items():
         torch.testing.assert_close(adapters["eager"][name], weight, rtol=1e-4, atol=1e-5)
     assert any((w != 0).any() for n, w in adapters["eager"].items() if "lora_B" in n)  # it trained
+
+
+def test_each_precision_setting_stores_weights_and_computes_in_its_own_dtypes():
+    """`mixed` keeps fp32 weights on a GPU (the remedy the non-finite error names besides fp32) and still computes
+    in bf16; `auto` and `bf16` store bf16 weights only on a GPU; `fp32` never autocasts."""
+    from behaviorlm.models import autocast_dtype, weight_dtype_for
+
+    cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
+    got = {precision: (weight_dtype_for(precision, cpu), weight_dtype_for(precision, cuda),
+                       autocast_dtype(precision, cpu), autocast_dtype(precision, cuda))
+           for precision in ("auto", "bf16", "mixed", "fp32")}
+    assert got == {"auto": (fp32, bf16, bf16, bf16), "bf16": (fp32, bf16, bf16, bf16),
+                   "mixed": (fp32, fp32, bf16, bf16), "fp32": (fp32, fp32, None, None)}
