@@ -55,7 +55,7 @@ def map_tests() -> None:
     state().tests_by_mangled_function_name.clear()
     state().function_dependencies.clear()
     state().duration_by_test.clear()
-    # A ForkRunner collects stats in its own process (the fork server does it in a child, see above).
+    # A ForkRunner collects stats in this very process, where sys.path now puts mutants/ first.
     run_stats_collection(isolation.ForkRunner(max_workers=1, test_runner=PytestRunner()))
 
 

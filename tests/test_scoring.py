@@ -74,12 +74,14 @@ def test_one_pass_log_likelihoods_equal_one_forward_per_name_for_padded_prompts(
     np.testing.assert_allclose(scores.detach().numpy(), reference, atol=1e-4)
     # Under bf16 autocast with the output layer in fp32 (the CPU default) the one pass matches plain forwards in the
     # same precision to 6e-5 nats; a bf16 output layer is off by up to 0.23 and plain fp32 by up to 8e-4.
-    bf16 = CandidateScorer(model, candidates, tokenizer.pad_token_id, torch.device("cpu"), torch.bfloat16, 6)
+    def bf16_scores(fp32_logits: bool) -> np.ndarray:
+        scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, torch.device("cpu"), torch.bfloat16, 6,
+                                 fp32_logits=fp32_logits)
+        return scorer.log_likelihoods(prompts).detach().numpy()
+
     same_precision = naive_scores(model, prompts, candidates, torch.device("cpu"), torch.bfloat16, fp32_logits=True)
-    np.testing.assert_allclose(bf16.log_likelihoods(prompts).detach().numpy(), same_precision, rtol=0, atol=2e-4)
-    bf16_logits = CandidateScorer(model, candidates, tokenizer.pad_token_id, torch.device("cpu"), torch.bfloat16, 6,
-                                  fp32_logits=False).log_likelihoods(prompts).detach().numpy()
-    assert np.abs(bf16_logits - same_precision).max() > 0.01  # scoring.fp32_logits=false does round the logits
+    np.testing.assert_allclose(bf16_scores(fp32_logits=True), same_precision, rtol=0, atol=2e-4)
+    assert np.abs(bf16_scores(fp32_logits=False) - same_precision).max() > 0.01  # fp32_logits=false rounds them
 
 
 def trap_model_and_candidates():
@@ -277,7 +279,6 @@ def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
     assert seen == [(4, cpu, torch.bfloat16, {"width": 7, "progress": "scoring test", "batch_size": 3,
                                               "exact_top": 2, "fp32_logits": False})]
     # exact mode: the scorer gets this rank's prompts and the progress label; the gather every sample's count
-
     bm.scoring_mode, bm.dist = "exact", RecordingDist()
     monkeypatch.setattr(bm.scorer, "score", lambda prompts, progress=None: seen.append((len(prompts), progress))
                         or np.zeros((len(prompts), len(names))))
@@ -321,4 +322,3 @@ def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_nam
     assert bm.rankings(samples[:4], k=3) == [[names[0]], [], [names[2]], []]
     longest = max(len(PromptBuilder(tokenizer).answer_ids(n)) for n in names)
     assert calls == [(4, torch.bfloat16, longest)] and bm.dist.gathered == [4]
-
