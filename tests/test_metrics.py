@@ -1,9 +1,14 @@
-"""Head/tail metrics against values computed by hand."""
+"""Head/tail metrics, intervals and the per-job evaluation record against values computed by hand."""
 
+import hashlib
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from behaviorlm.data.samples import BehaviorVocab
-from behaviorlm.metrics import compute_metrics
+from behaviorlm.data.samples import BehaviorVocab, Sample
+from behaviorlm.metrics import (compute_metrics, evaluate_rankings, sample_id, samples_digest, stratified_proportion,
+                                wilson_interval)
 
 
 def vocab():
@@ -158,3 +163,74 @@ def test_test_outputs_are_the_tables_given(tmp_path):
     write_test_outputs(tmp_path, table, predictions)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "per_behavior.csv"), table)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "test_predictions.csv"), predictions)
+
+
+def test_samples_digest_ignores_order_and_sees_one_changed_sample():
+    samples = [Sample("u", pd.Timestamp("2024-01-01") + pd.Timedelta(hours=h), ("A",), ((0, 0),), "B")
+               for h in range(5)]
+    assert samples_digest(samples) == samples_digest(samples[::-1])
+    changed = samples[:4] + [Sample("u", samples[4].time, ("A",), ((0, 0),), "C")]
+    assert samples_digest(changed) != samples_digest(samples)
+
+
+# ---- per-job intervals and reweighting ------------------------------------------------------------------------
+
+def test_wilson_interval_matches_hand_computed_values():
+    # p = 0.5, n = 10: centre 0.5, half = 1.96 / (1 + 0.38415) * sqrt(0.025 + 0.0096040) = 0.26341
+    assert wilson_interval(0.5, 10) == pytest.approx((0.236593, 0.763407), abs=1e-6)
+    # p = 0 keeps a positive upper bound (the normal interval would collapse to [0, 0])
+    low, high = wilson_interval(0.0, 20)
+    assert low == 0.0 and high == pytest.approx(3.8415 / 23.8415, abs=1e-4)
+    # one trial: p = 1, n = 1: centre (1 + 1.92073) / 4.84146 = 0.60327, half 0.40483 * sqrt(0.96036) = 0.39673
+    assert wilson_interval(1.0, 1) == pytest.approx((0.206549, 1.0), abs=1e-6)
+    assert wilson_interval(0.5, 0) == (0.0, 1.0)  # no trials: nothing is known, the whole range
+    # p = 1 at n = 16: centre + half is 1 + 2e-16 in floating point; a probability's bound stays at 1
+    assert wilson_interval(1.0, 16)[1] == 1.0
+
+
+def test_stratified_estimate_and_effective_size_match_hand_computation():
+    correct = np.array([1, 1, 1, 0, 1, 0, 0, 0], dtype=float)  # anchor 3/4, tail 1/4
+    strata = {"anchor": np.array([True] * 4 + [False] * 4), "tail": np.array([False] * 4 + [True] * 4)}
+    estimate, n_eff = stratified_proportion(correct, strata, {"anchor": 0.8, "tail": 0.2})
+    assert estimate == pytest.approx(0.8 * 0.75 + 0.2 * 0.25)
+    variance = 0.64 * 0.75 * 0.25 / 4 + 0.04 * 0.25 * 0.75 / 4
+    assert n_eff == pytest.approx(0.65 * 0.35 / variance)
+
+
+def test_evaluate_rankings_reports_intervals_digest_and_per_sample_rows():
+    """Five anchor and three tail targets, ranked two names deep (k = 2), reweighted to an 80/20 test period:
+    top-1 hits 1 0 1 0 0 | 1 0 0 (anchor 2/5, tail 1/3), top-2 hits 1 1 1 1 0 | 1 1 0 (anchor 4/5, tail 2/3)."""
+    samples = [Sample("u", pd.Timestamp("2024-01-01") + pd.Timedelta(hours=i), ("A",), ((0, 0),), t)
+               for i, t in enumerate(["A", "A", "A", "A", "A", "t", "t", "t"])]
+
+    class Vocab:
+        anchors, names, categories, train_counts = {"A"}, ["A", "t"], {}, {"A": 10, "t": 2}
+
+        def role(self, name):
+            return "anchor" if name == "A" else "tail"
+
+    rankings = [["A", "t"], ["t", "A"], ["A", "t"], ["t", "A"], ["t"], ["t", "A"], ["A", "t"], ["A"]]
+    metrics, _, predictions = evaluate_rankings(samples, rankings, Vocab(), k=2, weights={"anchor": 0.8, "tail": 0.2})
+    assert metrics["acc_overall"] == pytest.approx(0.8 * 2 / 5 + 0.2 / 3)  # the period's mix, not the sample's
+    assert metrics["acc_overall_sample"] == pytest.approx(3 / 8)
+    assert metrics["acc_at_2"] == pytest.approx(0.8 * 4 / 5 + 0.2 * 2 / 3) and "acc_at_5" not in metrics
+    assert metrics["weight_anchor"] == 0.8
+    # each interval on its own stratum's count: 5 anchor samples, 3 tail samples
+    assert (metrics["acc_anchor_ci_low"], metrics["acc_anchor_ci_high"]) == pytest.approx(wilson_interval(0.4, 5))
+    assert (metrics["acc_tail_ci_low"], metrics["acc_tail_ci_high"]) == pytest.approx(wilson_interval(1 / 3, 3))
+    assert metrics["acc_overall_ci_low"] < metrics["acc_overall"] < metrics["acc_overall_ci_high"]
+    assert metrics["samples_digest"] == samples_digest(samples)
+    assert list(predictions.columns) == ["sample_id", "target", "role", "top2", "correct"]
+    assert predictions["sample_id"].tolist() == [sample_id(s) for s in samples]
+    assert predictions["sample_id"][1] == "u|2024-01-01T01:00:00|A"  # user, time, target: one sample's identity
+    assert predictions["correct"].tolist() == [1, 0, 1, 0, 0, 1, 0, 0] and predictions["correct"].dtype.kind == "i"
+    # the digest is stored in every job's metrics: the same samples must give the same 16 hex digits for good
+    ids = "\n".join(sorted(f"u|2024-01-01T0{i}:00:00|{t}" for i, t in enumerate("AAAAAttt")))
+    assert metrics["samples_digest"] == hashlib.sha256(ids.encode()).hexdigest()[:16]
+    assert predictions["role"].tolist() == ["anchor"] * 5 + ["tail"] * 3
+    assert predictions["top2"].tolist()[:2] == ['["A", "t"]', '["t", "A"]']
+    plain, _, _ = evaluate_rankings(samples, rankings, Vocab())  # k defaults to 5; no weights: the sample's mean
+    assert plain["acc_at_5"] == 6 / 8 and plain["acc_overall"] == 3 / 8 and "weight_anchor" not in plain
+    # rankings deeper than k, reweighted: acc@1 is top-1 accuracy, whatever comes after the first name
+    top1, _, _ = evaluate_rankings(samples, rankings, Vocab(), k=1, weights={"anchor": 0.8, "tail": 0.2})
+    assert top1["acc_at_1"] == top1["acc_overall"] == pytest.approx(0.8 * 2 / 5 + 0.2 / 3)
