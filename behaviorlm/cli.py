@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--batch-size", type=int, default=4)
         cmd.add_argument("--k", type=int, default=5, help="how many ranked behaviors per row")
         cmd.add_argument("--scoring-mode", choices=("exact", "beam"), default="exact",
-                         help="exact ranks every name; beam scores the names under the best first tokens, the top "
-                              "one still exact (about 2x faster)")
+                         help="exact ranks every name; beam scores the names in each user's history in the prompt's "
+                              "forward and whatever else could still be the best, so the top one is still exact")
+        cmd.add_argument("--beam-seed", choices=("history", "none"), default="history",
+                         help="none: the beam keeps the --beam-width likeliest first tokens instead (two forwards)")
         cmd.add_argument("--beam-width", type=int, default=10)
         if name == "predict":
             cmd.add_argument("--every-event", action="store_true",
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         events = read_behavior_log(args.input, args.user_col, args.time_col, args.behavior_col, args.category_col)
         predictor = BehaviorPredictor.load(args.run_dir, device=args.device, batch_size=args.batch_size)
-        predictor.use_scoring(args.scoring_mode, args.beam_width)
+        predictor.use_scoring(args.scoring_mode, args.beam_width, seed=args.beam_seed)
         unknown = events.loc[~events["behavior"].isin(predictor.vocab.train_counts), "behavior"]
         if len(unknown):
             log.warning("%d events (%d distinct behaviors, e.g. %r) are unknown to this run: they stay in histories "

@@ -27,7 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage_order": STAGE_ORDERS, "method": METHODS, "scoring.mode": ("exact", "beam", "generate"),
     "selection.strategy": ("difficulty", "random"), "train.b_tuning.loss": B_LOSSES,
     "train.a_tuning.monitor": MONITORS, "train.b_tuning.monitor": MONITORS,
-    "train.attn_implementation": ("auto", "eager", "sdpa"),
+    "train.attn_implementation": ("auto", "eager", "sdpa"), "scoring.beam_seed": ("history", "none"),
 }
 
 
@@ -180,6 +180,7 @@ class ScoringConfig:
     mode: str = "exact"  # (str) exact (rank every candidate) | beam (constrained beam) | generate (free text)
     beam_width: int = 10  # (int) beam mode: first answer tokens kept; every name under them is scored exactly
     beam_exact_top: int = 1  # (int) beam mode: the top k exact by branch and bound; 0: the plain beam
+    beam_seed: str = "history"  # (str) beam mode: history (one forward with the user's own behaviors) | none (width)
     fp32_logits: bool = True  # (bool) exact and beam: the output projection in fp32 (bf16 logits decide near-ties)
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
@@ -297,6 +298,9 @@ def validate_config(cfg: DictConfig) -> None:
            "auto | fp32 | bf16 | mixed")
     _check(cfg.scoring.beam_width >= 1, "scoring.beam_width", cfg.scoring.beam_width, "an integer >= 1")
     _check(cfg.scoring.beam_exact_top >= 0, "scoring.beam_exact_top", cfg.scoring.beam_exact_top, "an integer >= 0")
+    _check(cfg.scoring.mode != "beam" or cfg.scoring.beam_seed == "none" or cfg.scoring.beam_exact_top >= 1,
+           "scoring.beam_exact_top", cfg.scoring.beam_exact_top, ">= 1 with scoring.beam_seed=history (the bound is "
+           "what finds a best name outside the seed)")
     _check(cfg.logger.name in ("wandb", "none"), "logger.name", cfg.logger.name, "wandb | none")
     _check(cfg.model.quantization in (None, "4bit"), "model.quantization", cfg.model.quantization, "null | 4bit")
     _check(cfg.launcher.name in ("local", "torchrun", "accelerate"), "launcher.name", cfg.launcher.name,

@@ -72,7 +72,8 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
                             seed=cfg.data.eval_seed, include_target_time=cfg.prompt.include_target_time)
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
                              autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
-                             cfg.scoring.beam_width, dist, cfg.scoring.beam_exact_top, cfg.scoring.fp32_logits)
+                             cfg.scoring.beam_width, dist, cfg.scoring.beam_exact_top, cfg.scoring.fp32_logits,
+                             cfg.scoring.beam_seed)
     return bm, folder
 
 

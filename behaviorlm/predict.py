@@ -73,11 +73,16 @@ class BehaviorPredictor:
         self.history_len = history_len
         self.min_history = min_history  # what the run's own test required (data.min_history)
 
-    def use_scoring(self, mode: str, beam_width: int = 10, exact_top: int = 1) -> None:
-        """exact (every name ranked) or beam (the top `exact_top` exact by branch and bound; about 2x faster)."""
+    def use_scoring(self, mode: str, beam_width: int = 10, exact_top: int = 1, seed: str = "history") -> None:
+        """exact (every name ranked) or beam (the top `exact_top` exact by branch and bound): seeded with the
+        user's history (`seed`=history, one forward where the prediction is one of them) or the `beam_width`
+        likeliest first tokens (none)."""
         if mode not in ("exact", "beam"):
             raise ValueError(f"scoring mode {mode!r}: expected exact | beam")
+        if seed not in ("history", "none"):
+            raise ValueError(f"beam seed {seed!r}: expected history | none")
         self.bm.scoring_mode, self.bm.beam_width, self.bm.beam_exact_top = mode, beam_width, exact_top
+        self.bm.beam_seed = seed
 
     @property
     def vocab(self) -> BehaviorVocab:

@@ -3,17 +3,18 @@
 The answer space is closed (the behavior vocabulary), so a prediction is a ranking, not free text. This module is
 both the evaluator and the engine of difficulty selection.
 
-Exact mode packs the candidates into a token trie and scores all of them in two forwards per batch of prompts: the
-prompts (their KV cache kept), then every internal trie node, with a 4-D attention mask under which a node sees its
-prompt and its own ancestors only, and position ids that continue the prompt's. The model therefore computes each
-shared prefix once, and vocabulary logits are taken only at the rows whose next-token distribution is needed (the
-last prompt token and the internal nodes); the end-token leaves are never fed. A candidate's score is the sum of
-its tokens' log-probabilities, exactly as if each had been run separately (tests/test_scoring.py guards this).
-`CandidateScorer.log_likelihoods` does the same in one differentiable pass over [prompt, trie nodes] (the
-balanced-softmax loss trains on it).
+Exact mode packs the candidates into a token trie and scores all of them in one forward per batch of prompts over
+[prompt | every internal trie node], with a 4-D attention mask under which a node sees its prompt and its own
+ancestors only, and position ids that continue the prompt's. The model therefore computes each shared prefix once,
+and vocabulary logits are taken only at the rows whose next-token distribution is needed (the last prompt token and
+the internal nodes); the end-token leaves are never fed. A candidate's score is the sum of its tokens'
+log-probabilities, exactly as if each had been run separately (tests/test_scoring.py guards this).
+`CandidateScorer.log_likelihoods` does the same pass differentiably (the balanced-softmax loss trains on it).
 
-Beam mode (`beam_scores`, of which exact mode is the unpruned case) prunes to the `width` most likely first answer
-tokens and feeds only the nodes beneath them: about the cost of the prompt alone.
+Beam mode (`beam_scores`, of which exact mode is the case that seeds every name) feeds only part of the trie: the
+subtrees of the names in the user's own history in the same forward as the prompt (`seed`), or those of the
+`width` most likely first answer tokens in a second forward; branch and bound (`exact_top`) adds whatever else can
+still reach the top k.
 
 Generate mode decodes greedily and counts an output as a prediction only if it is a behavior name exactly.
 
@@ -183,13 +184,15 @@ class CandidateScorer:
         return (picked * self._mask).sum(-1)
 
     def score(self, prompts: Sequence[Sequence[int]], progress: Optional[str] = None) -> np.ndarray:
-        """Every name's summed log-probability: the beam's two forwards with every first token kept (the prompts
-        with their KV cache, then all internal trie nodes over it). One trie pass (`log_likelihoods`) costs the
-        same FLOPs, but under bf16 two different paths round differently; sharing the beam's keeps the bounded
-        beam's top-1 the exact ranking's (300 of 300 NYC prompts, results/bench.json)."""
-        return beam_scores(self.model, prompts, self.trie, self.device, self.amp_dtype,
-                           width=len(self.trie.first_rows), progress=progress, batch_size=self.batch_size,
-                           fp32_logits=self.fp32_logits)
+        """Every name's summed log-probability: the seeded beam's one forward over [prompt | trie] with every name
+        seeded. Under bf16 two computation paths round differently (a two-forward exact ranking, prompt then
+        nodes over its KV cache, differs from this one by up to 0.45 nat and picks another top-1 on 1.7% of tuned
+        NYC prompts); sharing the seeded beam's path keeps the beam's top-1 the exact ranking's
+        (results/bench.json beam_top1_agreement)."""
+        everything = list(range(self.trie.score_rows.shape[0]))
+        return beam_scores(self.model, prompts, self.trie, self.device, self.amp_dtype, progress=progress,
+                           batch_size=self.batch_size, exact_top=1, fp32_logits=self.fp32_logits,
+                           seed=[everything] * len(prompts))
 
 
 def top_k_names(scores: np.ndarray, names: Sequence[str], k: int) -> list[list[str]]:
@@ -201,7 +204,8 @@ def top_k_names(scores: np.ndarray, names: Sequence[str], k: int) -> list[list[s
 @torch.no_grad()
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
                 amp_dtype: Optional[torch.dtype], width: int = 10, progress: Optional[str] = None,
-                batch_size: int = 1, exact_top: int = 0, fp32_logits: bool = True) -> np.ndarray:
+                batch_size: int = 1, exact_top: int = 0, fp32_logits: bool = True,
+                seed: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
     """Beam over the first answer token, exact below it: (prompts, candidates) scores, -inf where pruned.
 
     Two forwards per batch of prompts: the prompts alone (left-padded, keeping their KV cache), which rank the
@@ -217,12 +221,23 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     their subtrees get one more trie-masked forward over the same cached prompt. One extra round suffices (the
     bound only rises), and it is needed only where a pruned first token is close to the best names.
 
+    `seed` (candidate indices per prompt, e.g. the behaviors in the user's history) replaces the second forward:
+    the subtrees of the seed names' first tokens ride in the prompt's own forward (one forward instead of two; on
+    a CPU a forward's fixed cost, streaming every weight once, is half a prompt's), and `width` is not used. The
+    bound then decides whether anything outside the seed can rank in the top k, so a seed needs `exact_top` >= 1:
+    a poor seed costs the extra round, never a wrong top k.
+
     `fp32_logits`: the output projection in fp32, as the exact scorer's (`fp32_output_layer`).
     """
+    if seed is not None and (exact_top < 1 or len(seed) != len(prompts)):
+        raise ValueError(f"beam seed: needs exact_top >= 1 (got {exact_top}) and one candidate list per prompt "
+                         f"(got {len(seed)} for {len(prompts)} prompts)")
     was_training = model.training
     model.eval()
     out = np.full((len(prompts), trie.score_rows.shape[0]), -np.inf, dtype=np.float32)
     first = list(trie.first_rows)
+    first_index = {token: k for k, token in enumerate(first)}
+    first_of_candidate = [first_index[int(t)] for t in trie.score_tokens[:, 0]]
     first_tokens = torch.tensor(first, device=device)
     depth = torch.tensor(trie.node_depth, device=device)
     node_tokens = torch.tensor(trie.node_tokens, device=device)
@@ -240,17 +255,11 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             real[b, n - len(prompts[i]):] = True
         ids, real = ids.to(device), real.to(device)
         positions = (real.cumsum(1) - 1).clamp(min=0)
-        with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
-            step = model(input_ids=ids, attention_mask=real.long(), position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
-        first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)  # (batch, vocab)
-        candidates = first_logprobs[:, first_tokens]  # (batch, first tokens)
-        keep = torch.topk(candidates, min(width, len(first)), dim=1).indices.tolist()
-        host_candidates = candidates.cpu()
 
-        def score_subtrees(keep_rows: list[list[int]]) -> None:
-            """One trie-masked forward over the subtrees of each prompt's kept first tokens (indices into `first`);
-            writes the names reached into `out`, then drops those nodes from the cache again."""
+        def subtrees(keep_rows: list[list[int]]):
+            """The internal nodes under each prompt's kept first tokens (indices into `first`), padded to one span:
+            their trie rows, which are real, their tokens, positions and (batch, span, n + span) attention mask (a
+            node sees its real prompt tokens and its kept ancestors; a padding node sees itself, is never read)."""
             kept = [sorted(r for k in row for r in trie.first_rows[first[k]]) for row in keep_rows]
             span = max(1, max(len(rows) for rows in kept))
             rows = torch.zeros(batch, span, dtype=torch.long)
@@ -258,19 +267,20 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             for b, r in enumerate(kept):
                 rows[b, :len(r)], valid[b, :len(r)] = torch.tensor(r, dtype=torch.long), True
             rows, valid = rows.to(device), valid.to(device)
-            mask = torch.zeros(batch, 1, span, n + span, dtype=torch.bool, device=device)
-            mask[:, 0, :, :n] = real[:, None, :] & valid[:, :, None]
-            mask[:, 0, :, n:] = ancestors[rows[:, :, None], rows[:, None, :]] & valid[:, :, None] & valid[:, None, :]
-            mask[:, 0, torch.arange(span), n + torch.arange(span)] = True  # a padding node sees itself, is never read
+            mask = torch.zeros(batch, span, n + span, dtype=torch.bool, device=device)
+            mask[:, :, :n] = real[:, None, :] & valid[:, :, None]
+            mask[:, :, n:] = ancestors[rows[:, :, None], rows[:, None, :]] & valid[:, :, None] & valid[:, None, :]
+            mask[:, torch.arange(span), n + torch.arange(span)] = True
             node_positions = (real.sum(1, keepdim=True) - 1) + depth[rows]
-            with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
-                logits = model(input_ids=node_tokens[rows], past_key_values=step.past_key_values,
-                               attention_mask=mask, position_ids=node_positions, use_cache=True).logits
-            step.past_key_values.crop(-span)  # the cache holds the prompts alone again, for another round
-            node_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (batch, span, vocab)
-            # All prompts of the batch at once (one copy to the host, not one per prompt: on a GPU the per-prompt
-            # syncs, not the forwards, set the pace). Table rows per prompt: 0 = the prompt's end, j + 1 = its j-th
-            # kept node; `remap` maps the trie's rows onto them (-1: not kept).
+            return kept, rows, valid, node_tokens[rows], node_positions, mask
+
+        def write_scores(first_logprobs, node_logits, kept, rows, valid) -> None:
+            """Every name reached by the kept nodes gets its summed log-probability in `out`. All prompts of the
+            batch at once (one copy to the host, not one per prompt: on a GPU the per-prompt syncs, not the
+            forwards, set the pace). Table rows per prompt: 0 = the prompt's end, j + 1 = its j-th kept node;
+            `remap` maps the trie's rows onto them (-1: not kept)."""
+            node_logprobs = torch.log_softmax(node_logits.float(), dim=-1)  # (batch, span, vocab)
+            span = rows.shape[1]
             remap = torch.full((batch, trie.n_nodes + 1), -1, dtype=torch.long, device=device)
             slots = torch.arange(1, span + 1, device=device).expand(batch, -1)
             remap.scatter_(1, torch.where(valid, rows + 1, 0), torch.where(valid, slots, 0))
@@ -284,8 +294,42 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
                 if kept[b]:
                     out[i, reached[b]] = scores[b, reached[b]]
 
-        score_subtrees(keep)
+        def score_subtrees(keep_rows: list[list[int]], cache, first_logprobs) -> None:
+            """One trie-masked forward over the kept subtrees, attending to the cached prompts; the cache holds the
+            prompts alone again afterwards, for another round."""
+            kept, rows, valid, tokens, node_positions, mask = subtrees(keep_rows)
+            with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
+                logits = model(input_ids=tokens, past_key_values=cache, attention_mask=mask[:, None],
+                               position_ids=node_positions, use_cache=True).logits
+            cache.crop(-rows.shape[1])
+            write_scores(first_logprobs, logits, kept, rows, valid)
+
+        if seed is None:  # the prompts alone, then the subtrees of their `width` best first tokens
+            with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
+                step = model(input_ids=ids, attention_mask=real.long(), position_ids=positions, use_cache=True,
+                             logits_to_keep=1)
+            cache = step.past_key_values
+            first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)  # (batch, vocab)
+            keep = torch.topk(first_logprobs[:, first_tokens], min(width, len(first)), dim=1).indices.tolist()
+            score_subtrees(keep, cache, first_logprobs)
+        else:  # one forward over [prompt | the seed's subtrees]: the prompt's end and every node keep their logits
+            keep = [sorted({first_of_candidate[c] for c in seed[i]}) for i in chunk]
+            kept, rows, valid, tokens, node_positions, node_mask = subtrees(keep)
+            span = rows.shape[1]
+            mask = torch.zeros(batch, 1, n + span, n + span, dtype=torch.bool, device=device)
+            mask[:, 0, :n, :n] = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))[None] & real[:, None]
+            mask[:, 0, torch.arange(n), torch.arange(n)] = True  # a padding query sees itself (no NaN), is never read
+            mask[:, 0, n:] = node_mask
+            with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
+                step = model(input_ids=torch.cat([ids, tokens], 1), attention_mask=mask,
+                             position_ids=torch.cat([positions, node_positions], 1), use_cache=True,
+                             logits_to_keep=span + 1)
+            cache = step.past_key_values
+            cache.crop(-span)
+            first_logprobs = torch.log_softmax(step.logits[:, 0].float(), dim=-1)
+            write_scores(first_logprobs, step.logits[:, 1:], kept, rows, valid)
         if exact_top:
+            host_candidates = first_logprobs[:, first_tokens].cpu()
             extra = []
             for b, i in enumerate(chunk):
                 found = np.sort(out[i][np.isfinite(out[i])])[::-1]
@@ -293,7 +337,7 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
                 above = (host_candidates[b] > float(bound)).nonzero().flatten().tolist()
                 extra.append([k for k in above if k not in set(keep[b])])
             if any(extra):
-                score_subtrees(extra)
+                score_subtrees(extra, cache, first_logprobs)
         bar.update(batch)
     bar.close()
     model.train(was_training)

@@ -136,6 +136,7 @@ class BehaviorModel:
     beam_width: int = 10
     dist: Dist = LOCAL
     beam_exact_top: int = 0  # beam mode: the top k of each ranking exact (scoring.beam_exact_top)
+    beam_seed: str = "none"  # beam mode: history (the user's own behaviors ride in the prompt's forward) | none
     fp32_logits: bool = True  # the output projection in fp32 while ranking (scoring.fp32_logits)
     # Added to every candidate's log-likelihood before ranking (post-hoc logit adjustment); None: off.
     score_offset: Optional[np.ndarray] = None
@@ -143,12 +144,13 @@ class BehaviorModel:
     @classmethod
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
               amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact",
-              beam_width: int = 10, dist: Dist = LOCAL, beam_exact_top: int = 0, fp32_logits: bool = True):
+              beam_width: int = 10, dist: Dist = LOCAL, beam_exact_top: int = 0, fp32_logits: bool = True,
+              beam_seed: str = "none"):
         candidates = [prompts.answer_ids(name) for name in vocab.names]
         scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size,
                                  fp32_logits)
         return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width, dist,
-                   beam_exact_top=beam_exact_top, fp32_logits=fp32_logits)
+                   beam_exact_top=beam_exact_top, fp32_logits=fp32_logits, beam_seed=beam_seed)
 
     def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
         return [self.prompts.sample_prompt_ids(s) for s in samples]
@@ -160,10 +162,18 @@ class BehaviorModel:
         if self.scoring_mode == "beam":
             local = beam_scores(self.model, self.prompt_ids(mine), self.scorer.trie, self.device, self.amp_dtype,
                                 width=self.beam_width, progress=progress, batch_size=self.scorer.batch_size,
-                                exact_top=self.beam_exact_top, fp32_logits=self.fp32_logits)
+                                exact_top=self.beam_exact_top, fp32_logits=self.fp32_logits,
+                                seed=self.history_seed(mine) if self.beam_seed == "history" else None)
         else:
             local = self.scorer.score(self.prompt_ids(mine), progress=progress)
         return self.dist.gather_rows(local, len(samples))
+
+    def history_seed(self, samples: Sequence[Sample]) -> list[list[int]]:
+        """The behaviors of each sample's own history (candidate indices): the seeded beam scores them in the
+        prompt's forward (on tuned NYC prompts the best name lies among them or outside every first token's bound
+        for 82% of prompts; the rest take one more forward)."""
+        column = {name: j for j, name in enumerate(self.vocab.names)}
+        return [sorted({column[h] for h in s.history if h in column}) for s in samples]
 
     def rankings(self, samples: Sequence[Sample], k: int, progress: Optional[str] = None) -> list[list[str]]:
         if self.scoring_mode == "generate":

@@ -10,9 +10,11 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU, the 
     internal nodes (so `exact_vs_floor_forward` near 1 means the ranking costs no more than its tokens);
   * naive ranking, one full forward per (prompt, candidate), on a few prompts (`exact_speedup_vs_naive`);
   * rankings of both are compared (`naive_exact_top1_agreement` must be 1.0);
-  * beam mode (`scoring.beam_width` first tokens, exact below; top `scoring.beam_exact_top` exact by branch and
-    bound): its time against one plain forward over the prompt alone (`beam_vs_prompt_forward`) and its top-1
-    agreement with the exact ranking on 300 test prompts, with and without the bound;
+  * beam mode as `scoring.beam_seed` sets it (history: the names of the user's history scored in the prompt's
+    forward; top `scoring.beam_exact_top` exact by branch and bound): its time against one plain forward over the
+    prompt alone (`beam_vs_prompt_forward`), its top-1 agreement with the exact ranking on 300 test prompts, and
+    the share of them that needed the bound's extra forward; the same for the width beam (`scoring.beam_width`
+    first tokens in a second forward), with and without the bound;
   * cost per query next to the sequence models (the paper's open question 2): ms at batch 1 and batched, and FLOPs
     per query (torch's FlopCounterMode), for exact and beam ranking and for SASRec and BERT4Rec;
   * HF `generate` with the same beam width and as many new tokens as the trie is deep (`beam_speedup_vs_generate`);
@@ -34,7 +36,6 @@ import os
 import platform
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -121,10 +122,20 @@ def main() -> None:
     agreement = float(np.mean(reference.argmax(1) == exact.argmax(1)))
 
     # Beam mode against the exact ranking and against a plain forward over the prompt alone.
-    width, exact_top = cfg.scoring.beam_width, cfg.scoring.beam_exact_top
-    beam = partial(beam_scores, bm.model, trie=bm.scorer.trie, device=device, amp_dtype=amp, width=width,
-                   exact_top=exact_top, fp32_logits=bm.fp32_logits)
+    width, exact_top, seed_mode = cfg.scoring.beam_width, cfg.scoring.beam_exact_top, cfg.scoring.beam_seed
+    history_seeds = {}  # prompt -> its sample's history seed (a prompt spells out its history: one seed each)
+
+    def beam(chunk, seed=seed_mode, **settings):
+        seeds = [history_seeds[tuple(p)] for p in chunk] if seed == "history" else None
+        return beam_scores(bm.model, chunk, bm.scorer.trie, device, amp, **{
+            "width": width, "exact_top": exact_top, "fp32_logits": bm.fp32_logits, "seed": seeds, **settings})
+
+    def add_seeds(some_samples):
+        history_seeds.update(zip(map(tuple, bm.prompt_ids(some_samples)), bm.history_seed(some_samples)))
+
+    add_seeds(samples)
     beam_s = timed(lambda: beam(prompts)) / len(prompts)
+    width_beam_s = timed(lambda: beam(prompts, seed="none")) / len(prompts)
     prompt_ids = [torch.tensor([p]) for p in prompts]
 
     def prompt_forward():
@@ -137,17 +148,23 @@ def main() -> None:
     period = load_dataset(compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0",
                                           f"data.max_test_samples={args.agreement_samples}", *args.overrides]))
     agreement_samples = bm.prompt_ids(period.test)
+    add_seeds(period.test)
     bm.scorer.batch_size = 8  # batched: agreement only
     exact_scores = bm.scorer.score(agreement_samples)
     exact_top1 = exact_scores.argmax(1)
-    beam_top1 = beam(agreement_samples, batch_size=8).argmax(1)
+    beam_ranked = beam(agreement_samples, batch_size=8)
+    beam_top1 = beam_ranked.argmax(1)
     beam_agreement = float(np.mean(beam_top1 == exact_top1))
-    plain_agreement = float(np.mean(beam(agreement_samples, batch_size=8, exact_top=0).argmax(1) == exact_top1))
+    width_agreement = float(np.mean(beam(agreement_samples, "none", batch_size=8).argmax(1) == exact_top1))
+    plain_agreement = float(np.mean(beam(agreement_samples, "none", batch_size=8, exact_top=0).argmax(1)
+                                    == exact_top1))
+    extra_round_share = bound_round_share(bm, beam_ranked, period.test) if seed_mode == "history" else None
     # Where they disagree, how far apart the two names are under the exact ranking: a few hundredths of a nat is
     # bf16 noise between two computation paths (KV cache + subtree vs one trie pass), not a pruned better name;
     # scoring.fp32_logits (default) removes its largest part, the bf16 rounding of the logits themselves.
     rows = np.flatnonzero(beam_top1 != exact_top1)
     gaps = exact_scores[rows, exact_top1[rows]] - exact_scores[rows, beam_top1[rows]]
+    add_seeds(dataset.test[:args.latency_samples])
     latency = query_costs(cfg, dataset, bm, beam, dataset.test[:args.latency_samples])
     generate_s = timed(lambda: hf_generate(bm, prompts, width=width)) / len(prompts)
 
@@ -185,8 +202,9 @@ def main() -> None:
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
         "beam_seconds_per_sample": beam_s, "prompt_forward_seconds_per_sample": prompt_s,
         "beam_vs_prompt_forward": beam_s / prompt_s, "beam_speedup_vs_exact": exact_s / beam_s,
-        "beam_width": width, "beam_exact_top": exact_top, "fp32_logits": bm.fp32_logits,
-        "beam_top1_agreement": beam_agreement,
+        "beam_seed": seed_mode, "beam_width": width, "beam_exact_top": exact_top, "fp32_logits": bm.fp32_logits,
+        "beam_top1_agreement": beam_agreement, "beam_extra_round_share": extra_round_share,
+        "width_beam_vs_prompt_forward": width_beam_s / prompt_s, "width_beam_top1_agreement": width_agreement,
         "plain_beam_top1_agreement": plain_agreement, "beam_agreement_samples": len(agreement_samples),
         "beam_disagreement_exact_gaps_nats": [round(float(g), 4) for g in gaps], **latency,
         "generate_seconds_per_sample": generate_s, "beam_speedup_vs_generate": generate_s / beam_s,
@@ -203,6 +221,15 @@ def main() -> None:
     for key, value in report.items():
         print(f"{key.ljust(pad)}  {value:.4g}" if isinstance(value, float) else f"{key.ljust(pad)}  {value}")
     print(f"written: {args.out}")
+
+
+def bound_round_share(bm, scores: np.ndarray, samples) -> float:
+    """The share of seeded rankings that needed the bound's extra forward: those that scored a name whose first
+    token no history name shares."""
+    first = [int(t) for t in bm.scorer.trie.score_tokens[:, 0]]
+    extra = [any(first[j] not in {first[c] for c in seed} for j in np.flatnonzero(np.isfinite(row)))
+             for row, seed in zip(scores, bm.history_seed(samples))]
+    return float(np.mean(extra))
 
 
 def grouped_train_batches(bm, train_samples, batch_size: int, steps: int) -> tuple[list, list]:

@@ -27,7 +27,7 @@ from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
 
 ORDERS = ("progressive", "joint", "anchor_only", "zero_shot")
 FULL_SCALE = ("experiment=paper_nyc", "logger=none", "train.batch_size=32", "scoring.batch_size=32",
-              "scoring.mode=beam")
+              "scoring.mode=beam", "scoring.beam_seed=none")  # the width beam its results were scored with
 
 
 def seed_command(seed: int, runs: Path, overrides: list[str]) -> list[str]:

@@ -80,8 +80,10 @@ def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path
     predictor = BehaviorPredictor.load(job_dir, batch_size=batch_size or cfg.scoring.batch_size)
     bm = predictor.bm
     bm.scoring_mode, bm.beam_width = cfg.scoring.mode, cfg.scoring.beam_width
-    # what the job scored with: jobs from before the bounded beam had none (the plain beam)
-    bm.beam_exact_top = OmegaConf.load(job_dir / ".hydra" / "config.yaml").scoring.get("beam_exact_top", 0)
+    # what the job scored with: jobs from before the bounded beam had none (the plain beam), jobs from before the
+    # seeded beam the width beam
+    scoring = OmegaConf.load(job_dir / ".hydra" / "config.yaml").scoring
+    bm.beam_exact_top, bm.beam_seed = scoring.get("beam_exact_top", 0), scoring.get("beam_seed", "none")
     names, k = list(bm.vocab.names), cfg.scoring.top_k
     a_state = None
     if any(alpha != 1.0 for alpha in alphas):

@@ -20,7 +20,9 @@ def test_bench_writes_speed_agreement_and_per_query_costs(tmp_path):
     report = json.loads(out.read_text())
     assert report["naive_exact_top1_agreement"] == 1.0  # the trie ranking is the naive ranking
     assert report["beam_agreement_samples"] == 6 and report["beam_top1_agreement"] == 1.0  # the bound is exact
-    assert report["beam_exact_top"] == 1
+    assert report["beam_exact_top"] == 1 and report["beam_seed"] == "history"
+    assert 0 <= report["beam_extra_round_share"] <= 1 and 0 < report["width_beam_top1_agreement"] <= 1
+    assert report["beam_vs_prompt_forward"] > 0 and report["width_beam_vs_prompt_forward"] > 0
     for name in ("exact", "beam", "sasrec", "bert4rec"):
         assert report[f"latency_ms_{name}"] > 0 and report[f"latency_ms_{name}_batched"] > 0
         assert report[f"flops_per_query_{name}"] > 0

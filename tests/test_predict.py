@@ -93,14 +93,14 @@ def test_cli_predict_and_evaluate(tuned_run, tmp_path, capsys):
                   "uid", "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
         read = {".json": pd.read_json, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}
         assert len(read[suffix](target)) == 3 * 2
-    beam = tmp_path / "beam.csv"
-    cli_main(["predict", str(out), "--input", str(path), "--k", "1", "--output", str(beam), "--user-col", "uid",
-              "--time-col", "ts", "--behavior-col", "action", "--device", "cpu", "--scoring-mode", "beam",
-              "--beam-width", "1"])
     exact = tmp_path / "exact.csv"
     cli_main(["predict", str(out), "--input", str(path), "--k", "1", "--output", str(exact), "--user-col", "uid",
               "--time-col", "ts", "--behavior-col", "action", "--device", "cpu"])
-    assert pd.read_csv(beam)["behavior"].tolist() == pd.read_csv(exact)["behavior"].tolist()
+    for seed in (["--beam-seed", "history"], ["--beam-seed", "none", "--beam-width", "1"]):
+        beam = tmp_path / "beam.csv"
+        cli_main(["predict", str(out), "--input", str(path), "--k", "1", "--output", str(beam), "--user-col", "uid",
+                  "--time-col", "ts", "--behavior-col", "action", "--device", "cpu", "--scoring-mode", "beam", *seed])
+        assert pd.read_csv(beam)["behavior"].tolist() == pd.read_csv(exact)["behavior"].tolist()
 
 
 def test_cli_bad_input_is_one_line(tuned_run, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """The trie ranking must equal summed token log-probabilities computed one candidate at a time."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -105,8 +107,8 @@ def trap_model_and_candidates():
 
 
 def test_exact_ranking_scores_every_name_beyond_the_beams_default_width():
-    """Exact ranking is the beam at full width: with 12 first tokens, more than the beam's default 10, it still
-    scores every name, each as one forward per name would."""
+    """Exact ranking is the beam with every name seeded: with 12 first tokens, more than the beam's default width
+    10, it still scores every name, each as one forward per name would."""
     model, candidates, prompts = trap_model_and_candidates()
     scorer = CandidateScorer(model, candidates, 0, torch.device("cpu"), None, 4)
     assert len(scorer.trie.first_rows) == 12
@@ -238,6 +240,42 @@ class RecordingDist:
         return local
 
 
+
+@pytest.mark.parametrize("exact_top, batch_size", [(1, 1), (1, 4), (3, 4)])
+def test_seeded_beam_ranks_the_top_k_exactly_whatever_the_seed(exact_top, batch_size):
+    """The seed's subtrees ride in the prompt's forward; a seed that misses the best names (none, or the worst
+    name) costs the bound's extra round, never a wrong top k."""
+    model, candidates, prompts = trap_model_and_candidates()
+    cpu = torch.device("cpu")
+    exact = CandidateScorer(model, candidates, 0, cpu, None, 4).score(prompts)
+    trie = CandidateTrie.build(candidates)
+    top = np.argsort(-exact, axis=1)[:, :exact_top]
+    worst = np.argsort(exact, axis=1)[:, :1].tolist()
+    for seed in ([[] for _ in prompts], worst, top.tolist()):
+        seeded = beam_scores(model, prompts, trie, cpu, None, batch_size=batch_size, exact_top=exact_top, seed=seed)
+        np.testing.assert_array_equal(np.argsort(-seeded, axis=1, kind="stable")[:, :exact_top], top)
+        found = np.isfinite(seeded)
+        np.testing.assert_allclose(seeded[found], exact[found], atol=1e-4)  # what it scored, it scored exactly
+        for row, names in zip(found, seed):  # every name sharing a first token with a seeded name is scored
+            firsts = {candidates[j][0] for j in names}
+            assert all(row[j] for j, c in enumerate(candidates) if c[0] in firsts)
+    # seeded with the answers, the extra round feeds exactly the first tokens whose log-probability beats the k-th
+    # best seeded score: no more (the rest stay pruned), no fewer
+    with torch.no_grad():
+        first_logprobs = torch.stack([torch.log_softmax(model(torch.tensor([p])).logits[0, -1], -1) for p in prompts])
+    for i, row in enumerate(found):
+        firsts = {candidates[j][0] for j in top[i]}
+        under_seed = [j for j, c in enumerate(candidates) if c[0] in firsts]
+        bound = np.sort(exact[i, under_seed])[::-1][exact_top - 1]
+        expected = [c[0] in firsts or first_logprobs[i, c[0]].item() > bound for c in candidates]
+        assert row.tolist() == expected
+    assert not found.all()
+    with pytest.raises(ValueError, match=r"^beam seed: needs exact_top >= 1 \(got 0\) and one candidate list per "
+                                         r"prompt \(got 24 for 24 prompts\)$"):
+        beam_scores(model, prompts, trie, cpu, None, seed=top.tolist())
+    with pytest.raises(ValueError, match=r"\(got 2 for 24 prompts\)$"):
+        beam_scores(model, prompts, trie, cpu, None, exact_top=1, seed=top.tolist()[:2])
+
 def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
     from behaviorlm.data.samples import BehaviorVocab
     from behaviorlm.stages import BehaviorModel
@@ -266,18 +304,26 @@ def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
     monkeypatch.setattr("behaviorlm.stages.beam_scores", recording_beam)
     default = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, None, 2)
     assert (default.scoring_mode, default.beam_width, default.dist, default.beam_exact_top, default.fp32_logits,
-            default.scorer.fp32_logits) == ("exact", 10, LOCAL, 0, True, True)
+            default.scorer.fp32_logits, default.beam_seed) == ("exact", 10, LOCAL, 0, True, True, "none")
     two_ranks = Dist(rank=0, world=2)
     bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, torch.bfloat16, 3, "beam", 7,
-                             dist=two_ranks, beam_exact_top=2, fp32_logits=False)
-    assert (bm.device, bm.amp_dtype, bm.dist, bm.beam_exact_top, bm.fp32_logits) == (
-        cpu, torch.bfloat16, two_ranks, 2, False)
+                             dist=two_ranks, beam_exact_top=2, fp32_logits=False, beam_seed="history")
+    assert (bm.device, bm.amp_dtype, bm.dist, bm.beam_exact_top, bm.fp32_logits, bm.beam_seed) == (
+        cpu, torch.bfloat16, two_ranks, 2, False, "history")
     assert (bm.scorer.device, bm.scorer.amp_dtype, bm.scorer.batch_size, bm.scorer.fp32_logits) == (
         cpu, torch.bfloat16, 3, False)
     bm.dist = LOCAL
-    assert bm.scores(samples[:4], progress="scoring test").shape == (4, len(names))
+    # the seed: each sample's own history, as candidate indices (a name outside the vocabulary is skipped)
+    unknown = dataclasses.replace(samples[3], history=("a place not in the vocabulary", names[0]))
+    assert bm.scores([*samples[:3], unknown], progress="scoring test").shape == (4, len(names))
+    history = [sorted({names.index(h) for h in s.history}) for s in samples[:3]] + [[0]]
+    assert all(history) and history[0] != [0]
     assert seen == [(4, cpu, torch.bfloat16, {"width": 7, "progress": "scoring test", "batch_size": 3,
-                                              "exact_top": 2, "fp32_logits": False})]
+                                              "exact_top": 2, "fp32_logits": False, "seed": history})]
+    bm.beam_seed = "none"
+    bm.scores([*samples[:3], unknown], progress="scoring test")
+    assert seen[1][3]["seed"] is None
+    del seen[1]
     # exact mode: the scorer gets this rank's prompts and the progress label; the gather every sample's count
     bm.scoring_mode, bm.dist = "exact", RecordingDist()
     monkeypatch.setattr(bm.scorer, "score", lambda prompts, progress=None: seen.append((len(prompts), progress))
