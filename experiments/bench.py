@@ -58,6 +58,19 @@ def timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - started) / repeat
 
 
+def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of one call of each function, timed in turn in each of `rounds` rounds (one warm-up call each)."""
+    for fn in fns.values():
+        fn()
+    seconds = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
 def gemm_peak(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> float:
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     seconds = timed(lambda: a @ b, repeat)
@@ -81,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=32,
                         help="prompts for the exact/floor/beam timing (8 gave beam ratios 1.5-1.6x that 32 did not)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the beam/prompt-forward timing")
     parser.add_argument("--naive-samples", type=int, default=2, help="prompts for the naive timing")
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--agreement-samples", type=int, default=300, help="test prompts for beam vs exact top-1")
@@ -134,8 +148,6 @@ def main() -> None:
         history_seeds.update(zip(map(tuple, bm.prompt_ids(some_samples)), bm.history_seed(some_samples)))
 
     add_seeds(samples)
-    beam_s = timed(lambda: beam(prompts)) / len(prompts)
-    width_beam_s = timed(lambda: beam(prompts, seed="none")) / len(prompts)
     prompt_ids = [torch.tensor([p]) for p in prompts]
 
     def prompt_forward():
@@ -143,7 +155,14 @@ def main() -> None:
             for ids in prompt_ids:
                 bm.model(input_ids=ids, logits_to_keep=1)
 
-    prompt_s = timed(prompt_forward) / len(prompts)
+    # Interleaved rounds: each ratio's two sides are timed a few seconds apart, so the machine's drift over the
+    # run (10-20% here between phases) does not enter it; the ratio reported is the median round's.
+    rounds = interleaved({"prompt": prompt_forward, "beam": lambda: beam(prompts),
+                          "width_beam": lambda: beam(prompts, seed="none")}, args.rounds)
+    prompt_s, beam_s, width_beam_s = (float(np.median(rounds[k])) / len(prompts)
+                                      for k in ("prompt", "beam", "width_beam"))
+    beam_ratios = [b / p for b, p in zip(rounds["beam"], rounds["prompt"])]
+    width_ratios = [b / p for b, p in zip(rounds["width_beam"], rounds["prompt"])]
     # Agreement on test prompts drawn (data.eval_seed) from the whole test period, not only the preset's sample.
     period = load_dataset(compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0",
                                           f"data.max_test_samples={args.agreement_samples}", *args.overrides]))
@@ -201,10 +220,11 @@ def main() -> None:
         "exact_seconds_per_sample": exact_s, "floor_forward_seconds_per_sample": floor_s,
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
         "beam_seconds_per_sample": beam_s, "prompt_forward_seconds_per_sample": prompt_s,
-        "beam_vs_prompt_forward": beam_s / prompt_s, "beam_speedup_vs_exact": exact_s / beam_s,
+        "beam_vs_prompt_forward": float(np.median(beam_ratios)), "beam_speedup_vs_exact": exact_s / beam_s,
+        "beam_vs_prompt_forward_rounds": beam_ratios,
         "beam_seed": seed_mode, "beam_width": width, "beam_exact_top": exact_top, "fp32_logits": bm.fp32_logits,
         "beam_top1_agreement": beam_agreement, "beam_extra_round_share": extra_round_share,
-        "width_beam_vs_prompt_forward": width_beam_s / prompt_s, "width_beam_top1_agreement": width_agreement,
+        "width_beam_vs_prompt_forward": float(np.median(width_ratios)), "width_beam_top1_agreement": width_agreement,
         "plain_beam_top1_agreement": plain_agreement, "beam_agreement_samples": len(agreement_samples),
         "beam_disagreement_exact_gaps_nats": [round(float(g), 4) for g in gaps], **latency,
         "generate_seconds_per_sample": generate_s, "beam_speedup_vs_generate": generate_s / beam_s,

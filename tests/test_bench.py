@@ -13,7 +13,7 @@ from conftest import ROOT
 def test_bench_writes_speed_agreement_and_per_query_costs(tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "experiments.bench", "--samples", "2", "--naive-samples", "1", "--train-steps",
-               "2", "--agreement-samples", "6", "--latency-samples", "4", "--trl-steps", "2", "--out", str(out),
+               "2", "--rounds", "2", "--agreement-samples", "6", "--latency-samples", "4", "--trl-steps", "2", "--out", str(out),
                "model=tiny_random", "data=synthetic"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -22,7 +22,9 @@ def test_bench_writes_speed_agreement_and_per_query_costs(tmp_path):
     assert report["beam_agreement_samples"] == 6 and report["beam_top1_agreement"] == 1.0  # the bound is exact
     assert report["beam_exact_top"] == 1 and report["beam_seed"] == "history"
     assert 0 <= report["beam_extra_round_share"] <= 1 and 0 < report["width_beam_top1_agreement"] <= 1
-    assert report["beam_vs_prompt_forward"] > 0 and report["width_beam_vs_prompt_forward"] > 0
+    rounds = report["beam_vs_prompt_forward_rounds"]  # the median of interleaved rounds' ratios
+    assert len(rounds) == 2 and report["beam_vs_prompt_forward"] == pytest.approx(sum(rounds) / 2)
+    assert report["width_beam_vs_prompt_forward"] > 0
     for name in ("exact", "beam", "sasrec", "bert4rec"):
         assert report[f"latency_ms_{name}"] > 0 and report[f"latency_ms_{name}_batched"] > 0
         assert report[f"flops_per_query_{name}"] > 0
