@@ -52,7 +52,9 @@ def fp32_output_layer(model, enabled: bool = True):
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
             bias = None if head.bias is None else head.bias.float()
-            return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+            # contiguous: the kept rows are a slice of the sequence, and a strided 3-D input sends linear to a
+            # batched matmul over a weight copy per prompt (2.3x slower for a batch of 8 exact rankings)
+            return torch.nn.functional.linear(hidden.float().contiguous(), head.weight.float(), bias)
 
     head.forward = forward
     try:
@@ -279,16 +281,21 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             batch at once (one copy to the host, not one per prompt: on a GPU the per-prompt syncs, not the
             forwards, set the pace). Table rows per prompt: 0 = the prompt's end, j + 1 = its j-th kept node;
             `remap` maps the trie's rows onto them (-1: not kept)."""
-            node_logprobs = torch.log_softmax(node_logits.float(), dim=-1)  # (batch, span, vocab)
+            node_logits = node_logits.float()
+            # log-probabilities of the picked tokens only: logit - logsumexp (a full log_softmax table, and a copy
+            # of it joined to the prompt's row, cost a third of a batch of 8 exact rankings)
+            normaliser = torch.logsumexp(node_logits, dim=-1)  # (batch, span)
             span = rows.shape[1]
             remap = torch.full((batch, trie.n_nodes + 1), -1, dtype=torch.long, device=device)
             slots = torch.arange(1, span + 1, device=device).expand(batch, -1)
             remap.scatter_(1, torch.where(valid, rows + 1, 0), torch.where(valid, slots, 0))
             remap[:, 0] = 0
-            table = torch.cat([first_logprobs[:, None], node_logprobs], 1)  # (batch, 1 + span, vocab)
             score_rows = remap[:, trie_rows]  # (batch, candidates, max_len)
             reached = ((score_rows >= 0) | ~trie_mask).all(-1).cpu().numpy()
-            picked = table[torch.arange(batch, device=device)[:, None, None], score_rows.clamp(min=0), trie_tokens]
+            prompt_ = torch.arange(batch, device=device)[:, None, None]
+            node = (score_rows - 1).clamp(min=0)  # its row among the kept nodes (0 where the prompt's end predicts)
+            picked = torch.where(score_rows == 0, first_logprobs[prompt_, trie_tokens],
+                                 node_logits[prompt_, node, trie_tokens] - normaliser[prompt_, node])
             scores = (picked * trie_mask).sum(-1).cpu().numpy()
             for b, i in enumerate(chunk):
                 if kept[b]:
