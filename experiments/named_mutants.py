@@ -19,9 +19,19 @@ from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
 
 # (file, original text, planted text, the test that must fail)
 BUGS = [
-    ("behaviorlm/scoring.py", "keep = torch.topk(candidates, min(width, len(first)), dim=1).indices.tolist()",
-     "keep = torch.topk(candidates, min(width, len(first)), dim=1, largest=False).indices.tolist()",
+    ("behaviorlm/scoring.py", "keep = torch.topk(first_logprobs[:, first_tokens], min(width, len(first)), dim=1)",
+     "keep = torch.topk(first_logprobs[:, first_tokens], min(width, len(first)), dim=1, largest=False)",
      "tests/test_scoring.py::test_bounded_beam_ranks_the_top_k_exactly_even_when_greedy"),
+    # the seeded beam (2026-11-27): the seed not fed, the prompt's end read from a node's row, a target-leaking seed
+    ("behaviorlm/scoring.py", "keep = [sorted({first_of_candidate[c] for c in seed[i]}) for i in chunk]",
+     "keep = [[] for i in chunk]",
+     "tests/test_scoring.py::test_seeded_beam_ranks_the_top_k_exactly_whatever_the_seed"),
+    ("behaviorlm/scoring.py", "first_logprobs = torch.log_softmax(step.logits[:, 0].float(), dim=-1)",
+     "first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)",
+     "tests/test_scoring.py::test_trie_scores_equal_direct_sums"),
+    ("behaviorlm/stages.py", "return [sorted({column[h] for h in s.history if h in column}) for s in samples]",
+     "return [sorted({column[h] for h in (*s.history, s.target) if h in column}) for s in samples]",
+     "tests/test_scoring.py::test_a_behavior_model_scores_with_the_mode_it_was_built_with"),
     ("behaviorlm/metrics.py", 'f"acc_at_{k}_tail": _mean(in_top_k[tail]),',
      'f"acc_at_{k}_tail": _mean(in_top_k[anchor]),',
      "tests/test_metrics.py::test_every_metric_against_a_hand_worked_example"),
