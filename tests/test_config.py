@@ -58,12 +58,21 @@ def test_typos_and_wrong_types_fail_at_compose_time(override, fragment):
     ("aux_ratio=1.0", "aux_ratio"), ("aux_ratio=-0.1", "aux_ratio"), ("samples_per_behavior=-3", "samples_per_behavior"),
     ("anchor_threshold=0", "anchor_threshold"), ("anchor_threshold=1.5", "anchor_threshold"),
     ("stage_order=sideways", "stage_order"), ("method=magic", "method"),
+    ("scoring.beam_seed=nearby", "scoring.beam_seed"),
 ])
 def test_out_of_range_values_name_the_key_and_value(compose, override, key):
     cfg = compose(override)
     with pytest.raises(ConfigError, match=key) as err:
         validate_config(cfg)
     assert override.split("=")[1] in str(err.value)
+
+
+def test_a_seeded_beam_needs_the_bound_and_the_width_beam_does_not(compose):
+    validate_config(compose("scoring.mode=beam", "scoring.beam_seed=none", "scoring.beam_exact_top=0"))
+    validate_config(compose("scoring.beam_exact_top=0"))  # exact mode: no beam, no seed to check
+    with pytest.raises(ConfigError, match=r"^config key 'scoring.beam_exact_top' = 0 is out of range: expected >= 1 "
+                                          r"with scoring.beam_seed=history"):
+        validate_config(compose("scoring.mode=beam", "scoring.beam_exact_top=0"))
 
 
 def test_out_of_range_value_exits_with_one_line_and_no_output_dir(tmp_path):
