@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from behaviorlm.config import ModelConfig
+from behaviorlm.config import CHOICES, ModelConfig
 from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.models import autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder
@@ -79,8 +79,8 @@ class BehaviorPredictor:
         likeliest first tokens (none)."""
         if mode not in ("exact", "beam"):
             raise ValueError(f"scoring mode {mode!r}: expected exact | beam")
-        if seed not in ("history", "none"):
-            raise ValueError(f"beam seed {seed!r}: expected history | none")
+        if seed not in CHOICES["scoring.beam_seed"]:
+            raise ValueError(f"beam seed {seed!r}: expected {' | '.join(CHOICES['scoring.beam_seed'])}")
         self.bm.scoring_mode, self.bm.beam_width, self.bm.beam_exact_top = mode, beam_width, exact_top
         self.bm.beam_seed = seed
 

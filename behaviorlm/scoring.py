@@ -63,6 +63,27 @@ def fp32_output_layer(model, enabled: bool = True):
         del head.forward  # the class's forward again
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device):
+    """The prompts right-aligned in one (batch, longest) tensor, built on the host and moved once (no copy per
+    prompt), and which of its positions are real."""
+    n = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
+    real = torch.zeros(len(prompts), n, dtype=torch.bool)
+    for b, prompt in enumerate(prompts):
+        ids[b, n - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        real[b, n - len(prompt):] = True
+    return ids.to(device), real.to(device)
+
+
+def prompt_attention(real: torch.Tensor) -> torch.Tensor:
+    """(batch, n, n) causal attention over each prompt's real tokens. A padding query must see something, or
+    attention yields NaN; it sees only itself and is never read."""
+    n = real.shape[1]
+    mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=real.device))[None] & real[:, None, :]
+    mask[:, torch.arange(n), torch.arange(n)] = True
+    return mask
+
+
 @dataclass
 class CandidateTrie:
     """Candidates' token sequences merged by shared prefixes."""
@@ -152,24 +173,14 @@ class CandidateScorer:
 
     def _batch_inputs(self, prompts: Sequence[Sequence[int]]):
         """Left-padded prompts followed by the trie nodes, with positions and the 4-D tree mask."""
-        batch, width, nodes = len(prompts), max(len(p) for p in prompts), self.trie.n_nodes
+        prompt_ids, real = left_padded(prompts, self.pad_id, self.device)
+        (batch, width), nodes = real.shape, self.trie.n_nodes
         total = width + nodes
-        ids = torch.full((batch, total), self.pad_id, dtype=torch.long, device=self.device)
-        real = torch.zeros(batch, width, dtype=torch.bool, device=self.device)
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        for b, prompt in enumerate(prompts):
-            ids[b, width - len(prompt):width] = torch.tensor(prompt, dtype=torch.long, device=self.device)
-            real[b, width - len(prompt):] = True
-        ids[:, width:] = self._trie_tokens
-        positions = torch.empty(batch, total, dtype=torch.long, device=self.device)
-        positions[:, :width] = (real.cumsum(1) - 1).clamp(min=0)
-        positions[:, width:] = (lengths - 1)[:, None] + self._trie_depth[None, :]
+        ids = torch.cat([prompt_ids, self._trie_tokens.expand(batch, -1)], 1)
+        positions = torch.cat([(real.cumsum(1) - 1).clamp(min=0),
+                               (real.sum(1, keepdim=True) - 1) + self._trie_depth[None, :]], 1)
         mask = torch.zeros(batch, 1, total, total, dtype=torch.bool, device=self.device)
-        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=self.device))
-        mask[:, 0, :width, :width] = causal[None] & real[:, None, :]
-        # A padding query must see something, or attention yields NaN; it only sees itself and is never read.
-        diag = torch.arange(width, device=self.device)
-        mask[:, 0, diag, diag] = True
+        mask[:, 0, :width, :width] = prompt_attention(real)
         mask[:, 0, width:, :width] = real[:, None, :]
         mask[:, 0, width:, width:] = self._ancestors[None]
         return ids, positions, mask
@@ -249,13 +260,8 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     bar = tqdm(total=len(prompts), desc=progress, disable=progress is None, leave=False, mininterval=2.0)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch, n = len(chunk), max(len(prompts[i]) for i in chunk)
-        ids = torch.zeros(batch, n, dtype=torch.long)  # built on the host, moved once: no copy per prompt
-        real = torch.zeros(batch, n, dtype=torch.bool)
-        for b, i in enumerate(chunk):
-            ids[b, n - len(prompts[i]):] = torch.tensor(list(prompts[i]))
-            real[b, n - len(prompts[i]):] = True
-        ids, real = ids.to(device), real.to(device)
+        ids, real = left_padded([prompts[i] for i in chunk], 0, device)
+        batch, n = real.shape
         positions = (real.cumsum(1) - 1).clamp(min=0)
 
         def subtrees(keep_rows: list[list[int]]):
@@ -324,8 +330,7 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             kept, rows, valid, tokens, node_positions, node_mask = subtrees(keep)
             span = rows.shape[1]
             mask = torch.zeros(batch, 1, n + span, n + span, dtype=torch.bool, device=device)
-            mask[:, 0, :n, :n] = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))[None] & real[:, None]
-            mask[:, 0, torch.arange(n), torch.arange(n)] = True  # a padding query sees itself (no NaN), is never read
+            mask[:, 0, :n, :n] = prompt_attention(real)
             mask[:, 0, n:] = node_mask
             with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
                 step = model(input_ids=torch.cat([ids, tokens], 1), attention_mask=mask,
