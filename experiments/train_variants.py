@@ -21,7 +21,7 @@ from behaviorlm.data.dataset import load_dataset
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.training import AnswerTokenLoss
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
-from experiments.bench import grouped_train_batches, without_lora_dropout
+from experiments.bench_training import grouped_train_batches, without_lora_dropout
 
 
 def main() -> None:

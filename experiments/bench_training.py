@@ -1,0 +1,125 @@
+"""The training half of `make bench` (experiments/bench.py): the batches it times, the dropout switch, where a
+step's time goes, and the step against TRL's SFTTrainer on the same batches."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from behaviorlm.training import collate, length_grouped_batches, trainable_state
+
+
+def grouped_train_batches(bm, train_samples, batch_size: int, steps: int) -> tuple[list, list]:
+    """`steps` collated batches of real training examples, grouped by length as the training loop groups them
+    (padding < 1%; consecutive examples would pad 8.5%), and the examples they hold."""
+    pool = bm.behavior_examples(train_samples[:batch_size * 32])
+    groups = length_grouped_batches([len(e) for e in pool], batch_size, np.random.default_rng(0))[:steps]
+    batches = [collate([pool[i] for i in group], bm.tokenizer.pad_token_id, bm.device) for group in groups]
+    return [pool[i] for group in groups for i in group], batches
+
+
+@contextlib.contextmanager
+def without_lora_dropout(model):
+    """LoRA's dropout off inside the block (peft's per-module dropouts swapped for identities, then put back)."""
+    swapped = []
+    for module in model.modules():
+        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict):
+            for name, dropout in module.lora_dropout.items():
+                swapped.append((module.lora_dropout, name, dropout))
+                module.lora_dropout[name] = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        for modules, name, dropout in swapped:
+            modules[name] = dropout
+
+
+def time_shares(fn, top: int = 8) -> dict:
+    """Where a training step's CPU time goes (torch.profiler, self time per op over one more pass): matmuls (eager
+    attention's included), dtype casts (autocast's fp32 <-> bf16 copies), attention (SDPA kernels only), and the
+    largest other ops, as shares of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+    total = sum(ops.values())
+    groups = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "dtype_casts": ("aten::copy_", "aten::_to_copy"),
+              "attention": tuple(k for k in ops if "scaled_dot_product" in k)}
+    shares = {name: sum(ops.get(k, 0) for k in keys) / total for name, keys in groups.items()}
+    grouped = {k for keys in groups.values() for k in keys}
+    rest = sorted(((t, k) for k, t in ops.items() if k not in grouped), reverse=True)
+    shares.update({k: t / total for t, k in rest[:top]})
+    shares["other"] = 1 - sum(shares.values())
+    return {k: round(v, 4) for k, v in shares.items()}
+
+
+def compare_with_trl(bm, objective, train_samples, batch_size: int, steps: int, learning_rate: float = 1e-4) -> dict:
+    """Our training step against TRL's SFTTrainer: same adapter start, batches, order, optimizer and loss. LoRA
+    dropout is off for both (their random masks would differ), so the loss curves compare the arithmetic."""
+    try:
+        from datasets import Dataset
+        from torch.utils.data import SequentialSampler
+        from transformers import TrainerCallback
+        from trl import SFTConfig, SFTTrainer
+    except ImportError as err:
+        print(f"TRL comparison skipped: {err} (pip install -e '.[bench]')")
+        return {"train_speedup_vs_trl": None}
+    examples = bm.behavior_examples(train_samples[:batch_size * steps])
+    start = {k: v.detach().clone() for k, v in trainable_state(bm.model).items()}
+    params = [p for p in bm.model.parameters() if p.requires_grad]
+
+    # Ours: the step of behaviorlm.training.train_lora (answer-only logits, left padding, its attention kernel),
+    # constant LR.
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    bm.model.train()
+    ours_losses, marks = [], []
+    for i in range(0, len(examples), batch_size):
+        batch = objective.batch(examples[i:i + batch_size])
+        loss_sum, tokens = objective.loss_sum(bm.model, batch), objective.count(batch)
+        (loss_sum / tokens).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ours_losses.append(loss_sum.item() / tokens)
+        marks.append(time.perf_counter())
+    ours_rate = batch_size * (len(marks) - 1) / (marks[-1] - marks[0])  # the first step is the warm-up
+
+    # TRL: pre-tokenized prompt+answer with a completion mask, in the same order (no shuffling), same settings.
+    bm.model.load_state_dict(start, strict=False)
+    rows = [{"input_ids": list(e.prompt_ids) + list(e.answer_ids),
+             "completion_mask": [0] * len(e.prompt_ids) + [1] * len(e.answer_ids)} for e in examples]
+
+    class InOrder(SFTTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    class StepClock(TrainerCallback):
+        marks: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SFTConfig(output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=steps,
+                           learning_rate=learning_rate, lr_scheduler_type="constant", warmup_steps=0,
+                           weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, report_to=[], save_strategy="no",
+                           gradient_checkpointing=False, bf16=bm.amp_dtype == torch.bfloat16,
+                           use_cpu=bm.device.type == "cpu", dataloader_num_workers=0, completion_only_loss=True,
+                           max_length=None, disable_tqdm=True, seed=0)
+        clock = StepClock()
+        trainer = InOrder(model=bm.model, args=config, train_dataset=Dataset.from_list(rows),
+                          processing_class=bm.tokenizer, callbacks=[clock])
+        trainer.train()
+    trl_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h][:steps]
+    trl_rate = batch_size * (len(clock.marks) - 1) / (clock.marks[-1] - clock.marks[0])
+    bm.model.load_state_dict(start, strict=False)
+    gaps = [abs(a - b) / abs(b) for a, b in zip(ours_losses, trl_losses)]
+    return {"train_speedup_vs_trl": ours_rate / trl_rate, "trl_train_samples_per_s": trl_rate,
+            "ours_same_batches_samples_per_s": ours_rate, "trl_steps": steps,
+            "loss_max_relative_gap_vs_trl": max(gaps), "ours_losses": ours_losses, "trl_losses": trl_losses}
