@@ -27,7 +27,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage_order": STAGE_ORDERS, "method": METHODS, "scoring.mode": ("exact", "beam", "generate"),
     "selection.strategy": ("difficulty", "random"), "train.b_tuning.loss": B_LOSSES,
     "train.a_tuning.monitor": MONITORS, "train.b_tuning.monitor": MONITORS,
-    "train.attn_implementation": ("auto", "eager", "sdpa"), "scoring.beam_seed": ("history", "none"),
+    "train.attn_implementation": ("auto", "eager", "sdpa"),
+    "train.compile": ("auto", "always", "never"), "scoring.beam_seed": ("history", "none"),
 }
 
 
@@ -157,6 +158,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05  # (float) share of steps with linear warm-up
     max_grad_norm: float = 1.0  # (float) gradient clipping
     attn_implementation: str = "auto"  # (str) training forward's attention: auto (eager on CPU) | eager | sdpa
+    compile: str = "auto"  # (str) compile the decoder layers while training: auto (CPU, 100+ steps) | always | never
     max_steps_per_epoch: Optional[int] = None  # (int|null) cap optimizer steps per epoch (smoke runs)
     early_stopping: bool = True  # (bool) stop on validation accuracy and keep the best epoch's adapter
     val_samples_for_early_stopping: Optional[int] = 200  # (int|null) validation samples scored after each epoch

@@ -87,6 +87,62 @@ def attention_implementation(model, name: Optional[str]):
         backbone.set_attn_implementation(previous)
 
 
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The backbone's repeated blocks (a peft or DDP wrapper's included): the modules whose class the model names
+    in `_no_split_modules`, as accelerate and FSDP find them (LlamaDecoderLayer, Qwen2DecoderLayer, ...)."""
+    backbone = getattr(model, "module", model)
+    backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    names = set(getattr(backbone, "_no_split_modules", None) or ())
+    return [m for m in backbone.modules() if type(m).__name__ in names]
+
+
+def compile_unavailable(device: torch.device) -> Optional[str]:
+    """Why torch.compile cannot run here (None: it can): inductor builds C++ on a CPU and Triton kernels on a GPU."""
+    if device.type == "cpu":
+        if not any(shutil.which(cc) for cc in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if cc):
+            return "no C++ compiler (g++, c++ or clang++) on PATH for inductor's CPU kernels"
+        return None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "triton is not installed"
+    return f"not set up for device type {device.type}"
+
+
+class CompiledLayers:
+    """The decoder layers compiled once (torch.compile, dynamic shapes), switched on only inside `active()`.
+
+    Regional compilation: one graph serves every layer (the blocks share their code), so compiling costs about
+    40 s on a cold cache on a 2-core CPU and 8 s warm for SmolLM2's 30 layers, against 240 s for the whole model,
+    and it fuses the element-wise work between the matmuls (RMSNorm, rotary, SiLU, softmax and mask, LoRA's adds):
+    the training step 1.25-1.27x faster (results/train_step/compile.py). `nn.Module.compile` keeps the module tree and
+    its state-dict keys; outside `active()` the layers run eagerly, so scoring's trie masks and validation between
+    epochs never meet a compiled graph (they would recompile it)."""
+
+    def __init__(self, model):
+        self.layers = decoder_layers(model)
+        if not self.layers:
+            raise ValueError(f"train.compile: no decoder layers found in {type(model).__name__} "
+                             "(its _no_split_modules names none of its modules)")
+        self.previous = [layer._compiled_call_impl for layer in self.layers]
+        for layer in self.layers:
+            layer.compile(dynamic=True)  # sets the private _compiled_call_impl; there is no public way back
+        self.compiled = [layer._compiled_call_impl for layer in self.layers]
+        self._switch(self.previous)
+
+    def _switch(self, impls) -> None:
+        for layer, impl in zip(self.layers, impls):
+            layer._compiled_call_impl = impl
+
+    @contextlib.contextmanager
+    def active(self):
+        self._switch(self.compiled)
+        try:
+            yield
+        finally:
+            self._switch(self.previous)
+
+
 def _package_dir(package: str, pip_install: Optional[str]) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

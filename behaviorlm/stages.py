@@ -249,7 +249,8 @@ def tune(bm: BehaviorModel, examples: Sequence[TrainExample], stage_cfg: DictCon
                       max_steps_per_epoch=train_cfg.max_steps_per_epoch, validate=validate,
                       patience=stage_cfg.patience, seed=seed, desc=desc, on_step=on_step,
                       checkpoint_dir=checkpoint_dir, dist=bm.dist, objective=objective,
-                      attn_implementation=training_attention(train_cfg.attn_implementation, bm.device))
+                      attn_implementation=training_attention(train_cfg.attn_implementation, bm.device),
+                      compile=train_cfg.compile)
 
 
 def a_tuning_set(bm: BehaviorModel, train: Sequence[Sample], conversations: Sequence[list[dict]],

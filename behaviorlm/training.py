@@ -10,6 +10,7 @@ machinery, and a loop this size is easy to audit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from behaviorlm.distributed import LOCAL, Dist
-from behaviorlm.models import attention_implementation, autocast
+from behaviorlm.models import CompiledLayers, attention_implementation, autocast, compile_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,33 @@ class NonFiniteTrainingError(RuntimeError):
 # with it). More than this share of skipped steps in an epoch stops the stage with an error instead.
 MAX_SKIPPED_STEP_SHARE = 0.01
 
+# train.compile=auto compiles a stage's decoder layers from this many optimizer steps on: on a 2-core CPU the
+# compiled SmolLM2 step saves 0.17-0.21 s (results/train_step/compile.log), and compiling costs 8 s with a warm
+# inductor cache (every job after a machine's first) and 40 s cold: 100 steps gain about 10 s warm, lose 20 s cold.
+COMPILE_MIN_STEPS = 100
+
+
+def layer_compilation(setting: str, model, device: torch.device, total_steps: int, dist: Dist,
+                      desc: str) -> Optional[CompiledLayers]:
+    """train.compile (auto | always | never) -> the stage's compiled decoder layers, or None to train eagerly."""
+    if setting == "never":
+        return None
+    reason = compile_unavailable(device)
+    if reason is None and dist.sharded:
+        reason = "FSDP/DeepSpeed shard the layers (their compiled training was never measured here)"
+    if setting == "always" and reason is not None:
+        raise ValueError(f"train.compile=always: {reason}; set train.compile=auto or never")
+    if reason is None and setting == "auto":
+        if device.type != "cpu":  # the whole model compiled was 2.0x on an H100; these layers were not tried there
+            reason = "measured on CPUs only so far; train.compile=always compiles on this device too"
+        elif total_steps < COMPILE_MIN_STEPS:
+            reason = f"{total_steps} steps < {COMPILE_MIN_STEPS}"
+    if reason is not None:
+        log.info("%s: training eagerly (train.compile=%s: %s)", desc, setting, reason)
+        return None
+    log.info("%s: compiling the decoder layers (train.compile=%s, %d steps)", desc, setting, total_steps)
+    return CompiledLayers(model)
+
 
 @dataclass
 class EpochResult:
@@ -128,14 +156,15 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                validate: Optional[Callable[[], float]] = None, patience: int = 2, seed: int = 0,
                desc: str = "train", on_step: Optional[Callable[[dict], None]] = None,
                checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL, objective=None,
-               attn_implementation: Optional[str] = None) -> list[EpochResult]:
+               attn_implementation: Optional[str] = None, compile: str = "never") -> list[EpochResult]:
     """Train the model's trainable (LoRA) parameters; with `validate`, keep the best epoch's weights.
 
     `batch_size` is the global batch. With several processes (`dist`) every rank draws the same global batches
     and trains on its strided slice of each; the loss is normalised by the global answer-token count, so N
     processes take the same steps as one (up to float reduction order). `objective` (batch / count / width / loss_sum)
     defaults to the answer tokens' cross-entropy, its forward attending with `attn_implementation` (None: the
-    model's own kernel); `stages.CandidateSoftmaxLoss` is the balanced-softmax one.
+    model's own kernel); `stages.CandidateSoftmaxLoss` is the balanced-softmax one. `compile` is train.compile
+    (`layer_compilation`): the batches run through compiled decoder layers, validation between epochs eagerly.
     """
     objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype, attn_implementation)
     if not examples:
@@ -163,6 +192,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
         return warm * max(0.0, 1.0 - step / total_steps)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    compiled = layer_compilation(compile, model, device, total_steps, dist, desc)
 
     history: list[EpochResult] = []
     best_accuracy, best_state, stale, step, first_epoch, stopped = -1.0, None, 0, 0, 1, False
@@ -187,49 +217,51 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
         batches = length_grouped_batches(lengths, batch_size, rng)[:steps_per_epoch * grad_accum]
         bar = tqdm(total=len(batches), desc=f"{desc} epoch {epoch}/{max_epochs}", unit="batch", leave=False,
                    mininterval=2.0, disable=not dist.is_main)
-        for group_start in range(0, len(batches), grad_accum):
-            group = batches[group_start:group_start + grad_accum]
-            collated, weights = [], []
-            for global_batch in group:
-                mine = global_batch[dist.rank::dist.world]
-                # A rank whose slice of a short last batch is empty still runs a zero-weight forward: DDP needs
-                # every rank in every gradient all-reduce.
-                collated.append(objective.batch([examples[i] for i in (mine or global_batch[:1])]))
-                weights.append(1.0 if mine else 0.0)
-            # Normalise by the tokens of the whole accumulation group on all ranks: accumulation then equals one
-            # big batch, and N processes equal one (DDP averages gradients, hence the factor world).
-            local_tokens = sum(objective.count(c) * w for c, w in zip(collated, weights))
-            group_tokens = dist.sum(local_tokens)
-            group_loss = 0.0
-            for j, (batch, weight) in enumerate(zip(collated, weights)):
-                with dist.no_sync(train_model, skip=j < len(collated) - 1):
-                    loss_sum = objective.loss_sum(train_model, batch)
-                    scaled = loss_sum * weight * dist.world / group_tokens
-                    dist.accelerator.backward(scaled) if dist.enabled else scaled.backward()
-                group_loss += loss_sum.item() * weight
-                seen += len(batch[0]) * int(weight)
-                bar.update(1)
-            if dist.enabled:
-                grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
-            else:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            # The norm is taken after the all-reduce, so every rank makes the same decision.
-            if torch.isfinite(torch.as_tensor(grad_norm)):
-                loss_total += dist.sum(group_loss)
-                token_total += group_tokens
-                optimizer.step()
-            else:
-                skipped += 1
-                widths = [objective.width(c) for c in collated]
-                log.warning("%s epoch %d step %d: non-finite loss or gradient (loss sum %s over %d answer tokens, "
-                            "row widths %s): step skipped", desc, epoch, step + 1, group_loss, group_tokens, widths)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            rate = seen / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss_total / max(1, token_total):.3f}", samples_s=f"{rate:.1f}", refresh=False)
-            if on_step is not None:
-                on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
+        # the batches through the compiled layers, if any; validation below runs eagerly
+        with compiled.active() if compiled is not None else contextlib.nullcontext():
+            for group_start in range(0, len(batches), grad_accum):
+                group = batches[group_start:group_start + grad_accum]
+                collated, weights = [], []
+                for global_batch in group:
+                    mine = global_batch[dist.rank::dist.world]
+                    # A rank whose slice of a short last batch is empty still runs a zero-weight forward: DDP needs
+                    # every rank in every gradient all-reduce.
+                    collated.append(objective.batch([examples[i] for i in (mine or global_batch[:1])]))
+                    weights.append(1.0 if mine else 0.0)
+                # Normalise by the tokens of the whole accumulation group on all ranks: accumulation then equals one
+                # big batch, and N processes equal one (DDP averages gradients, hence the factor world).
+                local_tokens = sum(objective.count(c) * w for c, w in zip(collated, weights))
+                group_tokens = dist.sum(local_tokens)
+                group_loss = 0.0
+                for j, (batch, weight) in enumerate(zip(collated, weights)):
+                    with dist.no_sync(train_model, skip=j < len(collated) - 1):
+                        loss_sum = objective.loss_sum(train_model, batch)
+                        scaled = loss_sum * weight * dist.world / group_tokens
+                        dist.accelerator.backward(scaled) if dist.enabled else scaled.backward()
+                    group_loss += loss_sum.item() * weight
+                    seen += len(batch[0]) * int(weight)
+                    bar.update(1)
+                if dist.enabled:
+                    grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
+                else:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                # The norm is taken after the all-reduce, so every rank makes the same decision.
+                if torch.isfinite(torch.as_tensor(grad_norm)):
+                    loss_total += dist.sum(group_loss)
+                    token_total += group_tokens
+                    optimizer.step()
+                else:
+                    skipped += 1
+                    widths = [objective.width(c) for c in collated]
+                    log.warning("%s epoch %d step %d: non-finite loss or gradient (loss sum %s over %d answer tokens, "
+                                "row widths %s): step skipped", desc, epoch, step + 1, group_loss, group_tokens, widths)
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                rate = seen / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss_total / max(1, token_total):.3f}", samples_s=f"{rate:.1f}", refresh=False)
+                if on_step is not None:
+                    on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
         bar.close()
         if skipped > max(1, MAX_SKIPPED_STEP_SHARE * len(batches) / grad_accum):
             raise NonFiniteTrainingError(

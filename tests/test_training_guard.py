@@ -102,3 +102,71 @@ def test_each_precision_setting_stores_weights_and_computes_in_its_own_dtypes():
            for precision in ("auto", "bf16", "mixed", "fp32")}
     assert got == {"auto": (fp32, bf16, bf16, bf16), "bf16": (fp32, bf16, bf16, bf16),
                    "mixed": (fp32, fp32, bf16, bf16), "fp32": (fp32, fp32, None, None)}
+
+
+class RecordingLoss(training.AnswerTokenLoss):
+    """The default objective, noting at each step whether the decoder layers run compiled."""
+
+    def __init__(self, model, pad_id):
+        super().__init__(pad_id, torch.device("cpu"), None)
+        from behaviorlm.models import decoder_layers
+
+        self.layers, self.compiled_at_step = decoder_layers(model), []
+
+    def loss_sum(self, model, batch):
+        self.compiled_at_step.append(all(layer._compiled_call_impl is not None for layer in self.layers))
+        return super().loss_sum(model, batch)
+
+
+@pytest.mark.slow  # inductor compiles C++ (about 20 s on a cold cache)
+def test_compiled_layers_train_the_same_adapter_and_validation_runs_eagerly():
+    from behaviorlm.models import decoder_layers
+
+    adapters, compiled_in_validation = {}, []
+    for setting in ("never", "always"):
+        model, tokenizer, examples = lora_model_and_examples(12)  # 3 steps an epoch of 4, prompts of 5-11 tokens
+        keys = list(model.state_dict())
+        objective = RecordingLoss(model, tokenizer.pad_token_id)
+
+        def validate(layers=decoder_layers(model)):
+            compiled_in_validation.append(any(layer._compiled_call_impl is not None for layer in layers))
+            return 0.5
+
+        train_lora(model, examples, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None,
+                   max_epochs=2, learning_rate=1e-2, batch_size=4, desc="a_tuning", objective=objective,
+                   validate=validate, patience=5, compile=setting)
+        assert objective.compiled_at_step == [setting == "always"] * 6
+        assert list(model.state_dict()) == keys  # nn.Module.compile leaves the module tree (checkpoints) alone
+        assert not any(layer._compiled_call_impl is not None for layer in objective.layers)  # scoring: eager
+        adapters[setting] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
+    assert compiled_in_validation == [False] * 4
+    for name, weight in adapters["never"].items():  # fp32: the fused kernels reorder sums, nothing more
+        torch.testing.assert_close(adapters["always"][name], weight, rtol=1e-3, atol=1e-4)
+    assert any((w != 0).any() for n, w in adapters["always"].items() if "lora_B" in n)  # it trained
+
+
+def test_auto_compiles_only_long_stages_where_a_compiler_is(monkeypatch):
+    from behaviorlm.distributed import LOCAL
+    from behaviorlm.models import compile_unavailable
+
+    model, _, _ = lora_model_and_examples(4)
+    cpu = torch.device("cpu")
+    short = training.layer_compilation("auto", model, cpu, training.COMPILE_MIN_STEPS - 1, LOCAL, "a_tuning")
+    assert short is None and training.layer_compilation("never", model, cpu, 10 ** 6, LOCAL, "a_tuning") is None
+    if compile_unavailable(cpu) is None:
+        layers = training.layer_compilation("auto", model, cpu, training.COMPILE_MIN_STEPS, LOCAL, "a_tuning")
+        assert layers is not None and len(layers.layers) == model.get_base_model().config.num_hidden_layers
+        assert not any(layer._compiled_call_impl is not None for layer in layers.layers)  # compiled, not active
+        with layers.active():
+            assert all(layer._compiled_call_impl is not None for layer in layers.layers)
+        assert not any(layer._compiled_call_impl is not None for layer in layers.layers)
+    # auto leaves a GPU eager (regional compilation was measured on CPUs only), even with Triton there
+    monkeypatch.setattr(training, "compile_unavailable", lambda device: None)
+    assert training.layer_compilation("auto", model, torch.device("cuda"), 10 ** 6, LOCAL, "a_tuning") is None
+    monkeypatch.undo()
+    monkeypatch.setattr("behaviorlm.models.shutil.which", lambda name: None)  # a machine without a C++ compiler
+    monkeypatch.delenv("CXX", raising=False)
+    assert training.layer_compilation("auto", model, cpu, 10 ** 6, LOCAL, "a_tuning") is None
+    with pytest.raises(ValueError, match=r"^train.compile=always: no C\+\+ compiler .*; set train.compile=auto "
+                                         r"or never$"):
+        training.layer_compilation("always", model, cpu, 10, LOCAL, "a_tuning")
