@@ -18,8 +18,9 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU, the 
   * cost per query next to the sequence models (the paper's open question 2): ms at batch 1 and batched, and FLOPs
     per query (torch's FlopCounterMode), for exact and beam ranking and for SASRec and BERT4Rec;
   * HF `generate` with the same beam width and as many new tokens as the trie is deep (`beam_speedup_vs_generate`);
-  * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, against this
-    machine's bf16 GEMM peak measured here (`train_flop_fraction_of_peak`);
+  * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, as a stage of
+    100+ steps trains them (`train.compile`: the decoder layers compiled), against this machine's bf16 GEMM peak,
+    the two timed in interleaved rounds (`train_flop_fraction_of_peak`; eagerly: `..._eager`);
   * TRL's SFTTrainer on the same model, LoRA adapter (same initial weights), batches in the same order, optimizer
     settings and completion-only loss (`train_speedup_vs_trl`, and the largest relative gap between the two
     loss curves over those steps). Needs `pip install -e ".[bench]"`; skipped with a note when trl is missing.
@@ -31,21 +32,24 @@ matters on the tuned model that selection and evaluation score with, not on the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from behaviorlm.data.dataset import load_dataset
+from behaviorlm.distributed import LOCAL
 from behaviorlm.models import autocast, training_attention
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores
-from behaviorlm.training import AnswerTokenLoss
+from behaviorlm.training import COMPILE_MIN_STEPS, AnswerTokenLoss, layer_compilation
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
 from experiments.bench_training import (compare_with_trl, grouped_train_batches, time_shares,
                                         without_lora_dropout)
@@ -72,10 +76,14 @@ def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
-def gemm_peak(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> float:
+def gemm(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> tuple[Callable[[], None], float]:
+    """`repeat` square matmuls, the machine's GEMM peak probe, and their FLOPs."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    seconds = timed(lambda: a @ b, repeat)
-    return 2 * size ** 3 / seconds
+
+    def run():
+        for _ in range(repeat):
+            a @ b
+    return run, 2.0 * size ** 3 * repeat
 
 
 def machine(load_at_start: float) -> dict:
@@ -95,7 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=32,
                         help="prompts for the exact/floor/beam timing (8 gave beam ratios 1.5-1.6x that 32 did not)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the beam/prompt-forward timing")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the beam/prompt-forward and the training-step/GEMM-peak timings")
     parser.add_argument("--naive-samples", type=int, default=2, help="prompts for the naive timing")
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--agreement-samples", type=int, default=300, help="test prompts for beam vs exact top-1")
@@ -203,17 +212,36 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    train_s = timed(train_steps)
-    shares = time_shares(train_steps)
-    with without_lora_dropout(bm.model):  # what the LoRA dropout masks cost (model.lora.dropout)
-        train_no_dropout_s = timed(train_steps)
+    # First, from the adapter as loaded (the timings below train it on): our loop and TRL's, both eager.
     with without_lora_dropout(bm.model):
         trl = compare_with_trl(bm, objective, dataset.train, cfg.train.batch_size, args.trl_steps)
+    shares = time_shares(train_steps)  # the eager step: what compiling has to fuse
+    with without_lora_dropout(bm.model):  # what the LoRA dropout masks cost (model.lora.dropout)
+        train_no_dropout_s = timed(train_steps)
+    # The step as a stage of COMPILE_MIN_STEPS or more trains (train.compile), its compilation timed on its own.
+    started = time.perf_counter()
+    compiled = layer_compilation(cfg.train.compile, bm.model, device, COMPILE_MIN_STEPS, LOCAL, "bench")
+    if compiled is not None:
+        with compiled.active():
+            train_steps()
+    compile_s = time.perf_counter() - started
+
+    def compiled_steps():
+        with compiled.active() if compiled is not None else contextlib.nullcontext():
+            train_steps()
+
+    # Interleaved rounds: the step (eager, and as the stage runs it) and the GEMM peak it is divided by, each
+    # measured a few seconds apart, so the machine's drift between runs (peaks of 809-901 GFLOP/s) cancels out.
+    peak_probe, peak_flops = gemm(torch.bfloat16)
+    train_rounds = interleaved({"peak": peak_probe, "eager": train_steps, "stage": compiled_steps}, args.rounds)
     tokens = sum(int(b[1].sum()) for b in batches)
     base_params = sum(p.numel() for n, p in bm.model.named_parameters() if "lora" not in n and "embed" not in n)
     # forward 2N + backward through activations 2N per token (frozen weights need no weight gradients).
-    train_flops = 4 * base_params * tokens / train_s
-    peak = gemm_peak(torch.bfloat16)
+    step_flops = 4 * base_params * tokens
+    fractions = {kind: [step_flops / t / (peak_flops / p) for t, p in zip(train_rounds[kind], train_rounds["peak"])]
+                 for kind in ("eager", "stage")}
+    train_s, eager_s = (float(np.median(train_rounds[kind])) for kind in ("stage", "eager"))
+    train_flops, peak = step_flops / train_s, peak_flops / float(np.median(train_rounds["peak"]))
 
     report = {
         "machine": machine(load_at_start), "model": cfg.model.name, "command": " ".join(["python -m experiments.bench", *sys.argv[1:]]),
@@ -233,9 +261,14 @@ def main() -> None:
         "exact_speedup_vs_naive": naive_s / exact_s, "naive_exact_top1_agreement": agreement,
         "train_samples_per_s": len(examples) / train_s, "train_tokens_per_s": tokens / train_s,
         "train_flop_per_s": train_flops, "bf16_gemm_peak_flop_per_s": peak,
-        "train_flop_fraction_of_peak": train_flops / peak, "train_time_shares": shares,
+        "train_flop_fraction_of_peak": float(np.median(fractions["stage"])),
+        "train_flop_fraction_of_peak_rounds": fractions["stage"], "train_compile": cfg.train.compile,
+        "train_compiled": compiled is not None, "train_compile_seconds": compile_s if compiled is not None else None,
+        "train_flop_fraction_of_peak_eager": float(np.median(fractions["eager"])),
+        "train_flop_fraction_of_peak_eager_rounds": fractions["eager"],
+        "train_compiled_speedup": eager_s / train_s, "train_time_shares": shares,
         "lora_dropout": cfg.model.lora.dropout, "train_attn_implementation": objective.attn_implementation,
-        "train_flop_fraction_of_peak_without_dropout": train_flops * train_s / train_no_dropout_s / peak, **trl,
+        "train_flop_fraction_of_peak_without_dropout": step_flops / train_no_dropout_s / peak, **trl,
     }
     atomic_write_json(args.out, report)
     pad = max(len(k) for k in report)

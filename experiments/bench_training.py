@@ -4,12 +4,13 @@ step's time goes, and the step against TRL's SFTTrainer on the same batches."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import time
 
 import numpy as np
 import torch
 
-from behaviorlm.training import collate, length_grouped_batches, trainable_state
+from behaviorlm.training import AnswerTokenLoss, collate, length_grouped_batches, trainable_state
 
 
 def grouped_train_batches(bm, train_samples, batch_size: int, steps: int) -> tuple[list, list]:
@@ -59,24 +60,39 @@ def time_shares(fn, top: int = 8) -> dict:
 
 def compare_with_trl(bm, objective, train_samples, batch_size: int, steps: int, learning_rate: float = 1e-4) -> dict:
     """Our training step against TRL's SFTTrainer: same adapter start, batches, order, optimizer and loss. LoRA
-    dropout is off for both (their random masks would differ), so the loss curves compare the arithmetic."""
-    try:
-        from datasets import Dataset
-        from torch.utils.data import SequentialSampler
-        from transformers import TrainerCallback
-        from trl import SFTConfig, SFTTrainer
-    except ImportError as err:
-        print(f"TRL comparison skipped: {err} (pip install -e '.[bench]')")
+    dropout is off for both (their random masks would differ), so the loss curves compare the arithmetic: under bf16
+    autocast, as both train (the speeds), and in fp32, where rounding cannot hide a different loss or update (Adam's
+    first steps move every weight by about lr * sign(gradient), so bf16 rounding of near-zero gradients alone moves
+    the bf16 curves apart by about 1%)."""
+    missing = [name for name in ("trl", "datasets") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"TRL comparison skipped: {', '.join(missing)} not installed (pip install -e '.[bench]')")
         return {"train_speedup_vs_trl": None}
     examples = bm.behavior_examples(train_samples[:batch_size * steps])
     start = {k: v.detach().clone() for k, v in trainable_state(bm.model).items()}
-    params = [p for p in bm.model.parameters() if p.requires_grad]
+    report = {}
+    fp32_objective = AnswerTokenLoss(bm.tokenizer.pad_token_id, bm.device, None, objective.attn_implementation)
+    for suffix, loss, amp in (("", objective, bm.amp_dtype), ("_fp32", fp32_objective, None)):
+        ours_losses, ours_rate = our_steps(bm, loss, examples, batch_size, learning_rate)
+        bm.model.load_state_dict(start, strict=False)
+        trl_losses, trl_rate = trl_steps(bm, examples, batch_size, steps, learning_rate, bf16=amp == torch.bfloat16)
+        bm.model.load_state_dict(start, strict=False)
+        gaps = [abs(a - b) / abs(b) for a, b in zip(ours_losses, trl_losses)]
+        report.update({f"loss_max_relative_gap_vs_trl{suffix}": max(gaps), f"ours_losses{suffix}": ours_losses,
+                       f"trl_losses{suffix}": trl_losses})
+        if not suffix:
+            report.update({"train_speedup_vs_trl": ours_rate / trl_rate, "trl_train_samples_per_s": trl_rate,
+                           "ours_same_batches_samples_per_s": ours_rate, "trl_steps": steps})
+    return report
 
-    # Ours: the step of behaviorlm.training.train_lora (answer-only logits, left padding, its attention kernel),
-    # constant LR.
+
+def our_steps(bm, objective, examples, batch_size: int, learning_rate: float) -> tuple[list[float], float]:
+    """The step of behaviorlm.training.train_lora (answer-only logits, left padding, its attention kernel), constant
+    LR: the losses and samples/s (the first step is the warm-up)."""
+    params = [p for p in bm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     bm.model.train()
-    ours_losses, marks = [], []
+    losses, marks = [], []
     for i in range(0, len(examples), batch_size):
         batch = objective.batch(examples[i:i + batch_size])
         loss_sum, tokens = objective.loss_sum(bm.model, batch), objective.count(batch)
@@ -84,12 +100,22 @@ def compare_with_trl(bm, objective, train_samples, batch_size: int, steps: int, 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ours_losses.append(loss_sum.item() / tokens)
+        losses.append(loss_sum.item() / tokens)
         marks.append(time.perf_counter())
-    ours_rate = batch_size * (len(marks) - 1) / (marks[-1] - marks[0])  # the first step is the warm-up
+    return losses, batch_size * (len(marks) - 1) / (marks[-1] - marks[0])
 
-    # TRL: pre-tokenized prompt+answer with a completion mask, in the same order (no shuffling), same settings.
-    bm.model.load_state_dict(start, strict=False)
+
+def trl_steps(bm, examples, batch_size: int, steps: int, learning_rate: float,
+              bf16: bool) -> tuple[list[float], float]:
+    """TRL's SFTTrainer on pre-tokenized prompt+answer rows with a completion mask, in the same order (no
+    shuffling), with our settings: the losses and samples/s (the first step is the warm-up)."""
+    import tempfile
+
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
     rows = [{"input_ids": list(e.prompt_ids) + list(e.answer_ids),
              "completion_mask": [0] * len(e.prompt_ids) + [1] * len(e.answer_ids)} for e in examples]
 
@@ -98,28 +124,25 @@ def compare_with_trl(bm, objective, train_samples, batch_size: int, steps: int, 
             return SequentialSampler(self.train_dataset)
 
     class StepClock(TrainerCallback):
-        marks: list[float] = []
+        def __init__(self):
+            self.marks: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
             self.marks.append(time.perf_counter())
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         config = SFTConfig(output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=steps,
                            learning_rate=learning_rate, lr_scheduler_type="constant", warmup_steps=0,
                            weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, report_to=[], save_strategy="no",
-                           gradient_checkpointing=False, bf16=bm.amp_dtype == torch.bfloat16,
-                           use_cpu=bm.device.type == "cpu", dataloader_num_workers=0, completion_only_loss=True,
-                           max_length=None, disable_tqdm=True, seed=0)
+                           gradient_checkpointing=False, bf16=bf16, use_cpu=bm.device.type == "cpu",
+                           dataloader_num_workers=0, completion_only_loss=True, max_length=None,
+                           disable_tqdm=True, seed=0)
         clock = StepClock()
         trainer = InOrder(model=bm.model, args=config, train_dataset=Dataset.from_list(rows),
                           processing_class=bm.tokenizer, callbacks=[clock])
         trainer.train()
-    trl_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h][:steps]
-    trl_rate = batch_size * (len(clock.marks) - 1) / (clock.marks[-1] - clock.marks[0])
-    bm.model.load_state_dict(start, strict=False)
-    gaps = [abs(a - b) / abs(b) for a, b in zip(ours_losses, trl_losses)]
-    return {"train_speedup_vs_trl": ours_rate / trl_rate, "trl_train_samples_per_s": trl_rate,
-            "ours_same_batches_samples_per_s": ours_rate, "trl_steps": steps,
-            "loss_max_relative_gap_vs_trl": max(gaps), "ours_losses": ours_losses, "trl_losses": trl_losses}
+    # accelerate wrapped the model's forward in autocast (bf16=True) and leaves it so: without the model's own
+    # forward back, all that runs after (the fp32 curves, the bench's timings) would silently run under bf16
+    trainer.accelerator.unwrap_model(bm.model, keep_fp32_wrapper=False)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h][:steps]
+    return losses, batch_size * (len(clock.marks) - 1) / (clock.marks[-1] - clock.marks[0])

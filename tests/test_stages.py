@@ -136,7 +136,7 @@ def test_a_tuning_stage_hands_train_lora_exactly_what_the_config_and_the_model_s
     stage_cfg = OmegaConf.create({"max_epochs": 3, "learning_rate": 2e-4, "patience": 4, "monitor": "acc_tail"})
     train_cfg = OmegaConf.create({"batch_size": 6, "grad_accum": 2, "weight_decay": 0.01, "warmup_ratio": 0.1,
                                   "max_grad_norm": 0.5, "max_steps_per_epoch": 9, "early_stopping": True,
-                                  "attn_implementation": "auto"})
+                                  "attn_implementation": "auto", "compile": "always"})
     on_step = print
     result = stages.tune(bm, ["e"], stage_cfg, train_cfg, ["v"], seed=11, desc="a_tuning", on_step=on_step,
                          checkpoint_dir=Path("ckpt"), k=3)
@@ -148,7 +148,8 @@ def test_a_tuning_stage_hands_train_lora_exactly_what_the_config_and_the_model_s
                       "warmup_ratio": 0.1, "max_grad_norm": 0.5, "max_steps_per_epoch": 9, "patience": 4,
                       "seed": 11, "desc": "a_tuning", "on_step": on_step, "checkpoint_dir": Path("ckpt"),
                       "dist": "the dist", "objective": None,  # train_lora's answer-token default
-                      "attn_implementation": "eager"}  # the CPU default of train.attn_implementation=auto
+                      "attn_implementation": "eager",  # the CPU default of train.attn_implementation=auto
+                      "compile": "always"}  # train.compile as it is: train_lora decides with the stage's steps
     assert validate() == 0.25 and asked == [(["v"], 3)]  # the monitor (acc_tail) on the validation slice at k
     # no early stopping without the setting or without validation samples; a given objective is used as it is
     stages.tune(bm, ["e"], stage_cfg, OmegaConf.merge(train_cfg, {"early_stopping": False}), ["v"], 0, "b")
