@@ -68,14 +68,19 @@ def training_attention(setting: str, device: torch.device) -> Optional[str]:
     return setting
 
 
+def unwrapped_backbone(model):
+    """The transformers model inside a DDP wrapper (`.module`) and a peft one (`get_base_model()`), either or both."""
+    backbone = getattr(model, "module", model)
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
 @contextlib.contextmanager
 def attention_implementation(model, name: Optional[str]):
     """Within the block the model (a peft or DDP wrapper's backbone) attends with `name`; the previous kernel after.
 
     Eager and SDPA attention compute the same thing (a training step's loss and gradients agree to 1e-6 in fp32,
     tests/test_training_guard.py); which is faster depends on the device and the sequence length."""
-    backbone = getattr(model, "module", model)
-    backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    backbone = unwrapped_backbone(model)
     previous = backbone.config._attn_implementation
     if name is None or name == previous:
         yield
@@ -90,8 +95,7 @@ def attention_implementation(model, name: Optional[str]):
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The backbone's repeated blocks (a peft or DDP wrapper's included): the modules whose class the model names
     in `_no_split_modules`, as accelerate and FSDP find them (LlamaDecoderLayer, Qwen2DecoderLayer, ...)."""
-    backbone = getattr(model, "module", model)
-    backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    backbone = unwrapped_backbone(model)
     names = set(getattr(backbone, "_no_split_modules", None) or ())
     return [m for m in backbone.modules() if type(m).__name__ in names]
 
