@@ -193,6 +193,7 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     compiled = layer_compilation(compile, model, device, total_steps, dist, desc)
+    compiled_forward = compiled.active if compiled is not None else contextlib.nullcontext
 
     history: list[EpochResult] = []
     best_accuracy, best_state, stale, step, first_epoch, stopped = -1.0, None, 0, 0, 1, False
@@ -217,51 +218,49 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
         batches = length_grouped_batches(lengths, batch_size, rng)[:steps_per_epoch * grad_accum]
         bar = tqdm(total=len(batches), desc=f"{desc} epoch {epoch}/{max_epochs}", unit="batch", leave=False,
                    mininterval=2.0, disable=not dist.is_main)
-        # the batches through the compiled layers, if any; validation below runs eagerly
-        with compiled.active() if compiled is not None else contextlib.nullcontext():
-            for group_start in range(0, len(batches), grad_accum):
-                group = batches[group_start:group_start + grad_accum]
-                collated, weights = [], []
-                for global_batch in group:
-                    mine = global_batch[dist.rank::dist.world]
-                    # A rank whose slice of a short last batch is empty still runs a zero-weight forward: DDP needs
-                    # every rank in every gradient all-reduce.
-                    collated.append(objective.batch([examples[i] for i in (mine or global_batch[:1])]))
-                    weights.append(1.0 if mine else 0.0)
-                # Normalise by the tokens of the whole accumulation group on all ranks: accumulation then equals one
-                # big batch, and N processes equal one (DDP averages gradients, hence the factor world).
-                local_tokens = sum(objective.count(c) * w for c, w in zip(collated, weights))
-                group_tokens = dist.sum(local_tokens)
-                group_loss = 0.0
-                for j, (batch, weight) in enumerate(zip(collated, weights)):
-                    with dist.no_sync(train_model, skip=j < len(collated) - 1):
-                        loss_sum = objective.loss_sum(train_model, batch)
-                        scaled = loss_sum * weight * dist.world / group_tokens
-                        dist.accelerator.backward(scaled) if dist.enabled else scaled.backward()
-                    group_loss += loss_sum.item() * weight
-                    seen += len(batch[0]) * int(weight)
-                    bar.update(1)
-                if dist.enabled:
-                    grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
-                else:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                # The norm is taken after the all-reduce, so every rank makes the same decision.
-                if torch.isfinite(torch.as_tensor(grad_norm)):
-                    loss_total += dist.sum(group_loss)
-                    token_total += group_tokens
-                    optimizer.step()
-                else:
-                    skipped += 1
-                    widths = [objective.width(c) for c in collated]
-                    log.warning("%s epoch %d step %d: non-finite loss or gradient (loss sum %s over %d answer tokens, "
-                                "row widths %s): step skipped", desc, epoch, step + 1, group_loss, group_tokens, widths)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                rate = seen / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss_total / max(1, token_total):.3f}", samples_s=f"{rate:.1f}", refresh=False)
-                if on_step is not None:
-                    on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
+        for group_start in range(0, len(batches), grad_accum):
+            group = batches[group_start:group_start + grad_accum]
+            collated, weights = [], []
+            for global_batch in group:
+                mine = global_batch[dist.rank::dist.world]
+                # A rank whose slice of a short last batch is empty still runs a zero-weight forward: DDP needs
+                # every rank in every gradient all-reduce.
+                collated.append(objective.batch([examples[i] for i in (mine or global_batch[:1])]))
+                weights.append(1.0 if mine else 0.0)
+            # Normalise by the tokens of the whole accumulation group on all ranks: accumulation then equals one
+            # big batch, and N processes equal one (DDP averages gradients, hence the factor world).
+            local_tokens = sum(objective.count(c) * w for c, w in zip(collated, weights))
+            group_tokens = dist.sum(local_tokens)
+            group_loss = 0.0
+            for j, (batch, weight) in enumerate(zip(collated, weights)):
+                with dist.no_sync(train_model, skip=j < len(collated) - 1), compiled_forward():
+                    loss_sum = objective.loss_sum(train_model, batch)  # compiled (if so); validation stays eager
+                    scaled = loss_sum * weight * dist.world / group_tokens
+                    dist.accelerator.backward(scaled) if dist.enabled else scaled.backward()
+                group_loss += loss_sum.item() * weight
+                seen += len(batch[0]) * int(weight)
+                bar.update(1)
+            if dist.enabled:
+                grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            # The norm is taken after the all-reduce, so every rank makes the same decision.
+            if torch.isfinite(torch.as_tensor(grad_norm)):
+                loss_total += dist.sum(group_loss)
+                token_total += group_tokens
+                optimizer.step()
+            else:
+                skipped += 1
+                widths = [objective.width(c) for c in collated]
+                log.warning("%s epoch %d step %d: non-finite loss or gradient (loss sum %s over %d answer tokens, "
+                            "row widths %s): step skipped", desc, epoch, step + 1, group_loss, group_tokens, widths)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            rate = seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss_total / max(1, token_total):.3f}", samples_s=f"{rate:.1f}", refresh=False)
+            if on_step is not None:
+                on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
         bar.close()
         if skipped > max(1, MAX_SKIPPED_STEP_SHARE * len(batches) / grad_accum):
             raise NonFiniteTrainingError(
