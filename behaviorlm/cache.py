@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from behaviorlm.utils import shareable
+
 log = logging.getLogger(__name__)
 MANIFEST = "ENTRY.json"
 
@@ -86,6 +88,7 @@ class StageCache:
             write(tmp)
             files = {p.name: _file_hash(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "files": files}, indent=1))
+            shareable(tmp)  # mkdtemp's 0700 would make the entry private to whoever wrote it first
             if target.exists():  # another job of a parallel sweep got there first; theirs is as good
                 shutil.rmtree(tmp)
                 return

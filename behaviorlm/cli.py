@@ -21,7 +21,7 @@ import pandas as pd
 
 from behaviorlm.data.logs import DataError, read_behavior_log
 from behaviorlm.data.samples import Sample, build_samples
-from behaviorlm.utils import atomic_write_json, atomic_write_text
+from behaviorlm.utils import atomic_write_json, atomic_write_text, shareable
 
 log = logging.getLogger("behaviorlm")
 
@@ -110,7 +110,7 @@ def write_frame(path: Path, frame: pd.DataFrame) -> None:
     if suffix == ".parquet":
         tmp = path.with_name(f".{path.name}.tmp")
         frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
+        shareable(tmp).replace(path)
     elif suffix in (".json", ".jsonl"):
         atomic_write_text(path, frame.to_json(orient="records", lines=suffix == ".jsonl", date_format="iso"))
     else:

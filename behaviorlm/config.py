@@ -80,6 +80,9 @@ class DataConfig:
     eval_seed: int = 0  # (int) draws the validation/test subsamples and prompt formats: one evaluation set per sweep
     test_sampling: str = "uniform"  # (str) uniform | stratified (equal anchor and tail test samples, reweighted)
     time_unit: Optional[str] = None  # (str|null) data=csv: s | ms reads the time column as Unix epoch numbers
+    time_format: Optional[str] = None  # (str|null) data=csv: strftime format of the time column, e.g. "%d/%m/%Y %H:%M"
+    dayfirst: Optional[bool] = None  # (bool|null) data=csv: 04/01 is 4 January (true) or April 1 (false); null: refuse if unclear
+    encoding: str = "utf-8"  # (str) data=csv: the log's text encoding, e.g. latin-1
     duplicates: str = "drop"  # (str) data=csv: exact repeats of (user, time, behavior): drop (counted) | keep | error
 
 
@@ -374,14 +377,47 @@ def sweep_values(config: DictConfig) -> dict[str, list[Any]]:
     return found
 
 
+MAX_CHECKED_COMBINATIONS = 512  # a sweep's jobs whose whole config is range-checked before the first one starts
+
+
+def check_sweep_ranges(config: DictConfig) -> None:
+    """validate_config on the config of each job of a multirun (the first MAX_CHECKED_COMBINATIONS), with the swept
+    values of plain keys applied: a value out of range (aux_ratio=1.5) stops the sweep before job 0, not at job N.
+    Swept config groups (model=a,b) change the composition itself; their jobs are checked when they start."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = list(config.hydra.overrides.task)
+    lines += [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+    swept: dict[str, list[Any]] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        key = override.key_or_group.lstrip("+~")
+        if not override.is_sweep_override() or isinstance(OmegaConf.select(job, key, default=None), DictConfig) \
+                or OmegaConf.select(job, key, default=MISSING) is MISSING:
+            continue  # a single value is in the composed config already; a group or unknown key is Hydra's
+        swept.setdefault(key, []).extend(override.sweep_iterator())
+    if not swept:
+        return
+    combinations = itertools.product(*[[(key, value) for value in values] for key, values in swept.items()])
+    for combination in itertools.islice(combinations, MAX_CHECKED_COMBINATIONS):
+        candidate = job.copy()
+        for key, value in combination:
+            OmegaConf.update(candidate, key, value, merge=False)
+        validate_config(candidate)
+
+
 class SweepValueCheck(Callback):
-    """Hydra callback: checks every swept value of a closed choice before the first job starts."""
+    """Hydra callback: checks every swept value of a closed choice, and the range checks of every job's config,
+    before the first job starts."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import sys
 
         try:
             check_sweep_values(sweep_values(config))
+            check_sweep_ranges(config)
         except ConfigError as err:  # Hydra turns a callback's exceptions into warnings: exit, as a bad run does
             print(f"error: {err} (no job of this sweep was started)", file=sys.stderr)
             raise SystemExit(2) from None

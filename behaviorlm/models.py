@@ -22,6 +22,8 @@ from typing import Iterable, Optional
 import torch
 from omegaconf import DictConfig
 
+from behaviorlm.utils import shareable
+
 log = logging.getLogger(__name__)
 
 TINY_CHAT_TEMPLATE = (
@@ -42,9 +44,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 or AMX, as oneDNN sees it). Without it, an AVX2
+    CPU such as AMD Zen 3 emulates bf16 GEMMs at about 1 GFLOP/s against about 100 in fp32 (README, Speed)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The dtype the forward runs in under autocast (None: no autocast)."""
+    """The dtype the forward runs in under autocast (None: no autocast). `auto` on a CPU without native bf16
+    matmuls is plain fp32: bf16 there would be two orders of magnitude slower, not faster."""
     if precision == "fp32":
+        return None
+    if precision == "auto" and device.type == "cpu" and not cpu_has_fast_bf16():
         return None
     return torch.bfloat16
 
@@ -175,6 +189,7 @@ def _gguf_to_hf_folder(model_cfg: DictConfig, target: Path) -> None:
         staging = Path(tmp) / "hf"
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        shareable(staging)  # safetensors writes 0600; the model cache may be shared by a lab
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
 

@@ -38,7 +38,7 @@ from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
 from behaviorlm.cache_keys import SELECTION_STAGES, TUNING_STAGES, resolved, root_cache_key, stage_key
 from behaviorlm.stage_io import cached_selection_scores, restore_stage, save_run_artifacts, save_stage
-from behaviorlm.utils import atomic_write_json, provenance, seed_everything
+from behaviorlm.utils import atomic_write_json, kill_point, provenance, seed_everything, shareable
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
         if dist.is_main:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
+            shareable(folder)  # safetensors writes 0600
     model = add_lora(model, cfg.model.lora)
     # Prompt formats are drawn per sample with the evaluation seed: a test sample reads the same in every job.
     prompts = PromptBuilder(tokenizer, cfg.prompt.formats, cfg.prompt.use_chat_template, cfg.prompt.system_prompt,
@@ -164,12 +165,14 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
             if stage in TUNING_STAGES and dataset.val and "val/acc_overall" not in report:
                 val_metrics, _ = bm.evaluate(dataset.val, k, progress=f"validation after {stage}")
                 report.update({f"val/{name}": value for name, value in val_metrics.items()})
+            kill_point(f"{stage}:trained")
             # Gathered on every rank (FSDP2 shards the adapter too), written by rank 0.
             adapter_state = trainable_state(bm.model, full=True) if stage in TUNING_STAGES else None
             if dist.is_main:
                 cache.save(stage, key, partial(save_stage, stage=stage, adapter_state=adapter_state, report=report,
                                                selection=selection))
             dist.barrier()
+            kill_point(f"{stage}:cached")
             report["cache_hit"] = 0
         if stage in SELECTION_STAGES and dist.is_main:
             atomic_write_json(out / "selection.json", {"per_behavior": selection.per_behavior,

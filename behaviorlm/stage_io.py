@@ -19,7 +19,7 @@ from behaviorlm.cache_keys import TUNING_STAGES, stage_key
 from behaviorlm.data.dataset import BehaviorDataset
 from behaviorlm.selection import Selection
 from behaviorlm.stages import BehaviorModel, selection_scores, uses_difficulty
-from behaviorlm.utils import atomic_write_json
+from behaviorlm.utils import atomic_write_json, shareable
 
 
 def save_stage(folder: Path, stage: str, adapter_state: dict | None, report: dict,
@@ -67,6 +67,7 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
                        adapter_state: dict[str, torch.Tensor]) -> None:
     """What `behaviorlm predict` needs to reuse this run: adapter, vocabulary, prompt settings, model reference."""
     bm.model.save_pretrained(out / "adapter", state_dict=adapter_state)
+    shareable(out / "adapter")  # safetensors writes 0600: a lab's shared run folder must be readable by the lab
     if Path(base_folder) == out / "base_model":
         base_folder = "base_model"  # relative: the run folder can be moved
     manifest = {

@@ -31,6 +31,7 @@ from behaviorlm.prompts import PromptBuilder
 from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions, top_k_names
 from behaviorlm.selection import Selection, scoring_pool, select_balanced
 from behaviorlm.training import TrainExample, train_lora
+from behaviorlm.utils import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def selection_scores(bm: BehaviorModel, train: Sequence[Sample], selection_cfg: 
                      seed: int) -> tuple[list[int], np.ndarray]:
     """Score the selection pool with the current model: (pool indices, candidate scores per pooled sample)."""
     pool = scoring_pool(train, selection_cfg.max_scored_per_behavior, seed)
+    kill_point("difficulty_selection:scoring")
     return pool, bm.scores([train[i] for i in pool], progress="selection scoring")
 
 

@@ -44,8 +44,12 @@ def check_printed_config(argv: list[str]) -> None:
     if not printing or any(a in ("-m", "--multirun") for a in argv):
         return
     overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith("hydra.")]
+    try:
+        cfg = compose_config(overrides)
+    except Exception:  # a typo or unknown key: Hydra itself reports it, with its own one line and exit status
+        return
     with exit_on_user_error():
-        validate_config(compose_config(overrides))
+        validate_config(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://behaviorlm.conf", config_name="config")

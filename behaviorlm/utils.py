@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,29 @@ _CHECKOUT = PACKAGE_DIR.parent
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: str | Path) -> Path:
+    """Give a file (0666) or folder tree (0777) the mode a plain `open()` / `mkdir()` would, under the umask.
+
+    `tempfile.mkstemp` and `mkdtemp` create owner-only 0600 / 0700 entries; an atomic write renames one into place,
+    so without this every result in a shared lab folder would be unreadable to the rest of the group."""
+    path, mask = Path(path), current_umask()
+    if path.is_dir():
+        for folder, subfolders, files in os.walk(path):
+            os.chmod(folder, 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
@@ -27,6 +51,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -76,15 +101,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+KILL_AT_ENV = "BEHAVIORLM_TEST_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """Tests only: SIGKILL this process at the named point when BEHAVIORLM_TEST_KILL_AT names it (comma-separated),
+    so a resume test interrupts at the same moment on every machine instead of racing a file-system poll.
+    Points: <stage>:epoch_<N> (after that epoch's checkpoint), <stage>:trained (after the last epoch, before the
+    stage's cache entry), <stage>:cached (after the entry, before the next stage), difficulty_selection:scoring."""
+    if name in os.environ.get(KILL_AT_ENV, "").split(","):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Bad data or config ends the program with one clear line on stderr and exit status 2, not a traceback."""
     from behaviorlm.config import ConfigError
     from behaviorlm.data.logs import DataError
+    from behaviorlm.models import ModelUnavailableError
 
     try:
         yield
-    except (DataError, ConfigError) as err:
+    except (DataError, ConfigError, ModelUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.distributed import LOCAL
-from behaviorlm.models import autocast, training_attention
+from behaviorlm.models import autocast, cpu_has_fast_bf16, training_attention
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores
 from behaviorlm.training import COMPILE_MIN_STEPS, AnswerTokenLoss, layer_compilation
@@ -86,6 +86,32 @@ def gemm(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> tuple[Callabl
     return run, 2.0 * size ** 3 * repeat
 
 
+def cpu_flags() -> set[str]:
+    try:
+        return set(next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
+
+
+def cpu_family_model() -> str:
+    """'family F model M' from /proc/cpuinfo: AMD's 'AMD EPYC' name alone does not tell Zen 3 (25/1) from Zen 4."""
+    fields = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            key = line.split(":", 1)[0].strip()
+            if key in ("cpu family", "model") and key not in fields:
+                fields[key] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+
+
+def matrix_isa() -> str:
+    """The CPU's bf16 matrix instructions: amx_bf16 (Intel AMX), avx512_bf16 (e.g. AMD Zen 4) or none (AVX2)."""
+    flags = cpu_flags()
+    return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), "none")
+
+
 def machine(load_at_start: float) -> dict:
     cpu = "unknown"
     try:
@@ -93,7 +119,8 @@ def machine(load_at_start: float) -> dict:
     except (OSError, StopIteration):
         pass
     # The load average says whether anything else shared the cores during the run.
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu, "cpu_family_model": cpu_family_model(), "matrix_isa": matrix_isa(),
+            "bf16_native": cpu_has_fast_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_average_1min_at_start": load_at_start, "load_average_1min_at_end": os.getloadavg()[0],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}
@@ -220,7 +247,8 @@ def main() -> None:
         train_no_dropout_s = timed(train_steps)
     # The step as a stage of COMPILE_MIN_STEPS or more trains (train.compile), its compilation timed on its own.
     started = time.perf_counter()
-    compiled = layer_compilation(cfg.train.compile, bm.model, device, COMPILE_MIN_STEPS, LOCAL, "bench")
+    compiled = layer_compilation(cfg.train.compile, bm.model, device, COMPILE_MIN_STEPS, LOCAL, "bench",
+                                 bm.amp_dtype)
     if compiled is not None:
         with compiled.active():
             train_steps()

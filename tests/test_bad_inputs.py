@@ -126,3 +126,147 @@ def test_no_anchor_run_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: config key 'anchor_threshold' = 0.9 leaves no "
                                                              "anchor behavior")
+
+
+def day_first_log(hand_log, times=None):
+    """hand_log's times written day-first, as a European spreadsheet exports them (all days <= 12: ambiguous)."""
+    stamps = pd.to_datetime(hand_log["timestamp"])
+    return hand_log.assign(timestamp=times or list(stamps.dt.strftime("%d/%m/%Y %H:%M")))
+
+
+def test_day_first_times_are_refused_unless_their_format_is_given(tmp_path, hand_log, caplog):
+    path = write(tmp_path, day_first_log(hand_log))
+    with pytest.raises(DataError) as err:
+        read_behavior_log(path)
+    assert str(err.value) == (
+        f"data file '{path}': column 'timestamp' is ambiguous: line 2 '01/01/2024 08:00' reads as 2024-01-01 "
+        "08:00:00 (%m/%d/%Y %H:%M) or 2024-01-01 08:00:00 (%d/%m/%Y %H:%M); set data.time_format (e.g. "
+        "data.time_format='%m/%d/%Y %H:%M') or data.dayfirst=true|false") or "line 5 '02/01/2024 08:00'" in str(
+        err.value)
+    assert "line 5 '02/01/2024 08:00' reads as 2024-02-01 08:00:00 (%m/%d/%Y %H:%M) or 2024-01-02 08:00:00" in \
+        str(err.value)
+    expected = read_behavior_log(write(tmp_path, hand_log, "iso.csv"))
+    with caplog.at_level(logging.INFO, logger="behaviorlm.data.logs"):
+        by_format = read_behavior_log(path, time_format="%d/%m/%Y %H:%M")
+    assert list(by_format["time"]) == list(expected["time"])
+    assert f"data file '{path}': 9 events from 2024-01-01 07:00:00 to 2024-01-04 09:00:00" in caplog.text
+    assert list(read_behavior_log(path, dayfirst=True)["time"]) == list(expected["time"])
+    month_first = read_behavior_log(path, dayfirst=False)["time"]  # what the user says, read as said
+    assert pd.Timestamp("2024-02-01 08:00") in set(month_first)
+
+
+def test_a_day_that_only_one_order_can_read_settles_the_column(tmp_path, hand_log):
+    times = list(day_first_log(hand_log)["timestamp"])
+    times[-1] = "13/01/2024 09:00"  # no 13th month: the whole column is day-first
+    events = read_behavior_log(write(tmp_path, day_first_log(hand_log, times)))
+    assert pd.Timestamp("2024-01-13 09:00") in set(events["time"])
+    assert pd.Timestamp("2024-01-02 08:00") in set(events["time"])  # 02/01 read day-first too, not as Feb 1
+
+
+def test_a_column_mixing_formats_is_refused_with_the_odd_line(tmp_path, hand_log):
+    times = list(hand_log["timestamp"])
+    times[3] = "04/01/2024 10:00"
+    path = write(tmp_path, hand_log.assign(timestamp=times))
+    with pytest.raises(DataError, match=r"column 'timestamp' mixes time formats: line 2 '2024-01-01 08:00' reads as "
+                                        r"ISO8601 \(as 8 of 9 values do\), line 5 '04/01/2024 10:00' does not; .*"
+                                        r"data.time_format$"):
+        read_behavior_log(path)
+    with pytest.raises(DataError, match=r"line 2: '2024-01-01 08:00' does not match data.time_format='%d/%m/%Y"):
+        read_behavior_log(path, time_format="%d/%m/%Y %H:%M")
+
+
+def test_day_first_csv_run_stops_with_exit_2_naming_the_key(tmp_path, hand_log):
+    path = write(tmp_path, day_first_log(hand_log))
+    result = run_entrypoint(["data=csv", f"data.path={path}", "logger=none", "model=tiny_random",
+                             f"hydra.run.dir={tmp_path}/job"], timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: data file '{path}': column 'timestamp' is ambiguous") and \
+        "data.time_format" in last
+
+
+def test_a_repeated_column_name_is_an_error_not_a_silent_rename(tmp_path, hand_log):
+    path = tmp_path / "dup.csv"
+    path.write_text(hand_log.to_csv(index=False).replace("user_id,timestamp,behavior,category",
+                                                         "user_id,timestamp,behavior,behavior"))
+    with pytest.raises(DataError, match=r"the header repeats column name\(s\) \['behavior'\]"):
+        read_behavior_log(path)
+    result = run_entrypoint(["data=csv", f"data.path={path}", "logger=none", "model=tiny_random",
+                             f"hydra.run.dir={tmp_path}/job"], timeout=120)
+    assert result.returncode == 2 and "repeats column name(s) ['behavior']" in result.stderr.splitlines()[-1]
+
+
+def test_nested_jsonl_fields_are_dotted_columns(tmp_path, hand_log):
+    import json
+
+    path = tmp_path / "nested.jsonl"
+    path.write_text("".join(json.dumps({"user": {"id": row.user_id}, "event": {"at": row.timestamp,
+                                                                               "name": row.behavior},
+                                        "category": row.category}) + "\n" for row in hand_log.itertuples()))
+    events = read_behavior_log(path, user="user.id", time="event.at", behavior="event.name")
+    pd.testing.assert_frame_equal(events, read_behavior_log(write(tmp_path, hand_log)))
+
+
+def test_equal_times_keep_file_order_and_an_all_equal_log_is_refused(tmp_path, hand_log, caplog):
+    tied = hand_log.assign(timestamp=["2024-01-01 08:00"] * 3 + list(hand_log["timestamp"][3:]))
+    with caplog.at_level(logging.INFO, logger="behaviorlm.data.logs"):
+        events = read_behavior_log(write(tmp_path, tied))
+    assert list(events[events.user == "u1"]["behavior"])[:3] == ["Home", "Gym", "Cafe"]  # the file's order
+    assert "3 events share their user's timestamp with another and keep their file order" in caplog.text
+    reversed_file = write(tmp_path, tied.iloc[[2, 1, 0] + list(range(3, 9))], "reversed.csv")
+    assert list(read_behavior_log(reversed_file)["behavior"])[:3] == ["Cafe", "Gym", "Home"]
+    same = write(tmp_path, hand_log.assign(timestamp="2024-01-01 08:00"), "same.csv")
+    with pytest.raises(DataError, match=r"every event has the same time \(2024-01-01 08:00:00\) in column "
+                                        r"'timestamp': the log cannot be ordered or split by time$"):
+        read_behavior_log(same)
+
+
+def test_every_file_a_run_writes_gets_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    cache = tmp_path / "cache"
+    old = os.umask(0o022)
+    try:
+        result = run_entrypoint(["experiment=smoke", "debug=fast", f"hydra.run.dir={tmp_path}/job"],
+                                env={"BEHAVIORLM_STAGE_CACHE": str(cache)})
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = [p for root in (tmp_path / "job", cache) for p in root.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"metrics.json", "manifest.json", "test_predictions.csv", "per_behavior.csv", "adapter.pt",
+            "ENTRY.json", "adapter_model.safetensors"} <= names, names
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, {name: mode for name, mode in modes.items() if mode != "0o644"}
+    folders = {oct(stat.S_IMODE(p.stat().st_mode)) for root in (tmp_path / "job", cache) for p in root.rglob("*")
+               if p.is_dir()}
+    assert folders == {"0o755"}
+
+
+def test_a_swept_value_out_of_range_stops_the_sweep_before_its_first_job(tmp_path):
+    result = run_entrypoint(["-m", "aux_ratio=0,1.5", "model=tiny_random", "data=synthetic", "debug=fast",
+                             "logger=none", f"hydra.sweep.dir={tmp_path}/sweep"], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("error: config key 'aux_ratio' = 1.5 is out of range: expected "
+                                                      "a share in [0, 1) (no job of this sweep was started)")
+    assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_a_typo_with_cfg_job_gets_hydras_own_message(tmp_path):
+    result = run_entrypoint(["aux_ration=0.1", "--cfg", "job"], timeout=120)
+    assert result.returncode == 1
+    assert "Key 'aux_ration' not in 'BehaviorLMConfig'" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) < 10
+
+
+def test_an_unavailable_device_is_one_line_and_exit_2(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    result = run_entrypoint(["device=cuda", "model=tiny_random", "data=synthetic", "debug=fast", "logger=none",
+                             f"hydra.run.dir={tmp_path}/job"], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: device=cuda but no CUDA device is visible"
+    assert "Traceback" not in result.stderr

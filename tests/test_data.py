@@ -146,8 +146,10 @@ def test_empty_and_non_utf8_files(tmp_path, hand_log):
         read_behavior_log(empty)
     latin = tmp_path / "latin.csv"
     latin.write_bytes(hand_log.to_csv(index=False).replace("Cafe", "Caf\u00e9").encode("latin-1"))
-    with pytest.raises(DataError, match="not UTF-8.*0xe9"):
+    with pytest.raises(DataError, match=r"is not utf-8 text at line 4 \(byte 0xe9 at column 24\); set "
+                                        r"data.encoding \(e.g. data.encoding=latin-1\)$"):
         read_behavior_log(latin)
+    assert "Caf\u00e9" in set(read_behavior_log(latin, encoding="latin-1")["behavior"])
     with pytest.raises(DataError, match="does not exist"):
         read_behavior_log(tmp_path / "missing.csv")
     with pytest.raises(DataError, match="unknown format"):

@@ -5,12 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, run_entrypoint
+
+from behaviorlm.utils import KILL_AT_ENV
 
 SMOKE = ["experiment=smoke", "train.a_tuning.max_epochs=4", "train.b_tuning.max_epochs=3",
          "samples_per_behavior=8"]
@@ -33,38 +34,44 @@ def reference(tmp_path_factory):
     return uninterrupted(tmp_path_factory)
 
 
-def wait_for(pattern: str, root: Path, process: subprocess.Popen, timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if list(root.glob(pattern)):
-            return True
-        time.sleep(0.02)
-    return False
+# Where a resumed run must end exactly as the uninterrupted one: the process is SIGKILLed at a named point by the
+# test hook (behaviorlm.utils.kill_point), the same moment on every machine whatever its load.
+KILL_POINTS = {
+    "a_tuning:epoch_1": "a_tuning: resuming after epoch 1",          # mid-stage: the epoch checkpoint
+    "a_tuning:trained": "a_tuning: resuming after epoch",            # last epoch done, no cache entry yet
+    "a_tuning:cached": "a_tuning restored from the stage cache",     # between stages
+    "difficulty_selection:scoring": "a_tuning restored from the stage cache",
+    "b_tuning:epoch_1": "b_tuning: resuming after epoch 1",
+    "b_tuning:trained": "b_tuning: resuming after epoch",
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_when", ["a_tuning/*.partial/epoch_1.pt", "a_tuning/*/ENTRY.json",
-                                       "b_tuning/*.partial/epoch_1.pt"],
-                         ids=["during-a-tuning", "during-selection-scoring", "during-b-tuning"])
-def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, reference, kill_when):
-    cache = tmp_path / "cache"
-    env = {**os.environ, "BEHAVIORLM_STAGE_CACHE": str(cache)}
-    command = [sys.executable, str(ROOT / "run.py"), *SMOKE, f"hydra.run.dir={tmp_path}/first"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    reached = wait_for(kill_when, cache, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert reached, f"the run ended before {kill_when} appeared"
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, reference, point):
+    env = {"BEHAVIORLM_STAGE_CACHE": str(tmp_path / "cache")}
+    first = run_entrypoint(SMOKE + [f"hydra.run.dir={tmp_path}/first"], env={**env, KILL_AT_ENV: point})
+    assert first.returncode == -signal.SIGKILL, (first.returncode, first.stderr[-2000:])
     assert not (tmp_path / "first" / "metrics.json").exists()
-    result = run_entrypoint([*SMOKE, f"hydra.run.dir={tmp_path}/second"], env={"BEHAVIORLM_STAGE_CACHE": str(cache)})
+    result = run_entrypoint([*SMOKE, f"hydra.run.dir={tmp_path}/second"], env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
-    if ".partial" in kill_when:  # killed inside a tuning stage: that stage must resume, not start over
-        stage = kill_when.split("/")[0]
-        assert f"{stage}: resuming after epoch 1" in output, output[-3000:]
-    else:
-        assert "restored from the stage cache" in output
+    assert KILL_POINTS[point] in output, output[-3000:]
     assert metrics_of(tmp_path / "second") == reference
+
+
+def test_the_kill_hook_fires_only_at_the_named_point(monkeypatch):
+    from behaviorlm import utils
+
+    killed = []
+    monkeypatch.setattr(utils.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setenv(KILL_AT_ENV, "a_tuning:epoch_2,b_tuning:cached")
+    for point in ("a_tuning:epoch_1", "a_tuning:epoch_2", "b_tuning:cached", "b_tuning"):
+        utils.kill_point(point)
+    assert killed == [(os.getpid(), signal.SIGKILL)] * 2
+    monkeypatch.delenv(KILL_AT_ENV)
+    utils.kill_point("a_tuning:epoch_2")
+    assert len(killed) == 2
 
 
 @pytest.mark.slow

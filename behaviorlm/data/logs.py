@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,66 @@ class DataError(ValueError):
     """The input data cannot be used; the message names the file, column, row and value."""
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """Read CSV, Parquet or JSONL (optionally gzip-compressed) as strings, with clear errors."""
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": None}
+
+
+def _open_binary(path: Path):
+    """The file's bytes, decompressed by suffix (the compressions pandas infers; .zst only through pandas)."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    return opener(path, "rb")
+
+
+def _undecodable_line(path: Path, encoding: str) -> str:
+    """Where a file stops being `encoding`: 'line N (byte 0xXX at column C)', found by reading it line by line."""
+    try:
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    raw.decode(encoding)
+                except UnicodeDecodeError as err:
+                    return f"line {number} (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+    except OSError:
+        pass
+    return "a line this reader could not locate"
+
+
+def _header(path: Path, kind: str, encoding: str) -> list[str]:
+    """The header's names as written: pandas renames a repeated name ('b' -> 'b.1') without a word."""
+    first = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", header=None, nrows=1, dtype=str,
+                        keep_default_na=False, encoding=encoding, encoding_errors="strict")
+    return [str(name) for name in first.iloc[0].tolist()] if len(first) else []
+
+
+def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
+    """One JSON object a line; nested objects become dotted columns ({"user": {"id": 1}} -> 'user.id')."""
+    import json
+
+    records = []
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.decode(encoding).strip()
+            if not text:
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"data file '{path}' line {number} is not JSON: {err.msg} at column {err.colno}") \
+                    from None
+            if not isinstance(record, dict):
+                raise DataError(f"data file '{path}' line {number} is a JSON {type(record).__name__}, not an "
+                                "object with named fields")
+            records.append(record)
+    if not records:
+        raise DataError(f"data file '{path}' has no JSON records")
+    return pd.json_normalize(records, sep=".")
+
+
+def _read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read CSV, Parquet or JSONL (optionally compressed) as strings, with clear errors."""
     if not path.exists():
         raise DataError(f"data file '{path}' does not exist")
     if path.is_dir():
@@ -32,22 +91,33 @@ def _read_table(path: Path) -> pd.DataFrame:
                         ".jsonl or .parquet, optionally .gz)")
     if path.stat().st_size == 0:
         raise DataError(f"data file '{path}' is empty (0 bytes)")
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".zst", ".xz")]
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in COMPRESSIONS]
     kind = suffixes[-1] if suffixes else ""
     try:
         if kind in (".csv", ".tsv", ".txt"):
-            frame = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", dtype=str, keep_default_na=False,
-                                na_values=[""], encoding="utf-8", encoding_errors="strict")
+            names = _header(path, kind, encoding)
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise DataError(f"data file '{path}': the header repeats column name(s) {repeated}; every column "
+                                "needs its own name")
+            options = dict(sep="\t" if kind == ".tsv" else ",", dtype=str, keep_default_na=False, na_values=[""],
+                           encoding=encoding, encoding_errors="strict")
+            try:  # the pyarrow engine reads several times faster than the C engine on large logs
+                frame = pd.read_csv(path, engine="pyarrow", **options)
+            except ValueError as err:
+                if "invalid UTF8" in str(err):  # Arrow's word for a decoding error
+                    raise UnicodeDecodeError(encoding, b"", 0, 1, str(err)) from None
+                raise
         elif kind in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8", encoding_errors="strict")
+            frame = _read_jsonl(path, encoding)
         elif kind == ".parquet":
             frame = pd.read_parquet(path)
         else:
             raise DataError(f"data file '{path}': unknown format '{kind or path.name}' (use .csv, .tsv, .jsonl or "
                             ".parquet, optionally .gz)")
-    except UnicodeDecodeError as err:
-        raise DataError(f"data file '{path}' is not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset "
-                        f"{err.start} cannot be decoded") from None
+    except UnicodeDecodeError:
+        raise DataError(f"data file '{path}' is not {encoding} text at {_undecodable_line(path, encoding)}; set "
+                        "data.encoding (e.g. data.encoding=latin-1)") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"data file '{path}' has no columns (empty or blank)") from None
     except (pd.errors.ParserError, ValueError) as err:
@@ -72,18 +142,80 @@ def _line(values: pd.Series, index) -> int:
     return values.index.get_loc(index) + 2  # +1 for the header line, +1 because people count lines from 1
 
 
+ISO_FORMAT = "ISO8601"
+_OFFSET = r"\s*(?:Z|[+-]\d{2}:?\d{2})$"  # a trailing UTC offset or Z marker
+
+
 def _wall_clock(value) -> pd.Timestamp:
     """One value as the wall clock that was written (an offset or zone, if any, is dropped, not converted)."""
-    stamp = pd.Timestamp(value)
+    stamp = pd.Timestamp(value) if not isinstance(value, pd.Timestamp) else value
     return stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
-def parse_times(values: pd.Series, source: str, column: str, unit: Optional[str] = None) -> pd.Series:
-    """Parse event times to naive wall-clock timestamps; the first unparseable value is an error.
+def _naive(times: pd.Series) -> pd.Series:
+    """Drop a (single) zone keeping the written wall clock: weekday and hour are what the prompt shows."""
+    return times.dt.tz_localize(None) if getattr(times.dt, "tz", None) is not None else times
 
-    Weekday and hour are what the prompt shows, so a value written with an offset keeps its written wall clock;
-    a column mixing values with and without offsets is parsed value by value the same way. `unit` (s | ms) reads
-    Unix epoch numbers (UTC)."""
+
+def _with_format(values: pd.Series, fmt: str) -> pd.Series:
+    """`values` parsed with one format (NaT where a value does not match); offsets keep their wall clock."""
+    if fmt != ISO_FORMAT and "%z" not in fmt and "%f" not in fmt:
+        # Arrow's strptime is ~20x faster than pandas' on a non-ISO format; it is trusted only when it reads
+        # every value to a four-digit year (it takes '24' for %Y), else pandas decides and names the odd value.
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        times = pc.strptime(pa.array(values, type=pa.string(), from_pandas=True), format=fmt, unit="us",
+                            error_is_null=True)
+        if times.null_count == 0 and pc.min(pc.year(times)).as_py() >= 1000:
+            return pd.Series(times.to_numpy(zero_copy_only=False), index=values.index)
+    try:
+        return _naive(pd.to_datetime(values, format=fmt, errors="coerce"))
+    except ValueError:  # several different offsets: drop them, keep each value's written wall clock
+        stripped = values.str.replace(_OFFSET, "", regex=True)
+        return pd.to_datetime(stripped, format=fmt.replace("%z", "").rstrip() if fmt != ISO_FORMAT else fmt,
+                              errors="coerce")
+
+
+def _guess_formats(values: pd.Series, dayfirst: Optional[bool]) -> list[str]:
+    """strftime formats that pandas guesses for a spread of the column's distinct values, in both day orders
+    (or the one `dayfirst` names); ISO-like year-first readings with the day before the month are never meant."""
+    import warnings
+
+    from pandas.tseries.api import guess_datetime_format
+
+    distinct = pd.unique(values.dropna())
+    spread = list(distinct[:40]) + list(distinct[::max(1, len(distinct) // 40)])
+    orders = (False, True) if dayfirst is None else (bool(dayfirst),)
+    found: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Parsing dates in %d/%m/%Y format when dayfirst=False": we check below
+        for value in spread:
+            for order in orders:
+                fmt = guess_datetime_format(str(value), dayfirst=order)
+                if fmt is None or fmt in found or fmt.startswith("%Y") and fmt.find("%d") < fmt.find("%m"):
+                    continue
+                if dayfirst is not None and "%d" in fmt and "%m" in fmt and (fmt.find("%d") < fmt.find("%m")) != dayfirst:
+                    continue
+                found.append(fmt)
+    return found
+
+
+def _reading(stamp) -> str:
+    return "no time" if pd.isna(stamp) else str(stamp)
+
+
+def parse_times(values: pd.Series, source: str, column: str, unit: Optional[str] = None,
+                time_format: Optional[str] = None, dayfirst: Optional[bool] = None) -> pd.Series:
+    """Parse event times to naive wall-clock timestamps, refusing any reading that could be wrong.
+
+    `unit` (s | ms) reads Unix epoch numbers (UTC); `time_format` is a strftime string every value must match.
+    Otherwise the column must follow one format: ISO 8601 (offsets allowed: weekday and hour are what the prompt
+    shows, so each value keeps its written wall clock), or a single format pandas can guess. A column that two
+    day orders read differently (04/01/2024: April 1 or January 4?) or that mixes formats stops with one line
+    naming the first such line, both readings and the key to set (`data.time_format`, `data.dayfirst`)."""
+    if pd.api.types.is_datetime64_any_dtype(values):  # a Parquet timestamp column is already parsed
+        return _naive(values)
     if unit is not None:
         numbers = pd.to_numeric(values, errors="coerce")
         bad = numbers.isna()
@@ -92,33 +224,99 @@ def parse_times(values: pd.Series, source: str, column: str, unit: Optional[str]
             raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: "
                             f"{values.loc[first]!r} is not a number of {unit} since 1970 (data.time_unit={unit})")
         return pd.to_datetime(numbers, unit=unit)
-    try:
-        times = pd.to_datetime(values, errors="coerce", format="mixed")
-        if getattr(times.dt, "tz", None) is not None:
-            times = times.dt.tz_localize(None)
-    except (ValueError, TypeError):  # offsets mixed with naive values, or several offsets: value by value
-        parsed = {}
-        for value in pd.unique(values.dropna()):
-            try:
-                parsed[value] = _wall_clock(value)
-            except (ValueError, TypeError):
-                parsed[value] = pd.NaT
-        times = pd.to_datetime(values.map(parsed))
-    bad = times.isna()
-    if bad.any():
-        first = bad.idxmax()
-        value = values.loc[first]
-        hint = ""
-        if isinstance(value, str) and value.strip().isdigit():
-            hint = " (Unix epoch numbers: set data.time_unit=s or data.time_unit=ms)"
-        raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: "
-                        f"cannot parse {value!r} as a time{hint}")
-    return times
+    values = values.astype("string")
+    present = values.notna()
+    if not present.any():
+        raise DataError(f"data file '{source}': column '{column}' holds no time at all")
+    if time_format:
+        times = _with_format(values, time_format)
+        bad = present & times.isna()
+        if bad.any():
+            first = bad.idxmax()
+            raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: "
+                            f"{values.loc[first]!r} does not match data.time_format={time_format!r}")
+        return times
+    if not present.all():
+        first = (~present).idxmax()
+        raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: empty time")
+    # A format that misses a value of a spread sample is out without parsing the whole column (a mismatching
+    # value takes pandas' slow path, so trying every candidate on a million rows would cost seconds each).
+    rows = np.unique(np.r_[np.arange(min(len(values), 1000)), np.linspace(0, len(values) - 1, 1000).astype(int)])
+    sample = values.iloc[rows]
+
+    def reads_all(fmt: str, column_values: pd.Series) -> pd.Series | None:
+        times = _with_format(column_values, fmt)
+        return None if times.isna().any() else times
+
+    # ISO 8601 first: unambiguous by its standard, and the common export format.
+    if reads_all(ISO_FORMAT, sample) is not None and (iso := reads_all(ISO_FORMAT, values)) is not None:
+        return iso
+    candidates = _guess_formats(values, dayfirst)
+    fits = {fmt: times for fmt in candidates
+            if reads_all(fmt, sample) is not None and (times := reads_all(fmt, values)) is not None}
+    if fits:
+        (chosen_fmt, chosen), *others = fits.items()
+        for other_fmt, other in others:
+            differ = chosen.ne(other)
+            if differ.any():
+                first = differ.idxmax()
+                raise DataError(
+                    f"data file '{source}': column '{column}' is ambiguous: line {_line(values, first)} "
+                    f"{values.loc[first]!r} reads as {chosen.loc[first]} ({chosen_fmt}) or {other.loc[first]} "
+                    f"({other_fmt}); set data.time_format (e.g. data.time_format='{chosen_fmt}') or "
+                    "data.dayfirst=true|false")
+        return chosen
+    if not candidates and dayfirst is None:
+        return _by_value(values, source, column)
+    # No single format reads every value: name the first value that the best-fitting format misses.
+    readings = {fmt: _with_format(values, fmt) for fmt in [ISO_FORMAT, *candidates]}
+    best_fmt = max(readings, key=lambda fmt: int(readings[fmt].notna().sum()))
+    best = readings[best_fmt]
+    first = best.isna().idxmax()
+    value = values.loc[first]
+    if best.notna().any() and _guess_formats(values.loc[[first]], dayfirst):
+        example = best.notna().idxmax()
+        raise DataError(f"data file '{source}': column '{column}' mixes time formats: line "
+                        f"{_line(values, example)} {values.loc[example]!r} reads as {best_fmt} (as "
+                        f"{int(best.notna().sum())} of {len(values)} values do), line {_line(values, first)} "
+                        f"{value!r} does not; write the column in one format or set data.time_format")
+    raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: cannot parse "
+                    f"{value!r} as a time{_time_hint(value)}")
+
+
+def _time_hint(value) -> str:
+    if str(value).strip().isdigit():
+        return " (Unix epoch numbers: set data.time_unit=s or data.time_unit=ms)"
+    return " (set data.time_format to its strftime format)"
+
+
+def _by_value(values: pd.Series, source: str, column: str) -> pd.Series:
+    """A format pandas cannot name (e.g. 'Tue Apr 03 18:00:09 +0000 2012'): each distinct value read by dateutil
+    in both day orders, accepted only where the two agree."""
+    from dateutil import parser
+
+    readings = {}
+    for value in pd.unique(values.dropna()):
+        try:
+            month_first = _wall_clock(parser.parse(value, dayfirst=False))
+            day_first = _wall_clock(parser.parse(value, dayfirst=True))
+        except (ValueError, OverflowError):
+            first = values.eq(value).idxmax()
+            raise DataError(f"data file '{source}': column '{column}' line {_line(values, first)}: cannot parse "
+                            f"{value!r} as a time{_time_hint(value)}") from None
+        if month_first != day_first:
+            first = values.eq(value).idxmax()
+            raise DataError(f"data file '{source}': column '{column}' is ambiguous: line {_line(values, first)} "
+                            f"{value!r} reads as {month_first} (month first) or {day_first} (day first); set "
+                            "data.time_format or data.dayfirst=true|false")
+        readings[value] = month_first
+    return pd.to_datetime(values.map(readings))
 
 
 def canonicalize(frame: pd.DataFrame, source: str, user: str, time: str, behavior: str,
                  category: Optional[str], time_unit: Optional[str] = None,
-                 duplicates: str = "drop") -> pd.DataFrame:
+                 duplicates: str = "drop", time_format: Optional[str] = None,
+                 dayfirst: Optional[bool] = None) -> pd.DataFrame:
     """Map a raw table onto the canonical columns, validating every field it uses.
 
     `duplicates` decides what an exact repeat of (user, time, behavior) does: real check-in logs hold double
@@ -148,7 +346,7 @@ def canonicalize(frame: pd.DataFrame, source: str, user: str, time: str, behavio
 
     out = pd.DataFrame({
         "user": users.astype(str).to_numpy(),
-        "time": parse_times(frame[time], source, time, time_unit).to_numpy(),
+        "time": parse_times(frame[time], source, time, time_unit, time_format, dayfirst).to_numpy(),
         "behavior": stripped.astype(str).to_numpy(),
     })
     if has_category:
@@ -192,10 +390,27 @@ def fill_categories(events: pd.DataFrame, source: str) -> pd.DataFrame:
 
 def read_behavior_log(path: str | Path, user: str = "user_id", time: str = "timestamp",
                       behavior: str = "behavior", category: Optional[str] = "category",
-                      time_unit: Optional[str] = None, duplicates: str = "drop") -> pd.DataFrame:
-    """Read a user's own log (CSV, Parquet, JSONL) into the canonical frame, sorted by user and time."""
+                      time_unit: Optional[str] = None, duplicates: str = "drop", time_format: Optional[str] = None,
+                      dayfirst: Optional[bool] = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a user's own log (CSV, Parquet, JSONL) into the canonical frame, sorted by user and time.
+
+    Events of one user at the same time keep their order in the file (a stable sort): a log's own order is the
+    only evidence of which came first."""
     path = Path(path)
-    frame = _read_table(path)
-    events = canonicalize(frame, str(path), user, time, behavior, category, time_unit, duplicates)
+    frame = _read_table(path, encoding)
+    events = canonicalize(frame, str(path), user, time, behavior, category, time_unit, duplicates, time_format,
+                          dayfirst)
     events = fill_categories(events, str(path))
+    check_times(events, str(path), time)
     return events.sort_values(["user", "time"], kind="stable").reset_index(drop=True)
+
+
+def check_times(events: pd.DataFrame, source: str, column: str) -> None:
+    """Refuse a log that time cannot order; log its span (a misread date shows here first) and its ties."""
+    first, last = events["time"].min(), events["time"].max()
+    if len(events) > 1 and first == last:
+        raise DataError(f"data file '{source}': every event has the same time ({first}) in column '{column}': "
+                        "the log cannot be ordered or split by time")
+    tied = int(events.duplicated(subset=["user", "time"], keep=False).sum())
+    log.info("data file '%s': %d events from %s to %s%s", source, len(events), first, last,
+             f"; {tied} events share their user's timestamp with another and keep their file order" if tied else "")
