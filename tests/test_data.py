@@ -3,6 +3,7 @@
 import gzip
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -247,3 +248,23 @@ def test_vocabulary_orders_by_training_count_and_marks_anchors_by_share():
     assert single.anchors == {"Cafe"}
     uncategorised = build_vocab(events.assign(category=None), train, anchor_threshold=0.3)
     assert uncategorised.categories == {}
+
+
+@pytest.mark.parametrize("rows", [None, [0, 5, 17], list(range(0, 60, 2))])
+def test_sample_index_builds_the_samples_of_a_plain_per_user_walk(rows):
+    from behaviorlm.data.samples import SampleIndex
+
+    rng = np.random.default_rng(1)
+    events = pd.DataFrame({"user": rng.choice(["a", "b", "c", "d"], 90),
+                           "time": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 40, 90), unit="h"),
+                           "behavior": rng.choice(["Home", "Gym", "Cafe", "Bar"], 90), "category": None})
+    expected = []
+    for user, group in events.sort_values(["user", "time"], kind="stable").groupby("user"):
+        names, times = list(group["behavior"]), list(group["time"])
+        for i in range(2, len(group)):  # min_history 2, history_len 3
+            expected.append(Sample(user, times[i], tuple(names[max(0, i - 3):i]),
+                                   tuple((t.weekday(), t.hour) for t in times[max(0, i - 3):i]), names[i]))
+    index = SampleIndex(events, history_len=3, min_history=2)
+    assert index.samples(None if rows is None else np.array(rows)) == (
+        expected if rows is None else [expected[i] for i in rows])
+    assert list(index.target_names) == [s.target for s in expected]

@@ -91,10 +91,14 @@ def test_eager_attention_trains_the_same_adapter_as_sdpa_and_the_kernel_comes_ba
     assert any((w != 0).any() for n, w in adapters["eager"].items() if "lora_B" in n)  # it trained
 
 
-def test_each_precision_setting_stores_weights_and_computes_in_its_own_dtypes():
+def test_each_precision_setting_stores_weights_and_computes_in_its_own_dtypes(monkeypatch):
     """`mixed` keeps fp32 weights on a GPU (the remedy the non-finite error names besides fp32) and still computes
-    in bf16; `auto` and `bf16` store bf16 weights only on a GPU; `fp32` never autocasts."""
+    in bf16; `auto` and `bf16` store bf16 weights only on a GPU; `fp32` never autocasts. (On a CPU with native bf16;
+    the next test covers one without.)"""
+    from behaviorlm import models
     from behaviorlm.models import autocast_dtype, weight_dtype_for
+
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
 
     cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
     got = {precision: (weight_dtype_for(precision, cpu), weight_dtype_for(precision, cuda),
@@ -173,3 +177,19 @@ def test_auto_compiles_only_long_stages_where_a_compiler_is(monkeypatch):
     with pytest.raises(ValueError, match=r"^train.compile=always: no C\+\+ compiler .*; set train.compile=auto "
                                          r"or never$"):
         training.layer_compilation("always", model, cpu, 10, LOCAL, "a_tuning")
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16_and_then_trains_eagerly(monkeypatch):
+    from behaviorlm import models
+    from behaviorlm.distributed import LOCAL
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)  # AMD Zen 3: bf16 GEMMs emulated, ~100x slower
+    assert models.autocast_dtype("auto", cpu) is None
+    assert models.autocast_dtype("mixed", cpu) is torch.bfloat16  # asked for by name: as asked
+    assert models.autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)  # Zen 4 (avx512_bf16), Intel AMX
+    assert models.autocast_dtype("auto", cpu) is torch.bfloat16
+    model, _, _ = lora_model_and_examples(4)
+    monkeypatch.setattr(training, "compile_unavailable", lambda device: None)
+    assert training.layer_compilation("auto", model, cpu, 10 ** 6, LOCAL, "a_tuning", amp_dtype=None) is None
