@@ -4,15 +4,20 @@
     python -m experiments.claims --results results --out results
 
 A claim compares a method with a reference on one test metric (tail accuracy of BehaviorLM vs plain fine-tuning,
-say) and reads the sweep's `paired.csv` (experiments.collect --reference). The verdict asks two questions of the
-measured difference: is it beyond chance on these test samples (exact McNemar test pooled over seeds, p < 0.05), and
-does it survive seed-to-seed variation (Student-t 95% interval over seeds excludes 0; needs two seeds or more)?
-- **holds**: both, in the paper's direction;
-- **does not hold**: both, in the opposite direction;
-- **inconclusive at this scale**: anything else. The row then says how many paired test predictions (samples x
-  seeds) would resolve a difference of the paper's size, from the discordant pairs' variance:
-  N' = N (1.96 se / d)^2 with se the standard error of the mean per-sample difference, or, when the seeds disagree,
-  how many seeds would make the t-interval narrower than the paper's difference.
+say) and reads the sweep's `paired.csv` (experiments.collect --reference). Two tests look at the same difference,
+the one the table prints: the sample-level sign-flip permutation test (samples as clusters across seeds; the
+difference reweighted to the test period's mix for overall accuracy), and the Student-t interval of the per-seed
+differences (seed-to-seed variation; two seeds or more).
+- **The family**: the claims of CLAIMS that have a paired test form one family; their sample-level p-values are
+  adjusted together with Holm's step-down method (statsmodels `multipletests`), over the claims run so far.
+- **holds** / **does not hold**: Holm-adjusted p < 0.05, the seed interval excludes 0, and both point the same
+  way (with the paper / against it); **inconclusive at this scale** otherwise, also when the two tests disagree
+  in sign. The row then gives, at 80% power, the seeds and the test predictions a difference of the paper's size
+  would need (the formulas are in `seeds_needed` and `samples_needed`).
+- "No better" claims are **equivalence** claims: a declared margin, and two one-sided tests (TOST) on the seed
+  level (statsmodels `ttost_paired`) and on the sample level (normal TOST with the clustered standard error):
+  **equivalent within ±m** when both reject, **not equivalent** when the difference is significant and beyond
+  the margin, **inconclusive** otherwise.
 Claims whose sweep has not been run say so, with the command that would run it.
 """
 
@@ -24,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
 from behaviorlm.utils import atomic_write_text
 
 ALPHA = 0.05
+POWER = 0.80
 
 
 @dataclass(frozen=True)
@@ -39,13 +46,19 @@ class Claim:
     method: str         # the value of the swept key that the claim is about
     reference: str      # what it is compared with
     metric: str         # paired.csv metric: acc_overall | acc_anchor | acc_tail
-    direction: int      # +1: the paper says method > reference; -1: method < reference
+    direction: int      # +1: the paper says method > reference; -1: method < reference; 0: equivalent
     relative_effect: Optional[float] = None  # the paper's relative effect, to size the experiment that decides
+    margin: Optional[float] = None  # equivalence claims: |difference| below this counts as "no better"
 
 
 # The key each target sweeps (the Makefile's --key): every jobs.csv also has the other columns, constant.
 SWEPT_KEY = {"paper-main": "stage_order", "ablation-components": "variant", "ablation-aux": "aux_ratio",
              "ablation-few-shot": "samples_per_behavior"}
+
+# ±0.02 absolute accuracy: a tenth of the overall accuracy every tuned method reaches at nyc_cpu scale (0.21-0.23),
+# and a third of the smallest component effect the paper reports (4.7% relative): F = 50 triples the B set, and a
+# gain under 0.02 would not repay that.
+F_MARGIN = 0.02
 
 CLAIMS = (
     Claim("BehaviorLM beats plain fine-tuning on tail behaviors (+27.4% tail accuracy)", "paper-main",
@@ -63,9 +76,10 @@ CLAIMS = (
     Claim("Mixing 5% auxiliary data beats none (0% vs 5%)", "ablation-aux", "0.0", "0.05", "acc_overall", -1),
     Claim("Mixing 5% auxiliary data beats 20%", "ablation-aux", "0.2", "0.05", "acc_overall", -1),
     Claim("F = 20 samples per behavior is enough: F = 50 is no better", "ablation-few-shot", "50", "20",
-          "acc_overall", 0),
+          "acc_overall", 0, margin=F_MARGIN),
     Claim("100x sample efficiency over SASRec/BERT4Rec", "sample-efficiency", "", "", "", 0),
 )
+FAMILY = tuple(claim for claim in CLAIMS if claim.metric)  # the claims tested together (Holm)
 
 
 def reference_mean(jobs: pd.DataFrame, key: str, reference: str, metric: str) -> Optional[float]:
@@ -74,95 +88,135 @@ def reference_mean(jobs: pd.DataFrame, key: str, reference: str, metric: str) ->
     return float(rows[column].mean()) if len(rows) and column in rows else None
 
 
-def decisive_n(row: pd.Series, n_samples: int, effect: float) -> Optional[int]:
-    """Paired test predictions needed for a 95% interval of half-width `effect` (the paper's size, absolute)."""
-    n = n_samples * int(row.n_seeds)
-    b, c = float(row.n_only_method), float(row.n_only_reference)
-    variance = (b + c) / n - ((b - c) / n) ** 2  # per-sample variance of (hit_method - hit_reference)
-    if effect <= 0 or variance <= 0:
+def samples_needed(se: float, n_samples: int, effect: float) -> Optional[int]:
+    """Test samples for a two-sided 5% test to detect `effect` with 80% power: n' = n (se (z_0.975 + z_0.80) /
+    effect)^2, scaling the clustered standard error `se` measured on `n_samples` samples (seeds as now)."""
+    if effect == 0 or not se or pd.isna(se):
         return None
-    return math.ceil(variance * (1.96 / effect) ** 2)
+    return math.ceil(n_samples * (se * (stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER)) / abs(effect)) ** 2)
 
 
-def seeds_to_resolve(row: pd.Series, effect: float, most: int = 100) -> Optional[int]:
-    """Seeds for a Student-t 95% half-width below `effect`, at the seed-to-seed spread the interval shows."""
+def seeds_needed(row: pd.Series, effect: float, most: int = 200) -> Optional[int]:
+    """Seeds for a paired t-test (two-sided 5%) to detect `effect` with 80% power, by the noncentral t
+    distribution at the seed-to-seed sd the interval shows. That sd is estimated from n - 1 degrees of freedom
+    (2 with three seeds), so the answer is itself rough."""
     n = int(row.n_seeds)
-    spread = (row.ci_high - row.ci_low) / 2 * math.sqrt(n) / stats.t.ppf(0.975, n - 1)  # the per-seed sd
-    return next((m for m in range(2, most + 1) if stats.t.ppf(0.975, m - 1) * spread / math.sqrt(m) < abs(effect)),
-                None)
+    if n < 2 or effect == 0:
+        return None
+    sd = (row.ci_high - row.ci_low) / 2 * math.sqrt(n) / stats.t.ppf(0.975, n - 1)
+    if not sd > 0:
+        return None
+    for m in range(2, most + 1):
+        critical = stats.t.ppf(1 - ALPHA / 2, m - 1)
+        if stats.nct.sf(critical, m - 1, abs(effect) / sd * math.sqrt(m)) >= POWER:
+            return m
+    return None
 
 
-def verdict(claim: Claim, row: pd.Series, n_samples: int, ref_mean: Optional[float]) -> tuple[str, str]:
-    """(verdict, why) for one claim from its paired.csv row."""
-    diff, p = float(row.mean_diff), float(row.p_value)
+def seed_values(jobs: pd.DataFrame, key: str, claim: Claim) -> tuple[np.ndarray, np.ndarray]:
+    """The method's and the reference's per-seed metric, paired by seed."""
+    column = f"test/{claim.metric}"
+    mine = jobs[jobs[key].astype(str) == claim.method].set_index("seed")[column]
+    ref = jobs[jobs[key].astype(str) == claim.reference].set_index("seed")[column]
+    seeds = sorted(set(mine.index) & set(ref.index))
+    return mine.loc[seeds].to_numpy(dtype=float), ref.loc[seeds].to_numpy(dtype=float)
+
+
+def equivalence(claim: Claim, row: pd.Series, mine: np.ndarray, ref: np.ndarray) -> tuple[str, str]:
+    """TOST within ±claim.margin, on the seed level (statsmodels ttost_paired) and on the sample level (normal
+    two one-sided tests on the reweighted difference with its clustered standard error: hand-written, as
+    statsmodels' TOST helpers take raw observations, not a weighted, clustered estimate)."""
+    from statsmodels.stats.weightstats import ttost_paired
+
+    m, diff, se = claim.margin, float(row.diff_sample_level), float(row.se_sample_level)
+    p_samples = max(stats.norm.sf((diff + m) / se), stats.norm.cdf((diff - m) / se)) if se > 0 else float("nan")
+    p_seeds = float(ttost_paired(mine, ref, -m, m)[0]) if len(mine) >= 2 else float("nan")
+    why = f"TOST within ±{m}: p = {p_samples:.2g} on the samples, p = {p_seeds:.2g} over {len(mine)} seeds"
+    if p_samples < ALPHA and p_seeds < ALPHA:
+        return f"equivalent within ±{m}", why
+    beyond = abs(diff) > m and float(row.p_adjusted) < ALPHA and (row.ci_low > m or row.ci_high < -m)
+    if beyond:
+        return f"not equivalent (beyond ±{m})", why + f"; the difference {diff:+.3f} is significant and beyond it"
+    return "inconclusive at this scale", why
+
+
+def verdict(claim: Claim, row: pd.Series, ref_mean: Optional[float], mine=None, ref=None) -> tuple[str, str]:
+    """(verdict, why) for one claim from its paired.csv row, with `p_adjusted` (Holm over the family) added."""
+    if claim.direction == 0:
+        return equivalence(claim, row, mine, ref)
+    diff, p = float(row.mean_diff), float(row.p_adjusted)
     seed_interval = (not pd.isna(row.ci_low)) and int(row.n_seeds) >= 2
     excludes_zero = seed_interval and (row.ci_low > 0 or row.ci_high < 0)
-    significant = p < ALPHA and excludes_zero
     sign = (diff > 0) - (diff < 0)
-    if claim.direction == 0:  # "no better": holds unless the method is significantly better
-        if significant and sign > 0:
-            return "does not hold", "the larger setting is significantly better"
-        if significant and sign < 0:
-            return "holds", "the larger setting is significantly worse"
-        return "holds (no significant difference)" if seed_interval else "inconclusive at this scale", \
-            f"p = {p:.2g}" + ("" if seed_interval else ", one seed: no interval over seeds")
-    if significant:
+    sample_sign = int(np.sign(float(row.diff_sample_level)))
+    if p < ALPHA and excludes_zero and sign == sample_sign:
         return ("holds" if sign == claim.direction else "does not hold"), \
-            f"p = {p:.2g}, the seed interval excludes 0"
-    if p < ALPHA:
-        reasons = [f"McNemar p = {p:.2g} on these samples, {'with' if sign == claim.direction else 'against'} the "
-                   "paper"]
-    else:
-        reasons = [f"McNemar p = {p:.2g}"]
+            f"Holm p = {p:.2g}, the seed interval excludes 0"
+    reasons = [f"Holm p = {p:.2g}" + ("" if p >= ALPHA else
+                                      f", {'with' if sample_sign == claim.direction else 'against'} the paper")]
+    if sample_sign != sign:
+        reasons.append("the sample-level and seed-level differences point different ways")
     if not seed_interval:
         reasons.append("one seed: no interval over seeds")
     elif not excludes_zero:
         reasons.append("the seed interval includes 0")
-        if claim.relative_effect and ref_mean:
-            seeds = seeds_to_resolve(row, claim.relative_effect * ref_mean)
-            if seeds:
-                reasons.append(f"about {seeds} seeds would narrow it below the paper's difference "
-                               f"({claim.relative_effect * ref_mean:+.3f})")
-    if p >= ALPHA and claim.relative_effect and ref_mean:
-        needed = decisive_n(row, n_samples, claim.relative_effect * ref_mean)
-        if needed:
-            reasons.append(f"a difference of the paper's size ({claim.relative_effect * ref_mean:+.3f}) needs about "
-                           f"{needed:,} paired test predictions (now {n_samples * int(row.n_seeds):,})")
+    if claim.relative_effect and ref_mean:
+        effect = claim.relative_effect * ref_mean
+        seeds = seeds_needed(row, effect) if seed_interval else None
+        samples = samples_needed(float(row.se_sample_level), int(row.n_samples), effect)
+        wants = [f"about {seeds} seeds" if seeds else "", f"about {samples:,} test samples" if samples else ""]
+        if any(wants):
+            reasons.append(f"detecting the paper's difference ({effect:+.3f}) with 80% power needs "
+                           f"{' or '.join(w for w in wants if w)} (now {int(row.n_seeds)} and {int(row.n_samples)})")
     return "inconclusive at this scale", "; ".join(reasons)
 
 
 def claims_table(results: Path) -> pd.DataFrame:
-    rows = []
+    from statsmodels.stats.multitest import multipletests
+
+    rows, found = [], {}
     for claim in CLAIMS:
-        base = {"claim": claim.text, "command": f"make {claim.target} EXPERIMENT=nyc_cpu"}
-        paired_csv, jobs_csv = results / claim.target / "paired.csv", results / claim.target / "jobs.csv"
+        paired_csv = results / claim.target / "paired.csv"
         if not claim.metric or not paired_csv.exists():
-            rows.append({**base, "verdict": "not run yet", "why": f"no {paired_csv}"})
             continue
         paired = pd.read_csv(paired_csv, dtype={"method": str, "reference": str})
         match = paired[(paired.method == claim.method) & (paired.reference == claim.reference)
                        & (paired.metric == claim.metric)]
-        if match.empty:
-            rows.append({**base, "verdict": "not run yet",
-                         "why": f"{paired_csv} has no {claim.method} vs {claim.reference} on {claim.metric}"})
+        if not match.empty and "p_permutation" in match:
+            found[claim] = match.iloc[0].copy()
+    if found:  # Holm over the family members that have run
+        adjusted = multipletests([float(row.p_permutation) for row in found.values()], method="holm")[1]
+        for row, p in zip(found.values(), adjusted):
+            row["p_adjusted"] = float(p)
+    for claim in CLAIMS:
+        base = {"claim": claim.text, "command": f"make {claim.target} EXPERIMENT=nyc_cpu"}
+        if claim not in found:
+            why = f"no {results / claim.target / 'paired.csv'}" if claim.metric else \
+                f"no paired test yet ({results / claim.target}/ has no paired.csv)"
+            rows.append({**base, "verdict": "not run yet", "why": why})
             continue
-        row = match.iloc[0]
-        jobs = pd.read_csv(jobs_csv)
+        row = found[claim]
+        jobs = pd.read_csv(results / claim.target / "jobs.csv")
         key = SWEPT_KEY[claim.target]
-        n_samples = int(jobs["test/n_samples"].iloc[0])
         ref_mean = reference_mean(jobs, key, claim.reference, claim.metric)
-        decision, why = verdict(claim, row, n_samples, ref_mean)
+        decision, why = verdict(claim, row, ref_mean, *seed_values(jobs, key, claim))
         interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-        rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval}", "p_value": f"{row.p_value:.2g}",
+        rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval}", "mix": row.get("mix", ""),
+                     "p_permutation": f"{row.p_permutation:.2g}", "holm_p": f"{row.p_adjusted:.2g}",
                      "seeds": str(int(row.n_seeds)), "reference_mean": ref_mean, "verdict": decision, "why": why})
     return pd.DataFrame(rows)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    lines = ["| claim (paper) | measured Δ [95% t over seeds] | McNemar p | seeds | verdict | why | command |",
-             "|---|---|---|---|---|---|---|"]
+    run = int((table["verdict"] != "not run yet").sum())
+    lines = [f"Family: the {len(FAMILY)} claims with a paired test ({run} run so far), Holm-adjusted together; "
+             "p: sample-level sign-flip permutation test of the difference shown (samples as clusters across seeds), "
+             "Δ: mean of the per-seed differences [Student-t 95% over seeds], on the mix named.", "",
+             "| claim (paper) | measured Δ [95% t over seeds] | mix | p | Holm p | seeds | verdict | why | command |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in table.astype(object).fillna("").itertuples():
-        lines.append(f"| {row.claim} | {getattr(row, 'measured', '')} | {getattr(row, 'p_value', '')} | "
+        lines.append(f"| {row.claim} | {getattr(row, 'measured', '')} | {getattr(row, 'mix', '')} | "
+                     f"{getattr(row, 'p_permutation', '')} | {getattr(row, 'holm_p', '')} | "
                      f"{getattr(row, 'seeds', '')} | **{row.verdict}** | {row.why} | `{row.command}` |")
     return "\n".join(lines) + "\n"
 

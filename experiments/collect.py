@@ -7,9 +7,11 @@ Reads <dir>/runs/*/metrics.json (and each job's test_predictions.csv) and writes
   jobs.csv     one row per sweep job (its settings and test metrics)
   table.csv    one row per value of --key: n seeds, mean, standard deviation and Student-t 95% interval (n - 1
                degrees of freedom) of each metric over seeds, the paper's figure if stated
-  paired.csv   with --reference: per value, per metric (acc_overall, acc_anchor, acc_tail), the mean paired
-               difference to the reference over seeds with its t-interval, and the exact McNemar p-value pooled
-               over seeds on the identical test samples (each seed's job paired with the reference's job)
+  paired.csv   with --reference: per value, per metric (acc_overall and acc@5 reweighted to the test period's mix,
+               acc_anchor, acc_tail; column `mix`), the mean paired difference to the reference over seeds with
+               its t-interval, the sample-level sign-flip permutation test of that same difference with samples
+               as clusters across seeds (p_permutation, p_permutation_mc_error, se_sample_level), and each seed's
+               exact McNemar test on the metric's samples, unweighted (p_mcnemar_seed<N>, for reference)
   table.md     the table as markdown, with the difference to the reference, its interval and p (also printed)
   *.png        anchor / tail / overall accuracy against the key
 """
@@ -107,14 +109,68 @@ def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-PAIRED_METRICS = {"acc_overall": None, "acc_anchor": "anchor", "acc_tail": "tail"}  # metric -> test samples
+# metric -> (test samples it averages over, whether it is reweighted to the test period's anchor/tail mix)
+PAIRED_METRICS = {"acc_overall": (None, True), "acc_anchor": ("anchor", False), "acc_tail": ("tail", False)}
+N_RESAMPLES = 50_000  # sign flips per permutation test: Monte-Carlo error of p under 0.0023 (at p = 0.5)
+PERMUTATION_SEED = 0
 
 
 def _predictions(jobs_dir: Path, job: str) -> pd.DataFrame:
     path = jobs_dir / job / "test_predictions.csv"
     if not path.exists():
         raise SystemExit(f"error: {path} is missing: paired tests need every job's per-sample predictions")
-    return pd.read_csv(path, usecols=["sample_id", "role", "correct"]).set_index("sample_id")
+    frame = pd.read_csv(path).set_index("sample_id")
+    if "top5" in frame:  # acc@5 per sample: the target among the five names ranked first
+        frame["hit_at_5"] = [target in json.loads(top) for target, top in zip(frame["target"], frame["top5"])]
+    return frame[[c for c in ("role", "correct", "hit_at_5") if c in frame]]
+
+
+def sample_weights(roles: pd.Series, weight_anchor: float | None, metric: str) -> np.ndarray:
+    """Each test sample's coefficient in the reported metric: 1/n over its stratum for anchor and tail accuracy,
+    w_stratum/n_stratum for a metric reweighted to the test period's mix (overall, acc@5), 1/n without weights."""
+    anchor = (roles == "anchor").to_numpy()
+    stratum, reweighted = PAIRED_METRICS.get(metric, (None, True))
+    if stratum == "anchor":
+        return anchor / max(1, anchor.sum())
+    if stratum == "tail":
+        return ~anchor / max(1, (~anchor).sum())
+    if not reweighted or weight_anchor is None:
+        return np.full(len(roles), 1.0 / len(roles))
+    return np.where(anchor, weight_anchor / max(1, anchor.sum()), (1 - weight_anchor) / max(1, (~anchor).sum()))
+
+
+def sign_flip_test(method: np.ndarray, reference: np.ndarray, coefficients: np.ndarray,
+                   n_resamples: int = N_RESAMPLES, seed: int = PERMUTATION_SEED) -> tuple[float, float]:
+    """Two-sided paired permutation test of T = sum_i c_i (method_i - reference_i), flipping each sample's
+    method/reference labels (scipy.stats.permutation_test, permutation_type="samples"). `method` and
+    `reference` are per-sample scores averaged over seeds, so a flip acts on a sample in every seed at once: the
+    samples are the clusters, the seeds repeated measures of them. Returns (p, its Monte-Carlo standard error;
+    0 when scipy enumerated every flip exactly)."""
+    def statistic(x, y, axis):
+        return np.sum(coefficients * (x - y), axis=axis)
+
+    informative = (method != reference) & (coefficients != 0)  # an unchanged sample adds nothing to any flip
+    if informative.sum() < 2:  # no flip, or one sample's two signs: |T| is the same either way
+        return 1.0, 0.0
+    method, reference, coefficients = method[informative], reference[informative], coefficients[informative]
+    result = stats.permutation_test((method, reference), statistic, permutation_type="samples", vectorized=True,
+                                    n_resamples=n_resamples, alternative="two-sided", batch=5_000,
+                                    rng=np.random.default_rng(seed))
+    exact = 2 ** len(method) <= n_resamples
+    p = float(result.pvalue)
+    return p, 0.0 if exact else float(np.sqrt(p * (1 - p) / n_resamples))
+
+
+def clustered_se(differences: np.ndarray, roles: pd.Series, coefficients: np.ndarray) -> float:
+    """Standard error of T = sum_i c_i D_i over the test samples (D_i: a sample's difference averaged over seeds),
+    from the within-stratum variance of D: the sampling error that equivalence tests (TOST) need."""
+    anchor = (roles == "anchor").to_numpy()
+    variance = 0.0
+    for members in (anchor, ~anchor):
+        if members.sum() > 1:
+            weight = coefficients[members].sum()  # the stratum's share of T
+            variance += weight ** 2 * differences[members].var(ddof=1) / members.sum()
+    return float(np.sqrt(variance))
 
 
 def coerce_reference(jobs: pd.DataFrame, key: str, reference: str):
@@ -136,12 +192,18 @@ def _is_float(text: str) -> bool:
 
 
 def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFrame:
-    """Each value of `key` against `reference`, paired by seed: the t-interval of the per-seed differences and the
-    exact McNemar test on the discordant test samples pooled over seeds (samples must be identical: same digest)."""
+    """Each value of `key` against `reference` on the same test samples, paired by seed, per metric as reported:
+    the mean of the per-seed differences with its Student-t interval over seeds; the sample-level sign-flip
+    permutation test of that same difference (reweighted for overall accuracy and acc@5) with samples as
+    clusters across seeds (`p_permutation`, its Monte-Carlo error) and its clustered standard error; and, for
+    reference, the exact McNemar test of each seed alone on the metric's samples, unweighted."""
     for value, group in jobs.groupby(key):
         if group["seed"].duplicated().any():
             raise SystemExit(f"error: {key}={value} has several jobs per seed; pairing by seed needs one")
     ref_jobs = jobs[jobs[key] == reference].set_index("seed")
+    at_k = acc_at_k_key(jobs.columns)
+    metrics = dict(PAIRED_METRICS, **({"acc_at_5": (None, True)} if at_k == "test/acc_at_5" else {}))
+    all_seeds = sorted(jobs["seed"].unique())
     rows = []
     for value, group in jobs[jobs[key] != reference].groupby(key, sort=True):
         group = group.set_index("seed")
@@ -151,26 +213,42 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
             if different:
                 raise SystemExit(f"error: {key}={value} and the reference {reference} were scored on different test "
                                  f"samples (test/samples_digest differs for seeds {different}); pair identical sets")
-        pairs = [(_predictions(jobs_dir, group.loc[s, "job"]), _predictions(jobs_dir, ref_jobs.loc[s, "job"]))
-                 for s in seeds]
-        for metric, role in PAIRED_METRICS.items():
+        pairs = {s: _predictions(jobs_dir, group.loc[s, "job"]).join(
+            _predictions(jobs_dir, ref_jobs.loc[s, "job"]).add_suffix("_ref"), how="inner") for s in seeds}
+        weight_anchor = float(group["test/weight_anchor"].iloc[0]) if "test/weight_anchor" in group else None
+        for metric, (stratum, _) in metrics.items():
             diffs = (group.loc[seeds, f"test/{metric}"].astype(float)
                      - ref_jobs.loc[seeds, f"test/{metric}"].astype(float)).dropna().to_numpy()
-            b = c = 0
-            for mine, ref in pairs:
-                joined = mine.join(ref.add_suffix("_ref"), how="inner")
-                if role == "anchor":
-                    joined = joined[joined["role"] == "anchor"]
-                elif role == "tail":
-                    joined = joined[joined["role"] != "anchor"]
-                b += int(((joined["correct"] == 1) & (joined["correct_ref"] == 0)).sum())
-                c += int(((joined["correct"] == 0) & (joined["correct_ref"] == 1)).sum())
             low, high = t_interval(diffs)
-            rows.append({"method": value, "reference": reference, "metric": metric, "n_seeds": len(diffs),
-                         "mean_diff": float(diffs.mean()) if len(diffs) else float("nan"), "ci_low": low,
-                         "ci_high": high, "p_value": mcnemar_exact(b, c), "n_only_method": b, "n_only_reference": c})
-    return pd.DataFrame(rows, columns=["method", "reference", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high",
-                                       "p_value", "n_only_method", "n_only_reference"])
+            row = {"method": value, "reference": reference, "metric": metric, "n_seeds": len(diffs),
+                   "mean_diff": float(diffs.mean()) if len(diffs) else float("nan"), "ci_low": low, "ci_high": high,
+                   "mix": "reweighted" if PAIRED_METRICS.get(metric, (None, True))[1] and weight_anchor else
+                   (stratum or "sample")}
+            score = "hit_at_5" if metric == "acc_at_5" else "correct"
+            if pairs:
+                joined = pd.concat(pairs.values(), keys=pairs.keys(), names=["seed"])
+                per_sample = joined.groupby(level="sample_id", sort=False)
+                method = per_sample[score].mean().astype(float)
+                ref = per_sample[f"{score}_ref"].mean().astype(float).loc[method.index]
+                roles = per_sample["role"].first().loc[method.index]
+                coefficients = sample_weights(roles, weight_anchor, metric)
+                p, mc_error = sign_flip_test(method.to_numpy(), ref.to_numpy(), coefficients)
+                row.update({"diff_sample_level": float(np.sum(coefficients * (method - ref).to_numpy())),
+                            "se_sample_level": clustered_se((method - ref).to_numpy(), roles, coefficients),
+                            "p_permutation": p, "p_permutation_mc_error": mc_error, "n_samples": len(method)})
+            for s in all_seeds:
+                if s not in pairs:
+                    continue
+                chosen = pairs[s]
+                if stratum == "anchor":
+                    chosen = chosen[chosen["role"] == "anchor"]
+                elif stratum == "tail":
+                    chosen = chosen[chosen["role"] != "anchor"]
+                b = int((chosen[score].astype(bool) & ~chosen[f"{score}_ref"].astype(bool)).sum())
+                c = int((~chosen[score].astype(bool) & chosen[f"{score}_ref"].astype(bool)).sum())
+                row[f"p_mcnemar_seed{s}"] = mcnemar_exact(b, c)
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _delta_cell(pairs: pd.DataFrame, value, metric: str) -> str:
@@ -179,7 +257,7 @@ def _delta_cell(pairs: pd.DataFrame, value, metric: str) -> str:
         return "ref."
     row = row.iloc[0]
     interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-    return f"{row['mean_diff']:+.3f}{interval} p={row['p_value']:.2g}"
+    return f"{row['mean_diff']:+.3f}{interval} p={row['p_permutation']:.2g}"
 
 
 def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None) -> str:
@@ -188,7 +266,11 @@ def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None
     deltas = [] if pairs is None else ["Δ overall", "Δ tail"]
     names = [label(m) for m in METRICS] + [c.removesuffix("_mean") for c in table.columns
                                             if c.startswith("acc@") and c.endswith("_mean")]
-    header = [key, "seeds"] + names + deltas + ["paper"]
+    # which mix each column averages: overall and acc@k are reweighted to the test period's anchor/tail mix, the
+    # F1 scores are computed on the sample as drawn (a stratified test set's 50/50)
+    shown = {"overall": "overall (reweighted)", "macro-F1": "macro-F1 (sample mix)"}
+    header = [key, "seeds"] + [shown.get(n, f"{n} (reweighted)" if n.startswith("acc@") else n) for n in names] + \
+        deltas + ["paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row[key]), str(row["n_seeds"])]

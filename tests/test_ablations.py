@@ -45,9 +45,13 @@ def test_smoke_target_writes_table_rows_and_plots(tmp_path, target):
     if target not in ("ablation-model-size", "ablation-anchor-threshold"):
         paired = pd.read_csv(folder / "paired.csv")
         assert list(paired.columns[:8]) == ["method", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
-                                            "ci_high", "p_value"]
-        assert len(paired) == 3 * (len(table) - 1) and set(paired["metric"]) == {"acc_overall", "acc_anchor",
-                                                                                "acc_tail"}
+                                            "ci_high", "mix"]
+        assert {"p_permutation", "p_permutation_mc_error", "se_sample_level", "p_mcnemar_seed0",
+                "p_mcnemar_seed1"} <= set(paired.columns) and "p_value" not in paired.columns
+        metrics = {"acc_overall", "acc_anchor", "acc_tail", "acc_at_5"}
+        assert len(paired) == len(metrics) * (len(table) - 1) and set(paired["metric"]) == metrics
+        # the sample-level statistic is the difference the table prints (mean over seeds of the reported metric)
+        assert (paired["diff_sample_level"] - paired["mean_diff"]).abs().max() < 1e-9
         assert "Δ overall" in (folder / "table.md").read_text()
         digests = pd.read_csv(folder / "jobs.csv")["test/samples_digest"]
         assert digests.nunique() == 1  # every job of the sweep scored the same test samples

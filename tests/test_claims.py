@@ -9,77 +9,129 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from experiments.claims import CLAIMS, Claim, claims_table, decisive_n, seeds_to_resolve, verdict
+from experiments.claims import (CLAIMS, F_MARGIN, Claim, claims_table, equivalence, samples_needed, seeds_needed,
+                                verdict)
+from experiments.collect import clustered_se, sample_weights, sign_flip_test
 
 TAIL_CLAIM = Claim("tail up", "paper-main", "progressive", "joint", "acc_tail", +1, 0.274)
 
 
-def paired_row(diff, low, high, p, seeds=3, only_method=30, only_reference=10):
-    return pd.Series({"mean_diff": diff, "ci_low": low, "ci_high": high, "p_value": p, "n_seeds": seeds,
-                      "n_only_method": only_method, "n_only_reference": only_reference})
+def paired_row(diff, low, high, p, seeds=3, sample_diff=None, se=0.01, n_samples=600):
+    return pd.Series({"mean_diff": diff, "ci_low": low, "ci_high": high, "p_permutation": p, "p_adjusted": p,
+                      "n_seeds": seeds, "diff_sample_level": diff if sample_diff is None else sample_diff,
+                      "se_sample_level": se, "n_samples": n_samples})
 
 
-def test_verdict_needs_both_the_sample_test_and_the_seed_interval():
-    assert verdict(TAIL_CLAIM, paired_row(0.04, 0.01, 0.07, 0.001), 600, 0.1)[0] == "holds"
-    assert verdict(TAIL_CLAIM, paired_row(-0.04, -0.07, -0.01, 0.001), 600, 0.1)[0] == "does not hold"
+def test_verdict_needs_the_family_adjusted_test_and_the_seed_interval_pointing_the_same_way():
+    assert verdict(TAIL_CLAIM, paired_row(0.04, 0.01, 0.07, 0.001), 0.1)[0] == "holds"
+    assert verdict(TAIL_CLAIM, paired_row(-0.04, -0.07, -0.01, 0.001), 0.1)[0] == "does not hold"
     # significant on the samples but the seeds disagree: not decided
-    decision, why = verdict(TAIL_CLAIM, paired_row(0.04, -0.02, 0.10, 0.001), 600, 0.1)
+    decision, why = verdict(TAIL_CLAIM, paired_row(0.04, -0.02, 0.10, 0.001), 0.1)
     assert decision == "inconclusive at this scale" and "seed interval includes 0" in why
     # one seed: no interval over seeds, whatever the p-value
-    decision, why = verdict(TAIL_CLAIM, paired_row(-0.04, float("nan"), float("nan"), 1e-5, seeds=1), 600, 0.1)
+    decision, why = verdict(TAIL_CLAIM, paired_row(-0.04, float("nan"), float("nan"), 1e-5, seeds=1), 0.1)
     assert decision == "inconclusive at this scale" and "against the paper" in why and "one seed" in why
+    # both significant, but the sample-level difference points the other way: inconclusive, and it says why
+    decision, why = verdict(TAIL_CLAIM, paired_row(0.04, 0.01, 0.07, 0.001, sample_diff=-0.01), 0.1)
+    assert decision == "inconclusive at this scale" and "point different ways" in why
 
 
-def test_inconclusive_row_says_how_many_predictions_would_decide():
-    row = paired_row(0.005, -0.01, 0.02, 0.4, seeds=3, only_method=40, only_reference=37)
-    decision, why = verdict(TAIL_CLAIM, row, 600, 0.1)
-    needed = decisive_n(row, 600, 0.274 * 0.1)
-    assert decision == "inconclusive at this scale" and f"{needed:,} paired test predictions" in why
-    # variance of the per-sample difference: (b + c)/N - ((b - c)/N)^2, N = 1800; (1.96/d)^2 times that
-    n = 1800
-    variance = 77 / n - (3 / n) ** 2
-    assert needed == pytest.approx(variance * (1.96 / 0.0274) ** 2, abs=1)
-
-
-def test_seeds_needed_follow_the_spread_over_seeds():
-    row = paired_row(-0.013, -0.075, 0.048, 0.024)  # 3 seeds: half-width 0.0615 = t(2) sd / sqrt(3)
-    # sd = 0.0615 sqrt(3) / 4.303 = 0.0248; 4 seeds: t(3) sd / 2 = 0.039 < 0.046, 3 seeds: 0.0615 > 0.046
-    assert seeds_to_resolve(row, 0.046) == 4
-    assert seeds_to_resolve(row, 0.0001) is None  # not within 100 seeds
+def test_power_at_80_percent_by_the_named_formulas():
+    # samples: n' = n (se (z_.975 + z_.80) / effect)^2 = 600 (0.0109 x 2.8016 / 0.0461)^2 = 263.3 -> 264
+    assert samples_needed(0.0109, 600, 0.0461) == 264
+    assert samples_needed(0.0109, 600, 0.0) is None
+    # seeds: sd from the 3-seed interval (half-width 0.0615 = t(2) sd / sqrt 3 -> sd 0.02475); the noncentral t
+    # power of a paired t-test reaches 0.8 at 5 seeds for an effect of 0.046 (0.68 at 4)
+    row = paired_row(-0.013, -0.075, 0.048, 0.22)
+    assert seeds_needed(row, 0.046) == 5
     decision, why = verdict(Claim("overall up", "paper-main", "progressive", "joint", "acc_overall", +1, 0.204),
-                            row, 600, 0.226)
-    assert decision == "inconclusive at this scale" and "about 4 seeds" in why
+                            row, 0.226)
+    assert decision == "inconclusive at this scale" and "about 5 seeds" in why and "80% power" in why
 
 
-def test_claims_table_reads_paired_csv_and_marks_missing_sweeps(tmp_path):
-    folder = tmp_path / "paper-main"
+def test_sign_flip_test_equals_the_exact_enumeration_on_ten_samples_and_two_seeds():
+    import itertools
+
+    import numpy as np
+
+    # per seed, 1 = the sample was predicted right; seeds are repeated measures of the same 10 samples
+    method = np.array([[1, 1, 0, 1, 1, 0, 1, 1, 0, 1], [1, 0, 0, 1, 1, 0, 1, 1, 1, 1]], dtype=float)
+    reference = np.array([[0, 1, 0, 0, 1, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0, 1, 1, 0, 0]], dtype=float)
+    x, y = method.mean(axis=0), reference.mean(axis=0)  # a sample's labels flip in both seeds at once
+    c = np.full(10, 0.1)
+    observed = abs(np.sum(c * (x - y)))  # the mean over seeds of the per-seed accuracy differences (0.3, 0.4)
+    assert observed == pytest.approx(0.35)
+    flips = [abs(np.sum(c * np.array(signs) * (x - y))) for signs in itertools.product((1, -1), repeat=10)]
+    exact = np.mean([f >= observed - 1e-12 for f in flips])  # 1024 sign patterns; 6 informative samples
+    p, mc_error = sign_flip_test(x, y, c)
+    assert p == pytest.approx(exact) and mc_error == 0.0  # few enough flips: enumerated, no Monte-Carlo error
+    # D = (1, -.5, 1, .5, .5, 1) on the 6 informative samples, |sum| 3.5 of 4.5: only flipping nothing or one
+    # 0.5 (4 patterns), or their mirror images (4), reach it: 8 of 64
+    assert exact == pytest.approx(8 / 64)
+
+
+def test_the_reweighted_statistic_and_its_clustered_standard_error_by_hand():
+    import numpy as np
+
+    roles = pd.Series(["anchor", "anchor", "tail", "tail", "tail"])
+    c = sample_weights(roles, 0.7, "acc_overall")  # 0.7 over 2 anchor samples, 0.3 over 3 tail samples
+    assert np.allclose(c, [0.35, 0.35, 0.1, 0.1, 0.1])
+    assert np.allclose(sample_weights(roles, 0.7, "acc_tail"), [0, 0, 1 / 3, 1 / 3, 1 / 3])
+    d = np.array([1.0, 0.0, -1.0, 0.0, 0.0])
+    # Var = 0.7^2 var(1, 0)/2 + 0.3^2 var(-1, 0, 0)/3 = 0.49 x 0.5 / 2 + 0.09 x (1/3) / 3 = 0.1225 + 0.01
+    assert clustered_se(d, roles, c) == pytest.approx(np.sqrt(0.1325))
+
+
+def test_equivalence_within_the_margin_and_beyond_it():
+    import numpy as np
+
+    claim = Claim("F = 50 no better", "ablation-few-shot", "50", "20", "acc_overall", 0, margin=F_MARGIN)
+    # inside: a 0.002 difference with se 0.004 on the samples; seeds 0.001-0.003 apart -> both TOSTs reject
+    mine, ref = np.array([0.221, 0.212, 0.230]), np.array([0.219, 0.211, 0.227])
+    inside = paired_row(0.002, -0.002, 0.006, 0.6, se=0.004)
+    decision, why = equivalence(claim, inside, mine, ref)
+    # sample TOST: max(P(Z > (0.002 + 0.02)/0.004), P(Z < (0.002 - 0.02)/0.004)) = Phi(-4.5) = 3.4e-6
+    assert decision == f"equivalent within ±{F_MARGIN}" and "p = 3.4e-06 on the samples" in why
+    # outside: +0.05, significant and beyond the margin on both levels
+    outside = paired_row(0.05, 0.03, 0.07, 0.001, se=0.01)
+    assert equivalence(claim, outside, mine + 0.05, ref)[0] == f"not equivalent (beyond ±{F_MARGIN})"
+    # a small difference measured too loosely to tell
+    loose = paired_row(0.005, -0.06, 0.07, 0.7, se=0.03)
+    assert equivalence(claim, loose, np.array([0.2, 0.26, 0.17]), np.array([0.21, 0.2, 0.2]))[0] == \
+        "inconclusive at this scale"
+
+
+def write_sweep(folder, rows, jobs):
     folder.mkdir()
-    pd.DataFrame([{"method": "progressive", "reference": "joint", "metric": "acc_tail", "n_seeds": 3,
-                   "mean_diff": 0.05, "ci_low": 0.02, "ci_high": 0.08, "p_value": 0.002, "n_only_method": 40,
-                   "n_only_reference": 10}]).to_csv(folder / "paired.csv", index=False)
-    pd.DataFrame({"stage_order": ["progressive", "joint"] * 3, "test/n_samples": 600,
-                  "test/acc_tail": [0.1, 0.05] * 3}).to_csv(folder / "jobs.csv", index=False)
+    base = {"n_seeds": 3, "ci_low": 0.02, "ci_high": 0.08, "se_sample_level": 0.01, "n_samples": 600,
+            "mix": "tail"}
+    pd.DataFrame([{**base, "diff_sample_level": r["mean_diff"], **r} for r in rows]).to_csv(
+        folder / "paired.csv", index=False)
+    pd.DataFrame(jobs).to_csv(folder / "jobs.csv", index=False)
+
+
+def test_claims_table_adjusts_the_family_with_holm_and_marks_missing_sweeps(tmp_path):
+    # four claims run, with p 0.01, 0.04, 0.03, 0.005: Holm multiplies the sorted p by 4, 3, 2, 1 and keeps them
+    # monotone: 0.005 -> 0.02, 0.01 -> 0.03, 0.03 -> 0.06, 0.04 -> max(0.04, 0.06) = 0.06
+    write_sweep(tmp_path / "paper-main", [
+        {"method": "progressive", "reference": "joint", "metric": "acc_tail", "mean_diff": 0.05, "p_permutation": 0.01},
+        {"method": "progressive", "reference": "joint", "metric": "acc_overall", "mean_diff": 0.05,
+         "p_permutation": 0.04},
+        {"method": "anchor_only", "reference": "joint", "metric": "acc_tail", "mean_diff": 0.05, "p_permutation": 0.03}],
+        {"stage_order": ["progressive", "joint", "anchor_only"] * 3, "seed": [0] * 3 + [1] * 3 + [2] * 3,
+         "test/acc_tail": [0.1, 0.05, 0.1] * 3, "test/acc_overall": [0.25, 0.2, 0.2] * 3})
+    write_sweep(tmp_path / "ablation-components", [
+        {"method": "no_aux", "reference": "full", "metric": "acc_overall", "mean_diff": 0.05, "p_permutation": 0.005}],
+        {"variant": ["full", "no_aux"] * 3, "seed": [0, 0, 1, 1, 2, 2], "test/acc_overall": [0.25, 0.3] * 3})
     table = claims_table(tmp_path).set_index("claim")
     assert len(table) == len(CLAIMS)
+    holm = table["holm_p"].dropna().to_dict()
+    assert holm == {CLAIMS[0].text: "0.03", CLAIMS[1].text: "0.06", CLAIMS[2].text: "0.06", CLAIMS[3].text: "0.02"}
     assert table.loc[CLAIMS[0].text, "verdict"] == "holds"
+    assert table.loc[CLAIMS[1].text, "verdict"] == "inconclusive at this scale"  # 0.04 alone, 0.06 in the family
     assert table.loc[CLAIMS[0].text, "measured"] == "+0.050 [+0.020, +0.080]"
-    # the overall-accuracy row of the same sweep is missing from paired.csv: not run, and it says why
-    assert table.loc[CLAIMS[1].text, "verdict"] == "not run yet"
-    assert "no results" not in table.loc[CLAIMS[1].text, "why"] and "acc_overall" in table.loc[CLAIMS[1].text, "why"]
+    assert table.loc[CLAIMS[3].text, "reference_mean"] == pytest.approx(0.25)  # read by the swept key, variant
     assert (table.loc[[c.text for c in CLAIMS if c.target == "ablation-aux"], "verdict"] == "not run yet").all()
-
-
-def test_a_claim_reads_its_reference_by_the_key_its_target_sweeps(tmp_path):
-    folder = tmp_path / "ablation-components"
-    folder.mkdir()
-    pd.DataFrame([{"method": "no_aux", "reference": "full", "metric": "acc_overall", "n_seeds": 3, "mean_diff": -0.01,
-                   "ci_low": -0.05, "ci_high": 0.03, "p_value": 0.5, "n_only_method": 20,
-                   "n_only_reference": 24}]).to_csv(folder / "paired.csv", index=False)
-    # every job of a components sweep is progressive: stage_order is a constant column beside the swept variant
-    pd.DataFrame({"stage_order": "progressive", "variant": ["full", "no_aux"] * 3, "test/n_samples": 600,
-                  "test/acc_overall": [0.25, 0.24] * 3}).to_csv(folder / "jobs.csv", index=False)
-    row = claims_table(tmp_path).set_index("claim").loc[CLAIMS[3].text]
-    assert row["reference_mean"] == pytest.approx(0.25) and row["verdict"] == "inconclusive at this scale"
 
 
 @pytest.mark.slow
