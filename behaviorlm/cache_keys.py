@@ -45,6 +45,7 @@ GLOBAL_IGNORES: dict[str, str] = {
     "data.test_sampling": "the test set is scored after the stages and never cached",
     "scoring.logit_adjustment": "test-time re-ranking after the stages",
     "train.b_tuning.merge_alpha": "test-time adapter interpolation after the stages",
+    "scoring.wise_ft_alpha": "test-time scaling of the tuned update after the stages",
 }
 
 _SELECTION_ONLY = "read by the selection stages, after this one"

@@ -7,7 +7,8 @@
     behaviorlm dashboard SWEEP_DIR [--dry-run --output spec.json]    # a W&B workspace + report (behaviorlm.dashboard)
 
 Both read logs in the same schema as `data=csv` (columns user_id, timestamp, behavior, category by default;
---user-col/--time-col/--behavior-col/--category-col map other names).
+--user-col/--time-col/--behavior-col/--category-col map other names; --time-format, --dayfirst, --time-unit and
+--encoding read times and text as data.time_format, data.dayfirst, data.time_unit and data.encoding do).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--time-col", default="timestamp")
         cmd.add_argument("--behavior-col", default="behavior")
         cmd.add_argument("--category-col", default="category")
+        cmd.add_argument("--time-format", default=None,
+                         help="strftime format of the time column (as data.time_format), e.g. '%%d/%%m/%%Y %%H:%%M'")
+        cmd.add_argument("--dayfirst", choices=("true", "false"), default=None,
+                         help="04/01/2024 is 4 January (true) or April 1 (false); unset: refuse when it matters")
+        cmd.add_argument("--time-unit", choices=("s", "ms"), default=None, help="Unix epoch seconds / milliseconds")
+        cmd.add_argument("--encoding", default="utf-8", help="the log's text encoding (as data.encoding)")
         cmd.add_argument("--device", default="auto")
         cmd.add_argument("--batch-size", type=int, default=4)
         cmd.add_argument("--k", type=int, default=5, help="how many ranked behaviors per row")
@@ -150,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     from behaviorlm.predict import BehaviorPredictor
 
     try:
-        events = read_behavior_log(args.input, args.user_col, args.time_col, args.behavior_col, args.category_col)
+        events = read_behavior_log(args.input, args.user_col, args.time_col, args.behavior_col, args.category_col,
+                                   time_unit=args.time_unit, time_format=args.time_format,
+                                   dayfirst=None if args.dayfirst is None else args.dayfirst == "true",
+                                   encoding=args.encoding)
         predictor = BehaviorPredictor.load(args.run_dir, device=args.device, batch_size=args.batch_size)
         predictor.use_scoring(args.scoring_mode, args.beam_width, seed=args.beam_seed)
         unknown = events.loc[~events["behavior"].isin(predictor.vocab.train_counts), "behavior"]

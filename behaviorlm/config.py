@@ -190,6 +190,7 @@ class ScoringConfig:
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
     logit_adjustment: LogitAdjustmentConfig = field(default_factory=lambda: LogitAdjustmentConfig())
+    wise_ft_alpha: float = 1.0  # (float in [0, 1]) test with alpha x the tuned LoRA update (WiSE-FT; 0: the untuned model)
 
 
 @dataclass
@@ -330,6 +331,8 @@ def validate_config(cfg: DictConfig) -> None:
                "an integer >= 1")
     _check(0.0 <= cfg.train.b_tuning.merge_alpha <= 1.0, "train.b_tuning.merge_alpha", cfg.train.b_tuning.merge_alpha,
            "a weight in [0, 1] (1: the B-tuned adapter, 0: the A-tuned one)")
+    _check(0.0 <= cfg.scoring.wise_ft_alpha <= 1.0, "scoring.wise_ft_alpha", cfg.scoring.wise_ft_alpha,
+           "a weight in [0, 1] (1: the tuned model, 0: the untuned one)")
     _check(cfg.data.test_sampling in ("uniform", "stratified"), "data.test_sampling", cfg.data.test_sampling,
            "uniform | stratified")
     _check(cfg.optimized_metric is None or not str(cfg.optimized_metric).startswith("test/"), "optimized_metric",

@@ -330,6 +330,15 @@ def interpolate_lora(model, first_state: dict[str, torch.Tensor], alpha: float, 
     model.set_adapter(name)
 
 
+def scale_lora_update(model, alpha: float) -> None:
+    """WiSE-FT in weight space (Wortsman et al., CVPR 2022) for a LoRA model: the update ΔW = s B A becomes
+    alpha ΔW, exactly, by scaling every lora_B; alpha = 0 is the pretrained model, 1 the tuned one."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(alpha)
+
+
 def adopt_as_default(model, name: str) -> None:
     """Make adapter `name` the model's only adapter, "default", so that it saves and reloads as a plain run's does
     (peft saves any other adapter name in a subfolder). Its weights stay trainable-flagged, as `trainable_state`

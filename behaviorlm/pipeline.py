@@ -28,7 +28,7 @@ from behaviorlm.data.samples import subsample
 from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import evaluate_rankings, format_results_table, write_test_outputs
 from behaviorlm.models import (adopt_as_default, add_lora, autocast_dtype, interpolate_lora, load_backbone,
-                               resolve_device)
+                               resolve_device, scale_lora_update)
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
 from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, CandidateSoftmaxLoss, a_tuning_set, check_anchors,
@@ -194,6 +194,10 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         interpolate_lora(bm.model, a_state, merge_alpha)
         adopt_as_default(bm.model, "interpolated")
     metrics["test/merge_alpha"] = merge_alpha
+    wise_alpha = cfg.scoring.wise_ft_alpha
+    if wise_alpha != 1.0:  # test-time remedy, any stage order: the tuned update scaled towards the untuned model
+        scale_lora_update(bm.model, wise_alpha)
+    metrics["test/wise_ft_alpha"] = wise_alpha
     tau = cfg.scoring.logit_adjustment.tau
     last_tuned = [stage for stage in STAGE_PLANS[cfg.stage_order] if stage in TUNING_STAGES][-1:]
     if tau and last_tuned:
@@ -202,7 +206,7 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         log.warning("scoring.logit_adjustment.tau=%s: stage_order=%s tunes nothing, so there is no tuned prior to "
                     "adjust; ranking unadjusted", tau, cfg.stage_order)
     metrics["test/logit_adjustment_tau"] = tau if bm.score_offset is not None else 0.0
-    if (a_state is not None or bm.score_offset is not None) and dataset.val:
+    if (a_state is not None or bm.score_offset is not None or wise_alpha != 1.0) and dataset.val:
         # A test-time remedy changes the model the stages validated: its own validation metrics, to choose alpha
         # or tau on (`optimized_metric` defaults to val/acc_overall then), never on the test.
         val_metrics, _ = bm.evaluate(dataset.val, k, progress="validation with the test-time remedy")

@@ -111,7 +111,8 @@ def test_the_paper_questions_the_cache_must_not_answer_from_stale_entries(compos
     assert chain(f50, "progressive")[0]["difficulty_selection"] != base["difficulty_selection"]
     # anchor_only and progressive share A-Tuning; a test-time remedy shares every stage
     assert chain(exact, "anchor_only")[0]["a_tuning"] == base["a_tuning"]
-    remedy = resolved(compose("train.b_tuning.merge_alpha=0.5", "scoring.logit_adjustment.tau=1"))
+    remedy = resolved(compose("train.b_tuning.merge_alpha=0.5", "scoring.logit_adjustment.tau=1",
+                              "scoring.wise_ft_alpha=0.5"))
     assert chain(remedy, "progressive")[0] == base
 
 

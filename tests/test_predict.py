@@ -102,6 +102,14 @@ def test_cli_predict_and_evaluate(tuned_run, tmp_path, capsys):
                   "--time-col", "ts", "--behavior-col", "action", "--device", "cpu", "--scoring-mode", "beam", *seed])
         assert pd.read_csv(beam)["behavior"].tolist() == pd.read_csv(exact)["behavior"].tolist()
 
+    # the same log exported day-first: refused without its format, the same predictions with it
+    day_first = tmp_path / "day_first.csv"
+    log.assign(ts=pd.to_datetime(log["ts"]).dt.strftime("%d/%m/%Y %H:%M:%S")).to_csv(day_first, index=False)
+    given = tmp_path / "given.csv"
+    cli_main(["predict", str(out), "--input", str(day_first), "--k", "1", "--output", str(given), "--user-col", "uid",
+              "--time-col", "ts", "--behavior-col", "action", "--device", "cpu", "--time-format", "%d/%m/%Y %H:%M:%S"])
+    assert pd.read_csv(given)["behavior"].tolist() == pd.read_csv(exact)["behavior"].tolist()
+
 
 def test_cli_bad_input_is_one_line(tuned_run, tmp_path, capsys):
     _, out, _ = tuned_run

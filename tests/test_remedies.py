@@ -17,6 +17,7 @@ from behaviorlm.models import add_lora, adopt_as_default, interpolate_lora
 from behaviorlm.pipeline import run
 from behaviorlm.stages import CandidateSoftmaxLoss
 from behaviorlm.training import TrainExample
+from conftest import run_entrypoint
 
 LORA = OmegaConf.create({"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]})
 
@@ -271,3 +272,38 @@ def test_balanced_softmax_b_tuning_runs_end_to_end_and_is_its_own_cache_entry(co
     assert bs["a_tuning/cache_hit"] == 1 and bs["difficulty_selection/cache_hit"] == 1  # shared with ce
     assert bs["b_tuning/cache_hit"] == 0  # the loss changes what B-Tuning learns: never ce's adapter
     assert bs["b_tuning/n_examples"] == ce["b_tuning/n_examples"]
+
+
+def test_wise_ft_scales_the_tuned_update_exactly_and_zero_is_the_untuned_model():
+    from behaviorlm.models import scale_lora_update
+
+    model = tiny_lora_model()
+    ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(3))
+    with model.disable_adapter():
+        untuned = model(ids).logits
+    randomize_adapter(model, 1)
+    tuned_state = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+    assert not torch.allclose(model(ids).logits, untuned, atol=1e-3)
+    scale_lora_update(model, 0.3)  # alpha x (s B A): the same logits as a hand-merged 0.3 x the update
+    assert torch.allclose(model(ids).logits, hand_merged_logits(model, [tuned_state], [0.3], ids), atol=1e-5)
+    scale_lora_update(model, 0.0)
+    assert torch.allclose(model(ids).logits, untuned, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_wise_ft_at_zero_tests_as_the_zero_shot_job_and_reuses_every_stage(tmp_path):
+    import json
+
+    env = {"BEHAVIORLM_STAGE_CACHE": str(tmp_path / "cache")}
+    runs = {}
+    for name, extra in {"tuned": [], "wise0": ["scoring.wise_ft_alpha=0"], "zero": ["stage_order=zero_shot"]}.items():
+        result = run_entrypoint(["experiment=smoke", "debug=fast", "stage_order=joint", "train.max_steps_per_epoch=40",
+                                 "train.a_tuning.max_epochs=2", "data.max_test_samples=60", *extra,
+                                 f"hydra.run.dir={tmp_path}/{name}"], env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = tmp_path / name
+    predictions = {name: pd.read_csv(folder / "test_predictions.csv")["top5"].tolist() for name, folder in runs.items()}
+    assert predictions["wise0"] == predictions["zero"] != predictions["tuned"]
+    info = json.loads((runs["wise0"] / "run_info.json").read_text())
+    assert info["cache/misses"] == 0  # the joint stage came from the cache of the first run
+    assert json.loads((runs["wise0"] / "metrics.json").read_text())["test/wise_ft_alpha"] == 0.0
