@@ -19,7 +19,8 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU, the 
     per query (torch's FlopCounterMode), for exact and beam ranking and for SASRec and BERT4Rec;
   * HF `generate` with the same beam width and as many new tokens as the trie is deep (`beam_speedup_vs_generate`);
   * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, as a stage of
-    100+ steps trains them (`train.compile`: the decoder layers compiled), against this machine's bf16 GEMM peak,
+    100+ steps trains them (`train.compile`: the decoder layers compiled), against this machine's GEMM peak in the
+    step's own precision (bf16 under autocast, fp32 where `model.precision=auto` chose fp32),
     the two timed in interleaved rounds (`train_flop_fraction_of_peak`; eagerly: `..._eager`);
   * TRL's SFTTrainer on the same model, LoRA adapter (same initial weights), batches in the same order, optimizer
     settings and completion-only loss (`train_speedup_vs_trl`, and the largest relative gap between the two
@@ -260,7 +261,10 @@ def main() -> None:
 
     # Interleaved rounds: the step (eager, and as the stage runs it) and the GEMM peak it is divided by, each
     # measured a few seconds apart, so the machine's drift between runs (peaks of 809-901 GFLOP/s) cancels out.
-    peak_probe, peak_flops = gemm(torch.bfloat16)
+    # The peak of the precision the step computes in: bf16 under autocast; fp32 where precision=auto chose fp32 (a
+    # CPU without native bf16, whose emulated bf16 GEMM is ~100x slower and no ceiling for an fp32 step).
+    peak_dtype = bm.amp_dtype or torch.float32
+    peak_probe, peak_flops = gemm(peak_dtype)
     train_rounds = interleaved({"peak": peak_probe, "eager": train_steps, "stage": compiled_steps}, args.rounds)
     tokens = sum(int(b[1].sum()) for b in batches)
     base_params = sum(p.numel() for n, p in bm.model.named_parameters() if "lora" not in n and "embed" not in n)
@@ -288,7 +292,8 @@ def main() -> None:
         "adapter": str(args.adapter) if args.adapter else None,
         "exact_speedup_vs_naive": naive_s / exact_s, "naive_exact_top1_agreement": agreement,
         "train_samples_per_s": len(examples) / train_s, "train_tokens_per_s": tokens / train_s,
-        "train_flop_per_s": train_flops, "bf16_gemm_peak_flop_per_s": peak,
+        "train_flop_per_s": train_flops, "gemm_peak_flop_per_s": peak, "gemm_peak_dtype": str(peak_dtype),
+        "bf16_gemm_peak_flop_per_s": peak if peak_dtype == torch.bfloat16 else None,
         "train_flop_fraction_of_peak": float(np.median(fractions["stage"])),
         "train_flop_fraction_of_peak_rounds": fractions["stage"], "train_compile": cfg.train.compile,
         "train_compiled": compiled is not None, "train_compile_seconds": compile_s if compiled is not None else None,

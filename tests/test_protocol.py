@@ -138,7 +138,7 @@ def write_job(folder: Path, method: str, seed: int, correct: list[int], roles: l
                   "top5": "[]", "correct": correct}).to_csv(folder / "test_predictions.csv", index=False)
 
 
-def test_collect_writes_paired_differences_and_pooled_mcnemar(tmp_path):
+def test_collect_writes_paired_differences_with_the_clustered_permutation_test_and_per_seed_mcnemar(tmp_path):
     roles = ["anchor"] * 4 + ["tail"] * 4
     ref = {0: [1, 1, 0, 0, 0, 0, 0, 1], 1: [1, 0, 1, 0, 0, 0, 1, 0], 2: [1, 1, 1, 0, 0, 0, 0, 0]}
     new = {0: [1, 1, 0, 1, 1, 1, 0, 1], 1: [1, 0, 1, 0, 1, 0, 1, 0], 2: [1, 1, 1, 1, 1, 1, 1, 0]}
@@ -148,14 +148,20 @@ def test_collect_writes_paired_differences_and_pooled_mcnemar(tmp_path):
     collect.main([str(tmp_path), "--key", "stage_order", "--reference", "joint"])
     paired = pd.read_csv(tmp_path / "paired.csv")
     assert list(paired.columns[:8]) == ["method", "reference", "metric", "n_seeds", "mean_diff", "ci_low", "ci_high",
-                                        "p_value"]
+                                        "mix"]
     overall = paired[paired["metric"] == "acc_overall"].iloc[0]
     diffs = np.array([3, 1, 4]) / 8  # per seed: samples only the new method gets right (it never loses one)
     assert overall["mean_diff"] == pytest.approx(diffs.mean())
     assert (overall["ci_low"], overall["ci_high"]) == pytest.approx(collect.t_interval(diffs))
-    assert overall["p_value"] == pytest.approx(collect.mcnemar_exact(8, 0))
+    # samples are the clusters: s3, s4, s5 and s6 gain in 2, 3, 2 and 1 of the 3 seeds (the same sample counted
+    # once, however many seeds it gains in); flipping each one's sign: only the all-positive and all-negative of
+    # the 2^4 patterns reach |T| = 7/24, so p = 2/16 exactly (pooled McNemar would count 8 pairs: p = 0.0078)
+    assert overall["diff_sample_level"] == pytest.approx(diffs.mean())
+    assert overall["p_permutation"] == pytest.approx(2 / 16) and overall["p_permutation_mc_error"] == 0.0
+    assert overall["p_mcnemar_seed0"] == pytest.approx(collect.mcnemar_exact(3, 0))
+    assert overall["p_mcnemar_seed2"] == pytest.approx(collect.mcnemar_exact(4, 0))
     tail = paired[paired["metric"] == "acc_tail"].iloc[0]
-    assert tail["p_value"] == pytest.approx(collect.mcnemar_exact(6, 0))  # 2 + 1 + 3 tail wins, no loss
+    assert tail["p_mcnemar_seed0"] == pytest.approx(collect.mcnemar_exact(2, 0))  # s4, s5 in seed 0
     table = (tmp_path / "table.md").read_text()
     assert "Δ overall" in table and f"{diffs.mean():+.3f}" in table and "p=" in table
 
