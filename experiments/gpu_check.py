@@ -238,7 +238,11 @@ def main() -> None:
         print(json.dumps(report["kernels"][-1]), flush=True)
         atomic_write_json(args.out, report)
     if args.shapes:
-        report["bf16_gemm_peak_flop_per_s"] = peak = gemm_peak(torch.device(args.device))
+        # the shape steps compute in bf16 on a GPU and in fp32 on a CPU (unless a variant adds autocast)
+        device = torch.device(args.device)
+        peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        report["gemm_peak_dtype"] = str(peak_dtype)
+        report["bf16_gemm_peak_flop_per_s"] = peak = gemm_peak(device, dtype=peak_dtype)
         for shape in args.shapes:
             for variant in args.shape_variants:
                 report["shapes"].append(shape_check(shape, args.device, args.shape_batch, args.seq_len,

@@ -40,12 +40,13 @@ SHAPES = {
 NOMINAL_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def gemm_peak(device: torch.device, size: int = 8192, repeat: int = 10) -> float:
-    """Measured bf16 matmul rate (FLOP/s): the denominator of the MFU actually reachable on this card."""
+def gemm_peak(device: torch.device, size: int = 8192, repeat: int = 10, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Measured matmul rate (FLOP/s) in `dtype`: the denominator of the MFU actually reachable on this card (on a
+    CPU, the fp32 rate its fp32 steps are measured against: an AVX2 CPU emulates bf16 ~100x slower)."""
     if device.type != "cuda":
         size = 1024
-    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
     sync(device)
