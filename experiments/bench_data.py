@@ -94,7 +94,10 @@ def main() -> None:
         for name in args.sizes:
             path = Path(tmp) / f"log_{name}.csv"
             started = time.perf_counter()
-            write_log(path, SIZES[name])
+            # in a child of its own: a child's peak memory (ru_maxrss) starts from its parent's at fork, so the
+            # parent must never hold the generated table
+            subprocess.run([sys.executable, "-c", f"from pathlib import Path; from experiments.bench_data import "
+                            f"write_log; write_log(Path({str(path)!r}), {SIZES[name]})"], cwd=PROJECT_ROOT, check=True)
             read = measure("read", path)
             load = measure("load", path)
             report[name] = {
