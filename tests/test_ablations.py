@@ -23,7 +23,9 @@ TARGETS = {  # target -> (jobs in the SMOKE sweep, key)
 
 
 def make(target: str, results: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BEHAVIORLM_STAGE_CACHE": str(results / "stage-cache")}  # a cache of its own
+    # a cache of its own; and not the outer make's MAKEFLAGS, which would hand `make test ARGS=...` to the sweep
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+           "BEHAVIORLM_STAGE_CACHE": str(results / "stage-cache")}
     return subprocess.run(["make", "-s", target, "SMOKE=1", "SETUP=", f"PY={sys.executable}", f"RESULTS={results}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
