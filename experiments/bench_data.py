@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
 
