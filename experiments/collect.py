@@ -203,7 +203,6 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
     ref_jobs = jobs[jobs[key] == reference].set_index("seed")
     at_k = acc_at_k_key(jobs.columns)
     metrics = dict(PAIRED_METRICS, **({"acc_at_5": (None, True)} if at_k == "test/acc_at_5" else {}))
-    all_seeds = sorted(jobs["seed"].unique())
     rows = []
     for value, group in jobs[jobs[key] != reference].groupby(key, sort=True):
         group = group.set_index("seed")
@@ -216,30 +215,28 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
         pairs = {s: _predictions(jobs_dir, group.loc[s, "job"]).join(
             _predictions(jobs_dir, ref_jobs.loc[s, "job"]).add_suffix("_ref"), how="inner") for s in seeds}
         weight_anchor = float(group["test/weight_anchor"].iloc[0]) if "test/weight_anchor" in group else None
-        for metric, (stratum, _) in metrics.items():
+        if pairs:  # each sample's scores averaged over seeds, once for every metric
+            per_sample = pd.concat(pairs.values(), keys=pairs.keys(), names=["seed"]).groupby(level="sample_id",
+                                                                                           sort=False)
+            roles = per_sample["role"].first()
+            scores = [c for c in next(iter(pairs.values())).columns if c != "role" and c != "role_ref"]
+            means = per_sample[scores].mean().astype(float)
+        for metric, (stratum, reweighted) in metrics.items():
             diffs = (group.loc[seeds, f"test/{metric}"].astype(float)
                      - ref_jobs.loc[seeds, f"test/{metric}"].astype(float)).dropna().to_numpy()
             low, high = t_interval(diffs)
             row = {"method": value, "reference": reference, "metric": metric, "n_seeds": len(diffs),
                    "mean_diff": float(diffs.mean()) if len(diffs) else float("nan"), "ci_low": low, "ci_high": high,
-                   "mix": "reweighted" if PAIRED_METRICS.get(metric, (None, True))[1] and weight_anchor else
-                   (stratum or "sample")}
+                   "mix": "reweighted" if reweighted and weight_anchor else (stratum or "sample")}
             score = "hit_at_5" if metric == "acc_at_5" else "correct"
             if pairs:
-                joined = pd.concat(pairs.values(), keys=pairs.keys(), names=["seed"])
-                per_sample = joined.groupby(level="sample_id", sort=False)
-                method = per_sample[score].mean().astype(float)
-                ref = per_sample[f"{score}_ref"].mean().astype(float).loc[method.index]
-                roles = per_sample["role"].first().loc[method.index]
+                difference = (means[score] - means[f"{score}_ref"]).to_numpy()
                 coefficients = sample_weights(roles, weight_anchor, metric)
-                p, mc_error = sign_flip_test(method.to_numpy(), ref.to_numpy(), coefficients)
-                row.update({"diff_sample_level": float(np.sum(coefficients * (method - ref).to_numpy())),
-                            "se_sample_level": clustered_se((method - ref).to_numpy(), roles, coefficients),
-                            "p_permutation": p, "p_permutation_mc_error": mc_error, "n_samples": len(method)})
-            for s in all_seeds:
-                if s not in pairs:
-                    continue
-                chosen = pairs[s]
+                p, mc_error = sign_flip_test(means[score].to_numpy(), means[f"{score}_ref"].to_numpy(), coefficients)
+                row.update({"diff_sample_level": float(np.sum(coefficients * difference)),
+                            "se_sample_level": clustered_se(difference, roles, coefficients),
+                            "p_permutation": p, "p_permutation_mc_error": mc_error, "n_samples": len(difference)})
+            for s, chosen in pairs.items():
                 if stratum == "anchor":
                     chosen = chosen[chosen["role"] == "anchor"]
                 elif stratum == "tail":
