@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "balanced_first", "tail_first", "tail_only",
@@ -21,7 +20,7 @@ STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "balance
 MONITORS = ("acc_overall", "acc_tail", "macro_f1")  # what early stopping may watch on the validation slice
 METHODS = ("behaviorlm", "sasrec", "bert4rec", "popularity", "user_frequent", "markov")
 B_LOSSES = ("ce", "balanced_softmax")  # B-Tuning objectives (train.b_tuning.loss)
-# The closed choices a sweep may list: a typo among a sweep's values fails when the sweep starts (SweepValueCheck),
+# The closed choices a sweep may list: a typo among a sweep's values fails when the sweep starts (sweep_checks.SweepValueCheck),
 # not hours later when its job comes up.
 CHOICES: dict[str, tuple[str, ...]] = {
     "stage_order": STAGE_ORDERS, "method": METHODS, "scoring.mode": ("exact", "beam", "generate"),
@@ -356,71 +355,3 @@ def check_selection_pool(samples_per_behavior: int, max_scored: Optional[int]) -
     if max_scored < 3 * samples_per_behavior:
         warnings.warn(f"selection.max_scored_per_behavior = {max_scored} is under 3 x samples_per_behavior "
                       f"({3 * samples_per_behavior}): difficulty selection has little to choose from", stacklevel=2)
-
-
-
-def check_sweep_values(values_by_key: dict[str, list[Any]]) -> None:
-    for key, values in values_by_key.items():
-        allowed = CHOICES.get(key.lstrip("+~"))
-        for value in values if allowed else ():
-            _check(str(value) in allowed, key.lstrip("+~"), value, " | ".join(allowed))
-
-
-def sweep_values(config: DictConfig) -> dict[str, list[Any]]:
-    """Every value each key takes in a multirun: command-line overrides and the sweeper's `params`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    lines = list(config.hydra.overrides.task)
-    params = config.hydra.sweeper.get("params") or {}
-    lines += [f"{key}={value}" for key, value in params.items()]
-    found: dict[str, list[Any]] = {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        found.setdefault(override.key_or_group, []).extend(values)
-    return found
-
-
-MAX_CHECKED_COMBINATIONS = 512  # a sweep's jobs whose whole config is range-checked before the first one starts
-
-
-def check_sweep_ranges(config: DictConfig) -> None:
-    """validate_config on the config of each job of a multirun (the first MAX_CHECKED_COMBINATIONS), with the swept
-    values of plain keys applied: a value out of range (aux_ratio=1.5) stops the sweep before job 0, not at job N.
-    Swept config groups (model=a,b) change the composition itself; their jobs are checked when they start."""
-    import itertools
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    lines = list(config.hydra.overrides.task)
-    lines += [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
-    job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
-    swept: dict[str, list[Any]] = {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        key = override.key_or_group.lstrip("+~")
-        if not override.is_sweep_override() or isinstance(OmegaConf.select(job, key, default=None), DictConfig) \
-                or OmegaConf.select(job, key, default=MISSING) is MISSING:
-            continue  # a single value is in the composed config already; a group or unknown key is Hydra's
-        swept.setdefault(key, []).extend(override.sweep_iterator())
-    if not swept:
-        return
-    combinations = itertools.product(*[[(key, value) for value in values] for key, values in swept.items()])
-    for combination in itertools.islice(combinations, MAX_CHECKED_COMBINATIONS):
-        candidate = job.copy()
-        for key, value in combination:
-            OmegaConf.update(candidate, key, value, merge=False)
-        validate_config(candidate)
-
-
-class SweepValueCheck(Callback):
-    """Hydra callback: checks every swept value of a closed choice, and the range checks of every job's config,
-    before the first job starts."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import sys
-
-        try:
-            check_sweep_values(sweep_values(config))
-            check_sweep_ranges(config)
-        except ConfigError as err:  # Hydra turns a callback's exceptions into warnings: exit, as a bad run does
-            print(f"error: {err} (no job of this sweep was started)", file=sys.stderr)
-            raise SystemExit(2) from None

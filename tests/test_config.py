@@ -103,7 +103,8 @@ def test_a_typo_among_a_sweeps_values_stops_the_sweep_before_any_job(tmp_path):
 def test_sweep_values_come_from_overrides_and_sweeper_params():
     from omegaconf import OmegaConf
 
-    from behaviorlm.config import ConfigError, check_sweep_values, sweep_values
+    from behaviorlm.config import ConfigError
+    from behaviorlm.sweep_checks import check_sweep_values, sweep_values
 
     config = OmegaConf.create({"hydra": {"overrides": {"task": ["scoring.mode=exact,beam", "seed=0,1"]},
                                          "sweeper": {"params": {"+variant": "full,no_aux",
