@@ -20,8 +20,8 @@ STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "balance
 MONITORS = ("acc_overall", "acc_tail", "macro_f1")  # what early stopping may watch on the validation slice
 METHODS = ("behaviorlm", "sasrec", "bert4rec", "popularity", "user_frequent", "markov")
 B_LOSSES = ("ce", "balanced_softmax")  # B-Tuning objectives (train.b_tuning.loss)
-# The closed choices a sweep may list: a typo among a sweep's values fails when the sweep starts (sweep_checks.SweepValueCheck),
-# not hours later when its job comes up.
+# The closed choices a sweep may list: a typo among a sweep's values fails when the sweep starts
+# (sweep_checks.SweepValueCheck), not hours later when its job comes up.
 CHOICES: dict[str, tuple[str, ...]] = {
     "stage_order": STAGE_ORDERS, "method": METHODS, "scoring.mode": ("exact", "beam", "generate"),
     "selection.strategy": ("difficulty", "random"), "train.b_tuning.loss": B_LOSSES,
@@ -80,7 +80,7 @@ class DataConfig:
     test_sampling: str = "uniform"  # (str) uniform | stratified (equal anchor and tail test samples, reweighted)
     time_unit: Optional[str] = None  # (str|null) data=csv: s | ms reads the time column as Unix epoch numbers
     time_format: Optional[str] = None  # (str|null) data=csv: strftime format of the time column, e.g. "%d/%m/%Y %H:%M"
-    dayfirst: Optional[bool] = None  # (bool|null) data=csv: 04/01 is 4 January (true) or April 1 (false); null: refuse if unclear
+    dayfirst: Optional[bool] = None  # (bool|null) data=csv: 04/01 is 4 January (true) or April 1 (false); null: refuse
     encoding: str = "utf-8"  # (str) data=csv: the log's text encoding, e.g. latin-1
     duplicates: str = "drop"  # (str) data=csv: exact repeats of (user, time, behavior): drop (counted) | keep | error
 
@@ -189,7 +189,7 @@ class ScoringConfig:
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
     logit_adjustment: LogitAdjustmentConfig = field(default_factory=lambda: LogitAdjustmentConfig())
-    wise_ft_alpha: float = 1.0  # (float in [0, 1]) test with alpha x the tuned LoRA update (WiSE-FT; 0: the untuned model)
+    wise_ft_alpha: float = 1.0  # (float in [0, 1]) test with alpha x the tuned LoRA update (WiSE-FT; 0: untuned)
 
 
 @dataclass
