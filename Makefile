@@ -7,7 +7,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PYTHONUNBUFFERED := 1
-export WANDB_MODE ?= offline
 # SMOKE=1: every experiment target runs on tiny_random + synthetic data in seconds (2 seeds, a few steps).
 # EXPERIMENT: the base every ablation sweeps over; quick_cpu fits this 2-core machine (about 10 min a job),
 # nyc_cpu is the scale that can answer the paper's questions here (about 50 min a seed of paper-main),
@@ -29,16 +28,21 @@ else
 RESULTS ?= results
 endif
 
-# One id per make invocation: a target's W&B group is TARGET-RUN_ID, so a rerun starts a new group and the group
-# holds exactly the jobs of the local table (which `rm -rf runs` empties first).
+# A target's W&B group is TARGET-<time of its first run>, kept in runs/.wandb_group: a rerun that resumes the sweep
+# logs into the same group, so the group holds exactly the jobs of the local table. FRESH=1 starts over.
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
+FRESH ?= 0
 
 # $(call sweep,TARGET,ABLATION,KEY,REFERENCE): run the ablation's sweep into results/TARGET/runs, then tabulate
-# and plot; with REFERENCE, paired differences and McNemar tests against that value of KEY (paired.csv).
+# and plot; with REFERENCE, paired differences and permutation tests against that value of KEY (paired.csv).
+# Jobs that finished before (same config, data and code) are reused, so a rerun after a crash runs only the rest.
 define sweep
-	rm -rf $(RESULTS)/$(1)/runs
-	$(PY) run.py $(2) $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/$(1)/runs logger.group=$(1)-$(RUN_ID) $(ARGS)
-	$(PY) -m experiments.collect $(RESULTS)/$(1) --key $(3) $(if $(4),--reference $(4)) $(COLLECT_ARGS)
+	$(if $(filter 1,$(FRESH)),rm -rf $(RESULTS)/$(1)/runs)
+	mkdir -p $(RESULTS)/$(1)/runs
+	test -s $(RESULTS)/$(1)/runs/.wandb_group || echo $(1)-$(RUN_ID) > $(RESULTS)/$(1)/runs/.wandb_group
+	$(PY) run.py $(2) $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/$(1)/runs \
+		logger.group=$$(cat $(RESULTS)/$(1)/runs/.wandb_group) $(ARGS)
+	$(PY) -m behaviorlm.collect $(RESULTS)/$(1) --key $(3) $(if $(4),--reference $(4)) $(COLLECT_ARGS)
 endef
 
 $(VENV)/.installed: pyproject.toml
@@ -74,7 +78,7 @@ test-fast: $(VENV)/.installed ## the test suite without tests marked slow
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 data-summary: $(VENV)/.installed ## print and save the NYC dataset summary (results/data_summary_foursquare_nyc.json)
-	$(PY) -m behaviorlm.data.summary $(ARGS)
+	$(PY) -m behaviorlm.data.summary +summary_out=results/data_summary_foursquare_nyc.json $(ARGS)
 
 ablation-aux: $(SETUP) ## paper Table 6: aux_ratio 0 / 0.05 / 0.2 x 3 seeds -> results/ablation-aux/
 	$(call sweep,ablation-aux,ablation=aux_ratio,aux_ratio,0.05)

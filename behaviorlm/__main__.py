@@ -1,4 +1,4 @@
-"""`python -m behaviorlm train|predict|evaluate|dashboard ...`: the `behaviorlm` console script."""
+"""`python -m behaviorlm COMMAND ...`: the `behaviorlm` console script (behaviorlm/cli.py)."""
 
 from behaviorlm.cli import main
 

@@ -136,6 +136,21 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# What a finished job's result does not depend on: where it went and how it was logged. A job folder that holds a
+# completed result under the same key is reused by a rerun of its sweep (pipeline.reusable_result).
+JOB_IGNORES: dict[str, str] = {key: GLOBAL_IGNORES[key] for key in
+                               ("paths", "logger", "cache", "task_name", "optimized_metric", "extras")}
+
+
+def job_key(cfg: DictConfig, dataset, device: torch.device) -> str:
+    """A whole job's result: its config (all of it but JOB_IGNORES), every sample it trains, validates and tests on,
+    the device type and the code. Equal keys give identical metrics.json files (the pipeline is deterministic on
+    one machine)."""
+    samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val + dataset.test]
+    return digest({"config": without(resolved(cfg), JOB_IGNORES), "samples": digest(samples),
+                   "device": device.type, "code": code_fingerprint(), "version": CACHE_VERSION})
+
+
 def root_cache_key(cfg: DictConfig, dataset, device: torch.device, conversations=()) -> str:
     """The facts every stage depends on that the config does not show: the exact samples (train and validation),
     the anchors and categories they imply, the conversations mixed in, the device type and the code."""

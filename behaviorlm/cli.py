@@ -1,14 +1,18 @@
-"""The `behaviorlm` console script: train from any directory, use a tuned run on new logs.
+"""The `behaviorlm` console script: train from any directory, use a tuned run on new logs, tabulate a sweep.
 
     behaviorlm train [HYDRA OVERRIDES]                                 # the pipeline of run.py (behaviorlm.train)
     behaviorlm predict RUN_DIR --input events.csv [--k 5] [--output preds.csv] [--every-event]
     behaviorlm predict wandb:ENTITY/PROJECT/NAME:ALIAS --input events.csv   # a job's logged model artifact
     behaviorlm evaluate RUN_DIR --input events.csv [--output metrics.json]
+    behaviorlm collect SWEEP_DIR [--reference VALUE]                  # tables and paired tests (behaviorlm.collect)
     behaviorlm dashboard SWEEP_DIR [--dry-run --output spec.json]    # a W&B workspace + report (behaviorlm.dashboard)
+    behaviorlm sync SWEEP_DIR                                         # upload offline W&B runs (behaviorlm.sync)
+    behaviorlm export RUN_DIR --output DIR [--merge]                  # a Hugging Face model dir (behaviorlm.export)
 
-Both read logs in the same schema as `data=csv` (columns user_id, timestamp, behavior, category by default;
---user-col/--time-col/--behavior-col/--category-col map other names; --time-format, --dayfirst, --time-unit and
---encoding read times and text as data.time_format, data.dayfirst, data.time_unit and data.encoding do).
+predict and evaluate read logs in the same schema as `data=csv` (columns user_id, timestamp, behavior, category by
+default; --user-col/--time-col/--behavior-col/--category-col map other names; --time-format, --dayfirst,
+--time-unit and --encoding read times and text as data.time_format, data.dayfirst, data.time_unit and
+data.encoding do).
 """
 
 from __future__ import annotations
@@ -27,11 +31,33 @@ from behaviorlm.utils import atomic_write_json, atomic_write_text, shareable
 log = logging.getLogger("behaviorlm")
 
 
+# Commands with a parser of their own (module.main(argv)): `behaviorlm train --help` is Hydra's, the others argparse's.
+DELEGATED = {
+    "train": ("behaviorlm.train", "run the pipeline: A-Tuning, selection, B-Tuning, test (Hydra overrides; -m sweeps)"),
+    "collect": ("behaviorlm.collect", "tables, intervals and paired tests of a sweep folder"),
+    "dashboard": ("behaviorlm.dashboard", "a W&B workspace and report for a sweep folder"),
+    "sync": ("behaviorlm.sync", "upload a sweep's offline W&B runs, then build its dashboard"),
+    "export": ("behaviorlm.export", "a tuned run as a Hugging Face model directory (LoRA merged or not)"),
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"behaviorlm {version('behaviorlm')}"
+    except PackageNotFoundError:
+        return "behaviorlm (not installed: running from a checkout)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="behaviorlm", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("predict", "top-k next behaviors with probabilities"),
-                            ("evaluate", "standard metrics of a run on a new log")):
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("train",):
+        sub.add_parser(name, help=DELEGATED[name][1], add_help=False)
+    for name, help_text in (("predict", "top-k next behaviors with probabilities for new logs"),
+                            ("evaluate", "standard metrics of a tuned run on a new log")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("run_dir", help="a run's output folder (it holds manifest.json and adapter/), or its W&B "
                                           "model artifact: wandb:ENTITY/PROJECT/NAME:ALIAS")
@@ -67,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--min-history", type=int, default=None,
                              help="earlier events a target needs (default: the run's own data.min_history, so that "
                                   "the numbers compare with its test)")
+    for name in ("collect", "dashboard", "sync", "export"):
+        sub.add_parser(name, help=DELEGATED[name][1], add_help=False)
     return parser
 
 
@@ -143,15 +171,11 @@ def cmd_evaluate(args, predictor, events: pd.DataFrame) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import importlib
+
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
-        from behaviorlm.train import main as train
-
-        return train(argv[1:])
-    if argv[:1] == ["dashboard"]:
-        from behaviorlm.dashboard import main as dashboard
-
-        return dashboard(argv[1:])
+    if argv[:1] and argv[0] in DELEGATED:
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from behaviorlm.predict import BehaviorPredictor

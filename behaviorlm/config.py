@@ -7,6 +7,7 @@ any work starts. Ranges that a type cannot express are checked by `validate_conf
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.a_tuning.monitor": MONITORS, "train.b_tuning.monitor": MONITORS,
     "train.attn_implementation": ("auto", "eager", "sdpa"),
     "train.compile": ("auto", "always", "never"), "scoring.beam_seed": ("history", "none"),
+    "data.source": ("foursquare_nyc", "csv", "synthetic"), "logger.mode": ("auto", "online", "offline"),
 }
 
 
@@ -62,7 +64,8 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # (str) dataset name: foursquare_nyc | csv | synthetic
+    name: str = MISSING  # (str) the dataset's name in W&B projects, tables and file names
+    source: str = "csv"  # (str) how the events are read: foursquare_nyc | csv (a log file) | synthetic
     path: Optional[str] = None  # (str|null) log file (csv/parquet/jsonl) for data=csv
     train_path: Optional[str] = None  # (str|null) foursquare: training-period CSV
     test_path: Optional[str] = None  # (str|null) foursquare: test-period CSV
@@ -195,6 +198,7 @@ class ScoringConfig:
 @dataclass
 class LoggerConfig:
     name: str = "none"  # (str) wandb | none
+    mode: str = "auto"  # (str) auto (online with W&B credentials, else offline) | online | offline
     project: Optional[str] = None  # (str|null) W&B project; null: behaviorlm-<dataset>
     entity: Optional[str] = None  # (str|null) W&B entity
     group: Optional[str] = None  # (str|null) W&B group; null: the sweep folder's name
@@ -222,6 +226,7 @@ class LauncherConfig:
 @dataclass
 class PathsConfig:
     root_dir: str = MISSING  # (str) the repository root
+    work_dir: str = MISSING  # (str) where outputs/ and multirun/ go
     data_dir: str = MISSING  # (str) embedded data
     output_dir: str = MISSING  # (str) this job's Hydra output folder
     model_cache_dir: str = MISSING  # (str) dequantized checkpoints, reused across runs
@@ -291,6 +296,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check(0.0 <= cfg.aux_ratio < 1.0, "aux_ratio", cfg.aux_ratio, "a share in [0, 1)")
     _check(0.0 < cfg.anchor_threshold < 1.0, "anchor_threshold", cfg.anchor_threshold, "a share in (0, 1)")
     _check(cfg.samples_per_behavior >= 1, "samples_per_behavior", cfg.samples_per_behavior, "an integer >= 1")
+    _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", str(cfg.data.name))), "data.name", cfg.data.name,
+           "letters, digits, _ . - (it names W&B projects and files)")
     _check(cfg.data.history_len >= 1, "data.history_len", cfg.data.history_len, "an integer >= 1")
     _check(cfg.data.min_history >= 1, "data.min_history", cfg.data.min_history, "an integer >= 1")
     _check(0.0 < cfg.data.split.test_fraction < 1.0, "data.split.test_fraction", cfg.data.split.test_fraction,

@@ -1,13 +1,13 @@
 """A W&B workspace and report for one sweep, built with `wandb-workspaces` (pip install -e ".[dashboards]").
 
-    python -m behaviorlm.dashboard results/paper-main                          # save both (needs `wandb login`)
-    python -m behaviorlm.dashboard results/paper-main --dry-run --output spec.json   # definitions only, no network
+    behaviorlm dashboard results/paper-main                          # save both (needs `wandb login`)
+    behaviorlm dashboard multirun/behaviorlm/2026-12-03_10-00-00 --dry-run --output spec.json   # no network
     make dashboard SWEEP=results/paper-main
 
-The sweep folder is what `make <target>` leaves (`runs/*/metrics.json` and `.hydra/config.yaml`, plus `jobs.csv`
-and `table.md` from experiments.collect). From it we read the W&B project and group the jobs logged to, and the
-swept key: the one config value that varies across jobs other than the seed. The workspace shows only the sweep's
-group, its runs grouped by that key, in four sections:
+The sweep folder is a `run.py -m` folder (`<N>/metrics.json`) or a make target's (`runs/<N>/metrics.json`), with
+each job's `.hydra/` and, after `behaviorlm collect`, `table.md`. From it we read the W&B project and group the jobs
+logged to, and the swept key: the first override that differs between jobs other than the seed. The workspace
+shows only the sweep's group, its runs grouped by that key, in four sections:
 - **Head and tail**: test accuracy on anchor behaviors, tail behaviors and overall, one bar per value of the swept
   key, averaged over seeds with the min-max range;
 - **More test metrics**: macro-F1 and acc@5 the same way, and the per-behavior table (`test/per_behavior`);
@@ -15,7 +15,7 @@ group, its runs grouped by that key, in four sections:
   tail) against its epochs;
 - **Sweep**: parallel coordinates from the swept key to anchor, tail and overall accuracy.
 The report, titled after the sweep, repeats the head/tail bars and carries `table.md` (means, t-intervals and the
-paired tests) as text. Runs logged offline must be uploaded first (`wandb sync <job>/wandb/offline-run-*`).
+paired tests) as text. Runs logged offline must be uploaded first: `behaviorlm sync <sweep folder>`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from behaviorlm.tracking import logged_where
+from behaviorlm.sweeps import SWEPT_KEYS, job_dirs, job_overrides, swept_keys, varying_fields
+from behaviorlm.tracking import has_wandb_credentials, logged_where
 from behaviorlm.utils import atomic_write_text
 
-# Config keys an ablation sweeps over, in the order they are tried when more than one varies.
-SWEPT_KEYS = ("stage_order", "variant", "aux_ratio", "samples_per_behavior", "anchor_threshold", "model", "method")
 HEAD_TAIL = ("test/acc_anchor", "test/acc_tail", "test/acc_overall")
 MORE_TEST = ("test/macro_f1", "test/acc_at_5")
 STAGES = ("a_tuning", "b_tuning", "joint_tuning")
@@ -71,24 +70,33 @@ class DashboardError(ValueError):
 
 
 def sweep_jobs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per completed job: its metrics.json plus the W&B settings from its Hydra config."""
+    """One row per completed job: its metrics.json, its swept overrides and the W&B settings from its Hydra config."""
+    dirs = job_dirs(sweep_dir)
+    keys = swept_keys(dirs)
     rows = []
-    for metrics_path in sorted(sweep_dir.glob("runs/*/metrics.json")):
-        metrics = json.loads(metrics_path.read_text())
+    for job_dir in dirs:
+        metrics = json.loads((job_dir / "metrics.json").read_text())
         if metrics.get("status") != "completed":
             continue
-        where = logged_where(metrics_path.parent, sweep_dir.name)
+        overrides = job_overrides(job_dir)
+        metrics.update({key: overrides.get(key) for key in keys if key not in metrics})
+        where = logged_where(job_dir, sweep_dir.name)
         metrics.update({f"_{name}": value for name, value in where.items() if value is not None})
+        metrics["_swept"] = ",".join(keys)
         rows.append(metrics)
     if not rows:
-        raise DashboardError(f"sweep folder '{sweep_dir}' has no completed job (runs/*/metrics.json)")
+        raise DashboardError(f"sweep folder '{sweep_dir}' has no completed job (neither runs/<N>/metrics.json nor "
+                             "<N>/metrics.json)")
     return pd.DataFrame(rows)
 
 
 def swept_key(jobs: pd.DataFrame) -> str:
-    varying = [k for k in SWEPT_KEYS if k in jobs and jobs[k].astype(str).nunique() > 1]
+    """The key the panels group by: the first override that differs between jobs, else a known sweep field."""
+    inferred = str(jobs["_swept"].iloc[0]).split(",")[0] if "_swept" in jobs else ""
+    varying = [inferred] if inferred else varying_fields(jobs)
     if not varying:
-        raise DashboardError(f"no swept key varies across the jobs (looked for {', '.join(SWEPT_KEYS)})")
+        raise DashboardError(f"no swept key varies across the jobs (no override but the seed differs, and none of "
+                             f"{', '.join(SWEPT_KEYS)} does)")
     return varying[0]
 
 
@@ -154,7 +162,7 @@ def to_report(spec: DashboardSpec, entity: Optional[str]):
                      blocks=[wr.H1(spec.title),
                              wr.P(f"Test accuracy by {spec.swept_key}, mean over seeds with the min-max range."),
                              wr.PanelGrid(panels=[_panel(p) for p in head_tail.panels], runsets=[runset]),
-                             wr.H2("Table (experiments.collect)"),
+                             wr.H2("Table (behaviorlm collect)"),
                              wr.MarkdownBlock(text=spec.table_md or "no table.md in the sweep folder")])
 
 
@@ -166,7 +174,7 @@ def definitions(spec: DashboardSpec, entity: str) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="behaviorlm dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--entity", help="W&B entity (default: the jobs' logger.entity, else your default entity)")
     parser.add_argument("--dry-run", action="store_true", help="write the definitions as JSON; no network")
@@ -191,10 +199,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     import wandb
 
-    api_key = wandb.Api().api_key if wandb.api.api_key else None
-    if not api_key:
-        sys.exit("error: not logged in to W&B: run `wandb login` (or set WANDB_API_KEY), then `wandb sync` the "
-                 "sweep's offline runs, and run this again")
+    if not has_wandb_credentials():
+        sys.exit(f"error: not logged in to W&B: run `wandb login` (or set WANDB_API_KEY), then `behaviorlm sync "
+                 f"{args.sweep_dir}` to upload the sweep's offline runs, and run this again")
     entity = entity or wandb.Api().default_entity
     workspace = to_workspace(spec, entity)
     workspace.save()

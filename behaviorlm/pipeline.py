@@ -9,6 +9,7 @@ Every number it prints comes from scoring held-out samples (validation after eac
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from functools import partial
@@ -36,7 +37,7 @@ from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, CandidateSoftmaxLoss,
                                tail_balanced, tune)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
-from behaviorlm.cache_keys import SELECTION_STAGES, TUNING_STAGES, resolved, root_cache_key, stage_key
+from behaviorlm.cache_keys import SELECTION_STAGES, TUNING_STAGES, job_key, resolved, root_cache_key, stage_key
 from behaviorlm.stage_io import cached_selection_scores, restore_stage, save_run_artifacts, save_stage
 from behaviorlm.utils import atomic_write_json, kill_point, provenance, seed_everything, shareable
 
@@ -261,6 +262,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
+        finished = reusable_result(cfg, out)
+        if finished is not None:
+            return finished
         if cfg.launcher.name != "local":  # this Hydra job becomes the launcher of torchrun/accelerate workers
             from behaviorlm.launch import launch_workers
 
@@ -269,6 +273,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except Exception as err:
         write_failure(cfg, out, err)
         raise
+
+
+def reusable_result(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
+    """The job folder's completed metrics.json when it was made under this job's key (same config but for paths and
+    logging, same samples, device and code): a rerun of an interrupted sweep runs only the jobs it lacks."""
+    from behaviorlm.sweeps import REUSED
+
+    metrics_path, info_path = out / "metrics.json", out / "run_info.json"
+    if not (metrics_path.is_file() and info_path.is_file()):
+        return None
+    metrics, info = json.loads(metrics_path.read_text()), json.loads(info_path.read_text())
+    if metrics.get("status") != "completed" or not info.get("job_key"):
+        return None
+    if info["job_key"] != job_key(cfg, load_dataset(cfg), resolve_device(cfg.device)):
+        log.info("%s holds a result of another config, data or code version: running the job again", out)
+        return None
+    REUSED.add(str(out.resolve()))
+    log.info("reused %s: completed before with the same config, data and code (a fresh folder runs it again)",
+             metrics_path)
+    return metrics
 
 
 def write_failure(cfg: DictConfig, out: Path, err: BaseException) -> None:
@@ -281,6 +305,7 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
     seed_everything(cfg.seed)
     started = time.perf_counter()
     dataset = load_dataset(cfg)
+    key = job_key(cfg, dataset, resolve_device(cfg.device))
     vocab = dataset.vocab
     if cfg.method == "behaviorlm":
         check_anchors(cfg.stage_order, vocab)
@@ -311,8 +336,9 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
     if not dist.is_main:
         return metrics
     results, runtime = split_runtime(metrics)
-    atomic_write_json(out / "run_info.json", {**runtime, **provenance()})
     atomic_write_json(out / "metrics.json", results)
+    # after metrics.json: a job stopped between the two leaves no key that would vouch for an older result
+    atomic_write_json(out / "run_info.json", {**runtime, **provenance(), "job_key": key})
     name = f"behaviorlm / {cfg.stage_order} / {cfg.model.name}" if cfg.method == "behaviorlm" else cfg.method
     print(f"\n{name} on {cfg.data.name} "
           f"(test: {len(dataset.test)} samples, {runtime['seconds_total']:.0f} s)\n{format_results_table(metrics)}\n"

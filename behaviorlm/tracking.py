@@ -1,8 +1,9 @@
 """Experiment tracking: W&B when `logger=wandb`, nothing otherwise. metrics.json is written regardless.
 
-The W&B mode comes from WANDB_MODE and defaults to offline: an explicit mode argument would override the user's
-environment. A run is always closed, with exit code 1 when the job raised, so that the next job of a multirun
-cannot silently reuse it (`FinishLeftoverRuns` is the Hydra-callback safety net for the same pitfall).
+The W&B mode is `logger.mode`: auto (the default) is online for a user with W&B credentials and offline otherwise,
+WANDB_MODE deciding when it is set; one line per process says which and why. A run is always closed, with exit
+code 1 when the job raised, so that the next job of a multirun cannot silently reuse it (`FinishLeftoverRuns` is the
+Hydra-callback safety net for the same pitfall).
 """
 
 from __future__ import annotations
@@ -72,6 +73,42 @@ class Tracker:
             import wandb
 
             self.run.log({key: wandb.Image(str(path))})
+
+
+def has_wandb_credentials() -> bool:
+    """An API key in WANDB_API_KEY or in the netrc entry `wandb login` writes for the W&B host."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+_said_mode: set[tuple[str, str]] = set()
+
+
+def wandb_mode(configured: str = "auto") -> str:
+    """online | offline | disabled: `logger.mode` when it is online or offline; under auto, WANDB_MODE when set,
+    else online with credentials and offline without (saying so once per process)."""
+    if configured != "auto":
+        mode, why = configured, f"logger.mode={configured}"
+    elif os.environ.get("WANDB_MODE"):
+        mode, why = os.environ["WANDB_MODE"], f"WANDB_MODE={os.environ['WANDB_MODE']}"
+    elif has_wandb_credentials():
+        mode, why = "online", "W&B credentials found (logger.mode=auto)"
+    else:
+        mode, why = "offline", "no W&B credentials (logger.mode=auto); after `wandb login`, `behaviorlm sync DIR` " \
+                               "uploads these runs"
+    if (mode, why) not in _said_mode:
+        _said_mode.add((mode, why))
+        log.info("W&B %s: %s", mode, why)
+    return mode
 
 
 def _group(cfg: DictConfig) -> Optional[str]:
@@ -144,7 +181,7 @@ def tracking(cfg: DictConfig, job_type: str = "behaviorlm") -> Iterator[Tracker]
     with wandb.init(project=cfg.logger.project or f"behaviorlm-{cfg.data.name}", entity=cfg.logger.entity,
                     group=_group(cfg), job_type=job_type, name=run_name(overrides, job_type), tags=tags,
                     config=run_config(cfg, choices), dir=cfg.paths.output_dir,
-                    mode=os.environ.get("WANDB_MODE", "offline"), settings=settings) as run:
+                    mode=wandb_mode(cfg.logger.mode), settings=settings) as run:
         define_stage_axes(run)
         yield Tracker(run)
 
@@ -175,45 +212,3 @@ class FinishLeftoverRuns(Callback):
             failed = getattr(job_return, "status", None) is not None and job_return.status.name == "FAILED"
             log.warning("closing a W&B run the job left open (failed=%s)", failed)
             wandb.finish(exit_code=1 if failed else 0)
-
-
-class SweepReport(Callback):
-    """Hydra callback: after a multirun, one screen saying which jobs failed and why (also sweep_summary.json).
-
-    Hydra's basic launcher runs every job even when one raises, then re-raises the first failure, so the sweep
-    still exits non-zero; this summary is printed at exit, below Hydra's own error.
-    """
-
-    def __init__(self) -> None:
-        self.jobs: list[dict[str, Any]] = []
-        self.sweep_dir: Optional[Path] = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import atexit
-
-        self.sweep_dir = Path(config.hydra.sweep.dir)
-        atexit.register(self.report)
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if self.sweep_dir is None:
-            return
-        status = getattr(getattr(job_return, "status", None), "name", "UNKNOWN")
-        error = None
-        if status == "FAILED":
-            exc = job_return._return_value
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        self.jobs.append({"job": config.hydra.job.num, "overrides": list(config.hydra.overrides.task),
-                          "status": status, "error": error})
-
-    def report(self) -> None:
-        import json
-        import sys
-
-        if not self.jobs or self.sweep_dir is None:
-            return
-        failed = [j for j in self.jobs if j["status"] == "FAILED"]
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / "sweep_summary.json").write_text(json.dumps(self.jobs, indent=1))
-        lines = [f"sweep {self.sweep_dir}: {len(self.jobs) - len(failed)}/{len(self.jobs)} jobs completed"]
-        lines += [f"  FAILED job {j['job']} ({' '.join(j['overrides'])}): {j['error']}" for j in failed]
-        print("\n".join(lines), file=sys.stderr if failed else sys.stdout)

@@ -7,7 +7,8 @@ own config groups (their `data/` or `experiment/` files, composed over ours), `-
     behaviorlm train --config-dir ./my_conf data=my_log          # ./my_conf/data/my_log.yaml
     behaviorlm train -m aux_ratio=0,0.05,0.2
 
-`run.py` at the root of a checkout is the same function under the checkout's path.
+`run.py` at the root of a checkout is the same function under the checkout's path. Outputs go under the working
+directory for `behaviorlm train` (editable install or wheel) and under the checkout for run.py and make.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def _packaged(cfg: DictConfig) -> float:
 
 def main(argv: list[str]) -> None:
     """`behaviorlm train ARGS`: Hydra reads sys.argv, so the subcommand is taken off it first."""
+    from pathlib import Path
+
+    from behaviorlm import utils
+
+    utils.WORK_DIR = Path.cwd()  # an installed command writes outputs/ and multirun/ where it is run
     check_printed_config(argv)
     sys.argv = ["behaviorlm train", *argv]
     _packaged()

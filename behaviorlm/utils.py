@@ -18,6 +18,9 @@ _CHECKOUT = PACKAGE_DIR.parent
 # The project root that relative paths (data/, outputs/, .cache/) hang off: the git checkout when the package runs
 # from one (editable install, run.py), else the user's working directory (an installed wheel).
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
+# Where outputs/ and multirun/ go (paths.work_dir): the project root for run.py and make; `behaviorlm train` sets it
+# to the working directory, so an installed command writes where it is run, editable install or wheel alike.
+WORK_DIR = PROJECT_ROOT
 
 
 def current_umask() -> int:
@@ -70,6 +73,24 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("package_dir"):  # where the package (its configs and bundled data) is installed
         OmegaConf.register_new_resolver("package_dir", lambda: str(PACKAGE_DIR))
+    if not OmegaConf.has_resolver("work_dir"):
+        OmegaConf.register_new_resolver("work_dir", lambda: str(WORK_DIR))
+    if not OmegaConf.has_resolver("file_stem"):
+        OmegaConf.register_new_resolver("file_stem", file_stem)
+
+
+def file_stem(path: str | None, default: str = "csv") -> str:
+    """A data file's name without its format and compression suffixes (`logs/my_log.csv.gz` -> `my_log`), in the
+    characters a W&B project and a file name accept: the default `data.name` of a user's log."""
+    from behaviorlm.data.logs import COMPRESSIONS
+
+    if not path:
+        return default
+    name = Path(str(path)).name
+    for suffix in COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    stem = Path(name).stem or default
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem)
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config"):
@@ -108,7 +129,8 @@ def kill_point(name: str) -> None:
     """Tests only: SIGKILL this process at the named point when BEHAVIORLM_TEST_KILL_AT names it (comma-separated),
     so a resume test interrupts at the same moment on every machine instead of racing a file-system poll.
     Points: <stage>:epoch_<N> (after that epoch's checkpoint), <stage>:trained (after the last epoch, before the
-    stage's cache entry), <stage>:cached (after the entry, before the next stage), difficulty_selection:scoring."""
+    stage's cache entry), <stage>:cached (after the entry, before the next stage), difficulty_selection:scoring,
+    sweep:after_job_<N> (a multirun, once job N has ended and the progress line is out)."""
     if name in os.environ.get(KILL_AT_ENV, "").split(","):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -4,7 +4,7 @@
     python -m experiments.claims --results results --out results
 
 A claim compares a method with a reference on one test metric (tail accuracy of BehaviorLM vs plain fine-tuning,
-say) and reads the sweep's `paired.csv` (experiments.collect --reference). Two tests look at the same difference,
+say) and reads the sweep's `paired.csv` (behaviorlm collect --reference). Two tests look at the same difference,
 the one the table prints: the sample-level sign-flip permutation test (samples as clusters across seeds; the
 difference reweighted to the test period's mix for overall accuracy), and the Student-t interval of the per-seed
 differences (seed-to-seed variation; two seeds or more).

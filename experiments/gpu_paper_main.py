@@ -9,7 +9,7 @@ stage with early stopping on the validation slice, F = 20. On top of it, for one
 scoring, and beam scoring (as nyc_cpu, so that both scales rank the same way). Seeds run one after another, each
 as one Hydra multirun of the four stage orders (progressive first: anchor_only then reuses its A-Tuning from the
 stage cache). A seed starts only while the budget left exceeds the slowest seed so far; a seed cut by the budget
-keeps the jobs it finished. Then `experiments.collect` writes table.md, table.csv, jobs.csv and paired.csv (against
+keeps the jobs it finished. Then `behaviorlm collect` writes table.md, table.csv, jobs.csv and paired.csv (against
 joint) and `gpu_run.json` records the card, the budget and each seed's wall time.
 """
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     done = sorted(runs.glob("*/metrics.json"))
     if done:
-        subprocess.run([sys.executable, "-m", "experiments.collect", str(args.out), "--key", "stage_order",
+        subprocess.run([sys.executable, "-m", "behaviorlm.collect", str(args.out), "--key", "stage_order",
                         "--reference", "joint"], cwd=PROJECT_ROOT, check=True)
     atomic_write_json(args.out / "gpu_run.json", {
         "device": device_name(), "budget_s": args.budget_s, "wall_s": time.monotonic() - started,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.collect import t_interval
+from behaviorlm.stats import t_interval
 
 
 def load(folder: Path) -> pd.DataFrame:

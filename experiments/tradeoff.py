@@ -34,7 +34,8 @@ from behaviorlm.predict import BehaviorPredictor
 from behaviorlm.scoring import top_k_names
 from behaviorlm.stages import logit_adjustment
 from behaviorlm.utils import atomic_write_text, compose_config
-from experiments.collect import markdown_table, mcnemar_exact, t_interval
+from behaviorlm.collect import markdown_table
+from behaviorlm.stats import mcnemar_exact, t_interval
 
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 

@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT
 from experiments.claims import (CLAIMS, F_MARGIN, Claim, claims_table, equivalence, samples_needed, seeds_needed,
                                 verdict)
-from experiments.collect import clustered_se, sample_weights, sign_flip_test
+from behaviorlm.collect import sample_weights
+from behaviorlm.stats import clustered_se, sign_flip_test
 
 TAIL_CLAIM = Claim("tail up", "paper-main", "progressive", "joint", "acc_tail", +1, 0.274)
 

@@ -18,7 +18,7 @@ from behaviorlm.metrics import samples_digest
 from behaviorlm.pipeline import early_stopping_slice, run
 from behaviorlm.stages import validation_monitor
 from conftest import run_entrypoint
-from experiments import collect
+from behaviorlm import collect
 
 
 # ---- selection that selects -------------------------------------------------------------------------------------

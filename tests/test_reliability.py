@@ -94,7 +94,9 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     assert "2/3 jobs completed" in result.stderr and "FAILED job 1" in result.stderr
     assert len(list((tmp_path / "sweep").glob("*/wandb/offline-run-*"))) == 3
     summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
-    assert [job["status"] for job in summary] == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert [job["status"] for job in summary["jobs"]] == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert (summary["planned"], summary["done"], summary["completed"], summary["failed"]) == (3, 3, 2, 1)
+    assert "[sweep] 3/3 done (2 completed, 1 failed)" in result.stdout
 
 
 def _can_unshare() -> bool:

@@ -45,12 +45,12 @@ class BehaviorDataset:
 
 def load_events(data_cfg: DictConfig, seed: int = 0) -> pd.DataFrame:
     """The canonical event frame for `data=foursquare_nyc | csv | synthetic`."""
-    if data_cfg.name == "foursquare_nyc":
+    if data_cfg.source == "foursquare_nyc":
         return load_foursquare(data_cfg.train_path, data_cfg.test_path, data_cfg.taxonomy_path)
-    if data_cfg.name == "synthetic":
+    if data_cfg.source == "synthetic":
         return generate_synthetic_log(seed=seed, **data_cfg.synthetic)
     if data_cfg.path is None:
-        raise DataError(f"data={data_cfg.name} needs data.path=FILE (a CSV, Parquet or JSONL behavior log)")
+        raise DataError(f"data.source={data_cfg.source} needs data.path=FILE (a CSV, Parquet or JSONL behavior log)")
     columns = data_cfg.columns
     return read_behavior_log(data_cfg.path, user=columns.user, time=columns.time, behavior=columns.behavior,
                              category=columns.category, time_unit=data_cfg.time_unit,

@@ -1,6 +1,6 @@
 """Dataset summary: what a run will train and test on.
 
-    python -m behaviorlm.data.summary                       # NYC, printed as a table, saved as JSON
+    python -m behaviorlm.data.summary                       # NYC, printed, saved as ./data_summary_foursquare_nyc.json
     python -m behaviorlm.data.summary data=synthetic anchor_threshold=0.05 +summary_out=synthetic.json
 """
 
@@ -64,7 +64,8 @@ def main(argv: list[str]) -> None:
     cfg = compose_config(overrides)
     summary = dataset_summary(load_dataset(cfg))
     print(format_summary(summary))
-    path = Path(out or Path(cfg.paths.root_dir) / "results" / f"data_summary_{cfg.data.name}.json")
+    # in the working directory: only `make data-summary` (a reproduction target) writes into the checkout's results/
+    path = Path(out or Path.cwd() / f"data_summary_{cfg.data.name}.json")
     atomic_write_text(path, json.dumps(summary, indent=2, default=str))
     print(f"saved {path}")
 
