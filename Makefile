@@ -31,6 +31,7 @@ endif
 # A target's W&B group is TARGET-<time of its first run>, kept in runs/.wandb_group: a rerun that resumes the sweep
 # logs into the same group, so the group holds exactly the jobs of the local table. FRESH=1 starts over.
 RUN_ID := $(shell date +%Y%m%d-%H%M%S)
+# FRESH=1: a sweep target starts over (deletes its runs/); without it a rerun keeps the jobs that finished.
 FRESH ?= 0
 
 # $(call sweep,TARGET,ABLATION,KEY,REFERENCE): run the ablation's sweep into results/TARGET/runs, then tabulate
@@ -110,11 +111,13 @@ ablation-tradeoff: $(SETUP) ## head/tail frontier of logit adjustment (tau) and 
 	$(PY) -m experiments.tradeoff $(RESULTS)/paper-main $(TRADEOFF_ARGS) --out $(RESULTS)/ablation-tradeoff $(ARGS)
 
 sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F -> results/sample-efficiency/
-	rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs
-	$(PY) run.py ablation=sample_efficiency_sequence $(SWEEP_ARGS) \
-		hydra.sweep.dir=$(RESULTS)/sample-efficiency/sequence/runs logger.group=sample-efficiency-$(RUN_ID) $(ARGS)
-	$(PY) run.py ablation=few_shot $(SWEEP_ARGS) \
-		hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs logger.group=sample-efficiency-$(RUN_ID) $(ARGS)
+	$(if $(filter 1,$(FRESH)),rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs)
+	mkdir -p $(RESULTS)/sample-efficiency
+	test -s $(RESULTS)/sample-efficiency/.wandb_group || echo sample-efficiency-$(RUN_ID) > $(RESULTS)/sample-efficiency/.wandb_group
+	$(PY) run.py ablation=sample_efficiency_sequence $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/sample-efficiency/sequence/runs \
+		logger.group=$$(cat $(RESULTS)/sample-efficiency/.wandb_group) $(ARGS)
+	$(PY) run.py ablation=few_shot $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs \
+		logger.group=$$(cat $(RESULTS)/sample-efficiency/.wandb_group) $(ARGS)
 	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
 
 paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size sample-efficiency ablation-tradeoff claims ## every table and figure above, then the claims table
