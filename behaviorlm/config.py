@@ -189,6 +189,7 @@ class ScoringConfig:
     beam_exact_top: int = 1  # (int) beam mode: the top k exact by branch and bound; 0: the plain beam
     beam_seed: str = "history"  # (str) beam mode: history (one forward with the user's own behaviors) | none (width)
     fp32_logits: bool = True  # (bool) exact and beam: the output projection in fp32 (bf16 logits decide near-ties)
+    near_tie_epsilon: float = 0.1  # (float, nats) exact and beam: names this close to the best rescored canonically
     batch_size: int = 4  # (int) prompts per scoring forward
     top_k: int = 5  # (int) k of acc@k
     logit_adjustment: LogitAdjustmentConfig = field(default_factory=lambda: LogitAdjustmentConfig())
@@ -309,6 +310,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check(cfg.model.precision in ("auto", "fp32", "bf16", "mixed"), "model.precision", cfg.model.precision,
            "auto | fp32 | bf16 | mixed")
     _check(cfg.scoring.beam_width >= 1, "scoring.beam_width", cfg.scoring.beam_width, "an integer >= 1")
+    _check(cfg.scoring.near_tie_epsilon >= 0, "scoring.near_tie_epsilon", cfg.scoring.near_tie_epsilon, "nats >= 0")
     _check(cfg.scoring.beam_exact_top >= 0, "scoring.beam_exact_top", cfg.scoring.beam_exact_top, "an integer >= 0")
     _check(cfg.scoring.mode != "beam" or cfg.scoring.beam_seed == "none" or cfg.scoring.beam_exact_top >= 1,
            "scoring.beam_exact_top", cfg.scoring.beam_exact_top, ">= 1 with scoring.beam_seed=history (the bound is "

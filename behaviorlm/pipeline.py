@@ -75,7 +75,7 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
                              autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
                              cfg.scoring.beam_width, dist, cfg.scoring.beam_exact_top, cfg.scoring.fp32_logits,
-                             cfg.scoring.beam_seed)
+                             cfg.scoring.beam_seed, cfg.scoring.near_tie_epsilon)
     return bm, folder
 
 

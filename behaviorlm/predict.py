@@ -110,7 +110,8 @@ class BehaviorPredictor:
         vocab = BehaviorVocab.from_dict(manifest["vocab"])
         bm = BehaviorModel.build(model, tokenizer, prompts, vocab, torch_device,
                                  autocast_dtype(model_cfg.precision, torch_device), batch_size,
-                                 fp32_logits=manifest.get("fp32_logits", False))  # runs before it ranked in bf16
+                                 fp32_logits=manifest.get("fp32_logits", False),  # runs before it ranked in bf16
+                                 near_tie_epsilon=manifest.get("near_tie_epsilon", 0.0))
         return cls(bm, manifest["history_len"], manifest.get("min_history", 5))
 
     def predict_samples(self, samples: Sequence[Sample], k: int = 5,

@@ -16,6 +16,12 @@ subtrees of the names in the user's own history in the same forward as the promp
 `width` most likely first answer tokens in a second forward; branch and bound (`exact_top`) adds whatever else can
 still reach the top k.
 
+Near-ties are decided canonically (`near_tie_epsilon`): two paths over the same trie (exact, beam) run matrices of
+different shapes, which under bf16 round differently (up to 0.08 nat seen on an AMX Xeon), so each path could pick
+its own winner between names closer than that. Every name within epsilon of a prompt's best is therefore rescored
+by `canonical_scores`, a computation that depends on the prompt and the name alone, whichever path found them: the
+top-1 of beam and exact ranking is then the same by construction whenever epsilon exceeds twice the paths' gap.
+
 Generate mode decodes greedily and counts an output as a prediction only if it is a behavior name exactly.
 
 Both ranking modes compute the output projection in fp32 (`fp32_output_layer`, scoring.fp32_logits): under bf16 a
@@ -156,9 +162,11 @@ class CandidateScorer:
     """Scores prompts against a fixed candidate list. `score` returns (prompts, candidates) summed log-probs."""
 
     def __init__(self, model, candidate_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device,
-                 amp_dtype: Optional[torch.dtype], batch_size: int = 4, fp32_logits: bool = True):
+                 amp_dtype: Optional[torch.dtype], batch_size: int = 4, fp32_logits: bool = True,
+                 near_tie_epsilon: float = 0.0):
         self.model = model
         self.fp32_logits = fp32_logits
+        self.near_tie_epsilon = near_tie_epsilon
         self.trie = CandidateTrie.build(candidate_ids)
         self.pad_id = pad_id
         self.device = device
@@ -205,7 +213,7 @@ class CandidateScorer:
         everything = list(range(self.trie.score_rows.shape[0]))
         return beam_scores(self.model, prompts, self.trie, self.device, self.amp_dtype, progress=progress,
                            batch_size=self.batch_size, exact_top=1, fp32_logits=self.fp32_logits,
-                           seed=[everything] * len(prompts))
+                           seed=[everything] * len(prompts), near_tie_epsilon=self.near_tie_epsilon)
 
 
 def top_k_names(scores: np.ndarray, names: Sequence[str], k: int) -> list[list[str]]:
@@ -218,7 +226,7 @@ def top_k_names(scores: np.ndarray, names: Sequence[str], k: int) -> list[list[s
 def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, device: torch.device,
                 amp_dtype: Optional[torch.dtype], width: int = 10, progress: Optional[str] = None,
                 batch_size: int = 1, exact_top: int = 0, fp32_logits: bool = True,
-                seed: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+                seed: Optional[Sequence[Sequence[int]]] = None, near_tie_epsilon: float = 0.0) -> np.ndarray:
     """Beam over the first answer token, exact below it: (prompts, candidates) scores, -inf where pruned.
 
     Two forwards per batch of prompts: the prompts alone (left-padded, keeping their KV cache), which rank the
@@ -241,6 +249,9 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     a poor seed costs the extra round, never a wrong top k.
 
     `fp32_logits`: the output projection in fp32, as the exact scorer's (`fp32_output_layer`).
+
+    `near_tie_epsilon` > 0 (with `exact_top` >= 1): the bound also scores every name that could lie within epsilon
+    of the best, and the names within epsilon of each prompt's best are rescored by `canonical_scores`.
     """
     if seed is not None and (exact_top < 1 or len(seed) != len(prompts)):
         raise ValueError(f"beam seed: needs exact_top >= 1 (got {exact_top}) and one candidate list per prompt "
@@ -346,14 +357,48 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             for b, i in enumerate(chunk):
                 found = np.sort(out[i][np.isfinite(out[i])])[::-1]
                 bound = found[min(exact_top, len(found)) - 1] if len(found) else -np.inf
-                above = (host_candidates[b] > float(bound)).nonzero().flatten().tolist()
+                # with near-tie rescoring, a name just below the best must be found too, or it cannot compete
+                above = (host_candidates[b] > float(bound) - near_tie_epsilon).nonzero().flatten().tolist()
                 extra.append([k for k in above if k not in set(keep[b])])
             if any(extra):
                 score_subtrees(extra, cache, first_logprobs)
+        if near_tie_epsilon > 0 and exact_top:
+            for i in chunk:
+                contenders = np.flatnonzero(out[i] >= out[i].max() - near_tie_epsilon)
+                if len(contenders) > 1:
+                    out[i, contenders] = canonical_scores(model, prompts[i], contenders, trie, device, amp_dtype,
+                                                          fp32_logits)
         bar.update(batch)
     bar.close()
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def canonical_scores(model, prompt: Sequence[int], candidates: Sequence[int], trie: CandidateTrie,
+                     device: torch.device, amp_dtype: Optional[torch.dtype], fp32_logits: bool = True) -> np.ndarray:
+    """The summed log-probabilities of `candidates` (indices into the trie's names) after `prompt`, computed in a way
+    that depends on the prompt and each name alone: the prompt by itself (batch 1, no padding, no trie nodes), then
+    each name's tokens over its cache, one name a forward. Whatever path or batch asked, the arithmetic is the same,
+    so the near-ties it decides are decided alike everywhere (`beam_scores`' near_tie_epsilon)."""
+    n = len(prompt)
+    with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
+        step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
+    cache = step.past_key_values
+    first = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
+    scores = np.empty(len(candidates), dtype=np.float32)
+    for slot, c in enumerate(candidates):
+        tokens = trie.score_tokens[c][trie.score_mask[c].bool()].to(device)
+        total = first[tokens[0]]
+        if len(tokens) > 1:
+            with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
+                logits = model(input_ids=tokens[None, :-1], past_key_values=cache, use_cache=True,
+                               position_ids=torch.arange(n, n + len(tokens) - 1, device=device)[None]).logits
+            cache.crop(-(len(tokens) - 1))  # the prompt alone again, for the next name
+            logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+            total = total + logprobs[torch.arange(len(tokens) - 1, device=device), tokens[1:]].sum()
+        scores[slot] = float(total)
+    return scores
 
 
 def naive_scores(model, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[int]],

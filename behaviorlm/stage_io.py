@@ -77,6 +77,7 @@ def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out
         "history_len": cfg.data.history_len,
         "min_history": cfg.data.min_history,
         "fp32_logits": cfg.scoring.fp32_logits,  # predict ranks as the run's own test did
+        "near_tie_epsilon": cfg.scoring.near_tie_epsilon,
         "vocab": bm.vocab.to_dict(),
     }
     atomic_write_json(out / "manifest.json", manifest)

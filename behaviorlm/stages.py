@@ -139,6 +139,7 @@ class BehaviorModel:
     beam_exact_top: int = 0  # beam mode: the top k of each ranking exact (scoring.beam_exact_top)
     beam_seed: str = "none"  # beam mode: history (the user's own behaviors ride in the prompt's forward) | none
     fp32_logits: bool = True  # the output projection in fp32 while ranking (scoring.fp32_logits)
+    near_tie_epsilon: float = 0.0  # names this close to the best are rescored canonically (scoring.near_tie_epsilon)
     # Added to every candidate's log-likelihood before ranking (post-hoc logit adjustment); None: off.
     score_offset: Optional[np.ndarray] = None
 
@@ -146,12 +147,13 @@ class BehaviorModel:
     def build(cls, model, tokenizer, prompts: PromptBuilder, vocab: BehaviorVocab, device: torch.device,
               amp_dtype: Optional[torch.dtype], scoring_batch_size: int, scoring_mode: str = "exact",
               beam_width: int = 10, dist: Dist = LOCAL, beam_exact_top: int = 0, fp32_logits: bool = True,
-              beam_seed: str = "none"):
+              beam_seed: str = "none", near_tie_epsilon: float = 0.0):
         candidates = [prompts.answer_ids(name) for name in vocab.names]
         scorer = CandidateScorer(model, candidates, tokenizer.pad_token_id, device, amp_dtype, scoring_batch_size,
-                                 fp32_logits)
+                                 fp32_logits, near_tie_epsilon)
         return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_mode, beam_width, dist,
-                   beam_exact_top=beam_exact_top, fp32_logits=fp32_logits, beam_seed=beam_seed)
+                   beam_exact_top=beam_exact_top, fp32_logits=fp32_logits, beam_seed=beam_seed,
+                   near_tie_epsilon=near_tie_epsilon)
 
     def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
         return [self.prompts.sample_prompt_ids(s) for s in samples]
@@ -164,7 +166,8 @@ class BehaviorModel:
             local = beam_scores(self.model, self.prompt_ids(mine), self.scorer.trie, self.device, self.amp_dtype,
                                 width=self.beam_width, progress=progress, batch_size=self.scorer.batch_size,
                                 exact_top=self.beam_exact_top, fp32_logits=self.fp32_logits,
-                                seed=self.history_seed(mine) if self.beam_seed == "history" else None)
+                                seed=self.history_seed(mine) if self.beam_seed == "history" else None,
+                                near_tie_epsilon=self.near_tie_epsilon)
         else:
             local = self.scorer.score(self.prompt_ids(mine), progress=progress)
         return self.dist.gather_rows(local, len(samples))

@@ -14,17 +14,20 @@ It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU, the 
     forward; top `scoring.beam_exact_top` exact by branch and bound): its time against one plain forward over the
     prompt alone (`beam_vs_prompt_forward`), its top-1 agreement with the exact ranking on 300 test prompts, and
     the share of them that needed the bound's extra forward; the same for the width beam (`scoring.beam_width`
-    first tokens in a second forward), with and without the bound;
+    first tokens in a second forward), with and without the bound; the share of prompts with a near-tie
+    (`near_tie_share`: best two within `scoring.near_tie_epsilon`) and the agreement without near-tie rescoring;
   * cost per query next to the sequence models (the paper's open question 2): ms at batch 1 and batched, and FLOPs
     per query (torch's FlopCounterMode), for exact and beam ranking and for SASRec and BERT4Rec;
   * HF `generate` with the same beam width and as many new tokens as the trie is deep (`beam_speedup_vs_generate`);
   * LoRA training steps of our loop (answer-only logits) in samples/s and the FLOP rate they reach, as a stage of
     100+ steps trains them (`train.compile`: the decoder layers compiled), against this machine's GEMM peak in the
     step's own precision (bf16 under autocast, fp32 where `model.precision=auto` chose fp32),
-    the two timed in interleaved rounds (`train_flop_fraction_of_peak`; eagerly: `..._eager`);
+    the two timed in interleaved rounds (`train_flop_fraction_of_peak`; eagerly: `..._eager`), and against the
+    peak of the step's own GEMM shapes in the same precision (`train_flop_fraction_of_step_shapes`);
   * TRL's SFTTrainer on the same model, LoRA adapter (same initial weights), batches in the same order, optimizer
     settings and completion-only loss (`train_speedup_vs_trl`, and the largest relative gap between the two
-    loss curves over those steps). Needs `pip install -e ".[bench]"`; skipped with a note when trl is missing.
+    loss curves over those steps: judged in fp32, `loss_curves_match_trl`, bf16 reported beside it). Needs
+    `pip install -e ".[bench]"`; skipped with a note when trl is missing.
 
 `--adapter` loads a tuned LoRA (a run folder's `adapter/`) first: the beam's agreement with the exact ranking
 matters on the tuned model that selection and evaluation score with, not on the untuned base.
@@ -52,8 +55,8 @@ from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores
 from behaviorlm.training import COMPILE_MIN_STEPS, AnswerTokenLoss, layer_compilation
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
-from experiments.bench_training import (compare_with_trl, grouped_train_batches, time_shares,
-                                        without_lora_dropout)
+from experiments.bench_training import (compare_with_trl, grouped_train_batches, step_gemm_shapes, step_shape_peak,
+                                        time_shares, without_lora_dropout)
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -180,7 +183,8 @@ def main() -> None:
     def beam(chunk, seed=seed_mode, **settings):
         seeds = [history_seeds[tuple(p)] for p in chunk] if seed == "history" else None
         return beam_scores(bm.model, chunk, bm.scorer.trie, device, amp, **{
-            "width": width, "exact_top": exact_top, "fp32_logits": bm.fp32_logits, "seed": seeds, **settings})
+            "width": width, "exact_top": exact_top, "fp32_logits": bm.fp32_logits, "seed": seeds,
+            "near_tie_epsilon": bm.near_tie_epsilon, **settings})
 
     def add_seeds(some_samples):
         history_seeds.update(zip(map(tuple, bm.prompt_ids(some_samples)), bm.history_seed(some_samples)))
@@ -215,6 +219,15 @@ def main() -> None:
     width_agreement = float(np.mean(beam(agreement_samples, "none", batch_size=8).argmax(1) == exact_top1))
     plain_agreement = float(np.mean(beam(agreement_samples, "none", batch_size=8, exact_top=0).argmax(1)
                                     == exact_top1))
+    # how often near-tie rescoring ran (names within scoring.near_tie_epsilon of the best), and what agreement is
+    # without it: each path deciding near-ties with its own rounding
+    ordered = np.sort(exact_scores, axis=1)
+    near_tie_share = float(np.mean(ordered[:, -1] - ordered[:, -2] <= bm.near_tie_epsilon))
+    bm.scorer.near_tie_epsilon = 0.0
+    unresolved_top1 = bm.scorer.score(agreement_samples).argmax(1)
+    bm.scorer.near_tie_epsilon = bm.near_tie_epsilon
+    agreement_without_rescoring = float(np.mean(beam(agreement_samples, batch_size=8, near_tie_epsilon=0.0).argmax(1)
+                                                == unresolved_top1))
     extra_round_share = bound_round_share(bm, beam_ranked, period.test) if seed_mode == "history" else None
     # Where they disagree, how far apart the two names are under the exact ranking: a few hundredths of a nat is
     # bf16 noise between two computation paths (KV cache + subtree vs one trie pass), not a pruned better name;
@@ -274,6 +287,8 @@ def main() -> None:
                  for kind in ("eager", "stage")}
     train_s, eager_s = (float(np.median(train_rounds[kind])) for kind in ("stage", "eager"))
     train_flops, peak = step_flops / train_s, peak_flops / float(np.median(train_rounds["peak"]))
+    # the fair ceiling beside the strict one: the same GEMMs at the step's own (M, K, N), in its precision
+    shapes_peak = step_shape_peak(peak_dtype, step_gemm_shapes(bm.model, batches))
 
     report = {
         "machine": machine(load_at_start), "model": cfg.model.name, "command": " ".join(["python -m experiments.bench", *sys.argv[1:]]),
@@ -285,6 +300,8 @@ def main() -> None:
         "beam_vs_prompt_forward_rounds": beam_ratios,
         "beam_seed": seed_mode, "beam_width": width, "beam_exact_top": exact_top, "fp32_logits": bm.fp32_logits,
         "beam_top1_agreement": beam_agreement, "beam_extra_round_share": extra_round_share,
+        "near_tie_epsilon": bm.near_tie_epsilon, "near_tie_share": near_tie_share,
+        "beam_top1_agreement_without_near_tie_rescoring": agreement_without_rescoring,
         "width_beam_vs_prompt_forward": float(np.median(width_ratios)), "width_beam_top1_agreement": width_agreement,
         "plain_beam_top1_agreement": plain_agreement, "beam_agreement_samples": len(agreement_samples),
         "beam_disagreement_exact_gaps_nats": [round(float(g), 4) for g in gaps], **latency,
@@ -296,6 +313,7 @@ def main() -> None:
         "bf16_gemm_peak_flop_per_s": peak if peak_dtype == torch.bfloat16 else None,
         "train_flop_fraction_of_peak": float(np.median(fractions["stage"])),
         "train_flop_fraction_of_peak_rounds": fractions["stage"], "train_compile": cfg.train.compile,
+        "step_shapes_peak_flop_per_s": shapes_peak, "train_flop_fraction_of_step_shapes": train_flops / shapes_peak,
         "train_compiled": compiled is not None, "train_compile_seconds": compile_s if compiled is not None else None,
         "train_flop_fraction_of_peak_eager": float(np.median(fractions["eager"])),
         "train_flop_fraction_of_peak_eager_rounds": fractions["eager"],

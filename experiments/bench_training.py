@@ -38,6 +38,40 @@ def without_lora_dropout(model):
             modules[name] = dropout
 
 
+def step_gemm_shapes(model, batches) -> list[tuple[int, int, int]]:
+    """The (M, K, N) of the linear layers a training step multiplies through: M the tokens of a batch as the step
+    pads it (its median batch), K x N each projection of one decoder layer (attention q, k, v, o and the MLP's
+    gate, up, down), as many times as the model has layers. The FLOPs the step is credited with (4 x parameters
+    x tokens) are these layers' forward and backward-through-activation GEMMs."""
+    config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
+    hidden, inter = config.hidden_size, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    m = int(np.median([batch[0].numel() for batch in batches]))
+    layer = [(hidden, config.num_attention_heads * head_dim), (hidden, kv), (hidden, kv),
+             (config.num_attention_heads * head_dim, hidden), (hidden, inter), (hidden, inter), (inter, hidden)]
+    return [(m, k, n) for k, n in layer] * config.num_hidden_layers
+
+
+def step_shape_peak(dtype: torch.dtype, shapes: list[tuple[int, int, int]], repeat: int = 10) -> float:
+    """FLOP/s of the step's own GEMMs in `dtype`: for every (M, K, N), the forward x @ W^T as F.linear runs it and
+    the backward grad @ W, each timed over `repeat` calls after a warm-up; the total FLOPs over the total time. The
+    ceiling a step of these shapes could reach, beside the 2048^3 peak (`train_flop_fraction_of_step_shapes`)."""
+    timings: dict[tuple[int, int, int], float] = {}
+    for shape in set(shapes):
+        m, k, n = shape
+        x, w, grad = (torch.randn(*size, dtype=dtype) for size in ((m, k), (n, k), (m, n)))
+        calls = (lambda: torch.nn.functional.linear(x, w), lambda: grad @ w)
+        for call in calls:
+            call()
+        started = time.perf_counter()
+        for _ in range(repeat):
+            for call in calls:
+                call()
+        timings[shape] = (time.perf_counter() - started) / repeat
+    return sum(4.0 * m * k * n for m, k, n in shapes) / sum(timings[shape] for shape in shapes)
+
+
 def time_shares(fn, top: int = 8) -> dict:
     """Where a training step's CPU time goes (torch.profiler, self time per op over one more pass): matmuls (eager
     attention's included), dtype casts (autocast's fp32 <-> bf16 copies), attention (SDPA kernels only), and the
@@ -56,6 +90,12 @@ def time_shares(fn, top: int = 8) -> dict:
     shares.update({k: t / total for t, k in rest[:top]})
     shares["other"] = 1 - sum(shares.values())
     return {k: round(v, 4) for k, v in shares.items()}
+
+
+# The criterion of the TRL comparison: in fp32 our step and TRL's are the same arithmetic, so their loss curves agree
+# to float rounding; the bf16 curves are reported beside it, not judged (bf16 rounding of near-zero gradients alone
+# moves Adam's first updates, and the curves, apart by about 1%).
+TRL_FP32_TOLERANCE = 1e-5
 
 
 def compare_with_trl(bm, objective, train_samples, batch_size: int, steps: int, learning_rate: float = 1e-4) -> dict:
@@ -83,6 +123,8 @@ def compare_with_trl(bm, objective, train_samples, batch_size: int, steps: int, 
         if not suffix:
             report.update({"train_speedup_vs_trl": ours_rate / trl_rate, "trl_train_samples_per_s": trl_rate,
                            "ours_same_batches_samples_per_s": ours_rate, "trl_steps": steps})
+    report["loss_curves_match_trl"] = report["loss_max_relative_gap_vs_trl_fp32"] <= TRL_FP32_TOLERANCE
+    report["loss_curves_criterion"] = f"fp32 relative gap <= {TRL_FP32_TOLERANCE:g} (bf16 reported, not judged)"
     return report
 
 
