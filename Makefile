@@ -124,25 +124,25 @@ paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-c
 
 bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
 	$(PIP) install --quiet -e ".[bench]"
-	$(PY) -m experiments.bench --adapter results/bench_adapter $(ARGS)
-	$(PY) -m experiments.train_variants
+	$(PY) -m tools.bench.bench --adapter results/bench_adapter $(ARGS)
+	$(PY) -m tools.bench.train_variants
 
 bench-data: $(SETUP) ## data-layer speed and memory on synthetic logs of 1M and 10M events -> results/bench_data.json
-	$(PY) -m experiments.bench_data $(ARGS)
+	$(PY) -m tools.bench.bench_data $(ARGS)
 
 dashboard: $(SETUP) ## W&B workspace + report for a sweep: make dashboard SWEEP=results/paper-main [ARGS=--dry-run]
 	$(PY) -m behaviorlm.dashboard $(SWEEP) $(ARGS)
 
 mutation: $(SETUP) ## mutation testing of the core modules against the fast tests (up to an hour) -> results/mutation.json
 	$(PIP) install --quiet "mutmut>=3.3"
-	$(PY) -m experiments.named_mutants
-	$(PY) -m experiments.mutation $(ARGS)
+	$(PY) -m tools.mutation.named_mutants
+	$(PY) -m tools.mutation.mutation $(ARGS)
 
 claims: $(SETUP) ## the paper's claims with verdicts from the sweeps' paired tests -> results/claims.md
 	$(PY) -m experiments.claims
 
 gpu-check: $(SETUP) ## on a GPU machine: bf16 scoring/training and 1 vs 2-process runs -> results/gpu_check.json
-	$(PY) -m experiments.gpu_check $(ARGS)
+	$(PY) -m tools.gpu.gpu_check $(ARGS)
 
 clean: ## remove run outputs (keeps .venv and the model cache)
 	rm -rf outputs multirun

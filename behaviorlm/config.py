@@ -220,7 +220,7 @@ class LauncherConfig:
     node_rank: int = 0  # (int) this node's rank (SLURM: ${oc.env:SLURM_NODEID,0})
     master_addr: str = "127.0.0.1"  # (str) rendezvous host for nnodes > 1 (SLURM: the first node of the job)
     master_port: int = 29500  # (int) rendezvous port for nnodes > 1; a single node picks a free port itself
-    config_file: Optional[str] = None  # (str|null) accelerate launch config (launch/accelerate/*.yaml)
+    config_file: Optional[str] = None  # (str|null) accelerate launch config (behaviorlm/accelerate_configs/*.yaml)
     mixed_precision: str = "no"  # (str) passed to accelerate; "no" keeps the pipeline's own autocast choice
 
 

@@ -28,9 +28,9 @@ from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.selection import select_balanced
 from behaviorlm.stages import a_tuning_set, selection_scores, tune
 from behaviorlm.training import trainable_state
-from behaviorlm.utils import atomic_write_text, compose_config, seed_everything
-from experiments.bench import machine
 from behaviorlm.collect import markdown_table
+from behaviorlm.hardware import machine
+from behaviorlm.utils import atomic_write_text, compose_config, seed_everything
 
 # The study's base: quick_cpu's model and prompts with enough data that F = 10 is meaningful, beam scoring for
 # speed (the width beam its results were made with; its top-1 agrees with exact ranking on 98.7% of NYC prompts).

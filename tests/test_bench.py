@@ -12,7 +12,7 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_bench_writes_speed_agreement_and_per_query_costs(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "experiments.bench", "--samples", "2", "--naive-samples", "1", "--train-steps",
+    command = [sys.executable, "-m", "tools.bench.bench", "--samples", "2", "--naive-samples", "1", "--train-steps",
                "2", "--rounds", "2", "--agreement-samples", "6", "--latency-samples", "4", "--trl-steps", "2", "--out", str(out),
                "model=tiny_random", "data=synthetic"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -61,7 +61,7 @@ def test_bench_writes_speed_agreement_and_per_query_costs(tmp_path):
 @pytest.mark.slow
 def test_train_variants_times_each_attention_kernel_with_and_without_dropout(tmp_path):
     out = tmp_path / "variants.json"
-    result = subprocess.run([sys.executable, "-m", "experiments.train_variants", "--steps", "1", "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "tools.bench.train_variants", "--steps", "1", "--out", str(out),
                              "model=tiny_random", "data=synthetic"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -83,7 +83,7 @@ def test_trl_comparison_is_fp32_in_fp32_and_leaves_the_models_forward_alone():
     from behaviorlm.pipeline import build_behavior_model
     from behaviorlm.training import AnswerTokenLoss
     from behaviorlm.utils import compose_config
-    from experiments.bench_training import TRL_FP32_TOLERANCE, compare_with_trl
+    from tools.bench.bench_training import TRL_FP32_TOLERANCE, compare_with_trl
 
     cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", "model=tiny_random",
                           "data=synthetic"])

@@ -1,8 +1,8 @@
-"""The mutation score's arithmetic and the order a mutant's tests run in (experiments/mutation.py)."""
+"""The mutation score's arithmetic and the order a mutant's tests run in (tools/mutation/mutation.py)."""
 
 import pytest
 
-from experiments.mutation import fastest_first, module_of, summarize
+from tools.mutation.mutation import fastest_first, module_of, summarize
 
 
 def test_the_score_leaves_out_equivalent_and_unrun_mutants_and_counts_timeouts_as_caught():

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,18 @@ def test_wheel_composes_a_users_own_data_config_from_config_dir(installed, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "mine" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["data"] == "my_log"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["fsdp", "deepspeed_zero2", "deepspeed_zero3", "accelerate"])
+def test_wheel_ships_the_accelerate_launch_configs(installed, tmp_path, launcher):
+    """launcher=fsdp (and the other accelerate presets) name a launch config inside the package, so they compose and
+    validate from an installed wheel, not only from a checkout."""
+    code = ("from pathlib import Path; from behaviorlm.config import validate_config; "
+            "from behaviorlm.utils import compose_config; "
+            f"cfg = compose_config(['launcher={launcher}']); validate_config(cfg); print(cfg.launcher.config_file)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(installed)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert path.is_file() and path.is_relative_to(installed), path

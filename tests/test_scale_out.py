@@ -7,6 +7,7 @@ Tolerance: stage losses agree to a relative 1e-4 (float reduction order differs)
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,12 +45,12 @@ def test_torchrun_command(compose, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["accelerate", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
-def test_accelerate_presets_resolve_to_files_in_the_repo(compose, tmp_path, preset):
+def test_accelerate_presets_resolve_to_files_in_the_package(compose, tmp_path, preset):
     cfg = compose(f"launcher={preset}", "launcher.nproc_per_node=4", "launcher.nnodes=2", output_dir=str(tmp_path))
     validate_config(cfg)
     command = worker_command(cfg, tmp_path / "worker_config.yaml", "full")
     config_file = command[command.index("--config_file") + 1]
-    assert config_file.startswith(str(ROOT / "launch" / "accelerate"))
+    assert config_file.startswith(str(ROOT / "behaviorlm" / "accelerate_configs")) and Path(config_file).is_file()
     assert "--num_processes=8" in command and "--num_machines=2" in command
 
 
@@ -112,7 +113,7 @@ def test_gpu_check_script_runs_its_code_path_on_cpu(tmp_path):
     import subprocess
 
     out = tmp_path / "gpu_check.json"
-    result = subprocess.run([sys.executable, "-m", "experiments.gpu_check", "--device", "cpu", "--models",
+    result = subprocess.run([sys.executable, "-m", "tools.gpu.gpu_check", "--device", "cpu", "--models",
                              "tiny_random", "--samples", "4", "--scoring-batches", "1", "4", "--train-steps", "3",
                              "--shapes", "smollm2_135m",
                              "--shape-batch", "1", "--seq-len", "16", "--shape-variants", "default",

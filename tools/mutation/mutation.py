@@ -1,9 +1,9 @@
 """Mutation testing of the core modules as one measured number (`make mutation`; not part of `make test`).
 
-    python -m experiments.mutation                 # mutmut run (config: [tool.mutmut] in pyproject.toml), then
+    python -m tools.mutation.mutation                 # mutmut run (config: [tool.mutmut] in pyproject.toml), then
                                                    # results/mutation.json
-    python -m experiments.mutation --report-only   # re-read mutmut's results after `mutmut run NAME ...`
-    python -m experiments.mutation --refresh-test-map --survivors
+    python -m tools.mutation.mutation --report-only   # re-read mutmut's results after `mutmut run NAME ...`
+    python -m tools.mutation.mutation --refresh-test-map --survivors
                                                    # after adding tests: map them, re-run only the survivors
 
 mutmut (3.x) copies the package to `mutants/`, plants one small bug at a time in the six modules of
@@ -100,17 +100,17 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     if args.refresh_test_map:
-        subprocess.run([sys.executable, "-m", "experiments.mutmut_runner", "map-tests"], cwd=PROJECT_ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "tools.mutation.mutmut_runner", "map-tests"], cwd=PROJECT_ROOT, check=True)
     if args.survivors:
         # Named mutants are re-run even with a verdict; unnamed ones keep theirs.
         args.mutants = [*args.mutants, *json.loads(args.out.read_text())["survived"]]
     if not args.report_only:
-        subprocess.run([sys.executable, "-m", "experiments.mutmut_runner", "run", "--max-children",
+        subprocess.run([sys.executable, "-m", "tools.mutation.mutmut_runner", "run", "--max-children",
                         str(args.max_children),
                         *args.mutants], cwd=PROJECT_ROOT, check=False)
     equivalents = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
     report = summarize(mutmut_results(), equivalents)
-    report.update({"command": " ".join(["python -m experiments.mutation", *sys.argv[1:]]),
+    report.update({"command": " ".join(["python -m tools.mutation.mutation", *sys.argv[1:]]),
                    "seconds": None if args.report_only else time.perf_counter() - started,
                    "cpu": os.cpu_count(), "tests": "[tool.mutmut] pytest_add_cli_args_test_selection in pyproject"})
     atomic_write_json(args.out, report)

@@ -1,16 +1,19 @@
-import sys, time, numpy as np, torch
-from pathlib import Path
-sys.path.insert(0, '/work/main')
-from experiments.bench import load_adapter
-from behaviorlm.data.dataset import load_dataset
-from behaviorlm.pipeline import build_behavior_model
+"""Exact and beam top-1s under bf16, bf16 with an fp32 output layer, and fp32, on the first N of 300 tuned prompts:
+which precision decides the near-ties. Run from the repo root:
+    .venv/bin/python -m tools.probes.beam_agreement.numerics N > results/beam_agreement/numerics.log"""
+import sys
+import time
+
+import numpy as np
+import torch
+
 from behaviorlm.scoring import beam_scores, CandidateScorer
-from behaviorlm.utils import compose_config
+from behaviorlm.tuned import tuned_behavior_model
+from behaviorlm.utils import PROJECT_ROOT
+
+cfg, ds, bm = tuned_behavior_model(["experiment=quick_cpu", "aux_ratio=0", "data.max_test_samples=300"],
+                                   PROJECT_ROOT / "results" / "bench_adapter")
 N = int(sys.argv[1])
-cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", f"data.max_test_samples=300"])
-ds = load_dataset(cfg)
-bm, _ = build_behavior_model(cfg, ds, [])
-load_adapter(bm.model, Path('/work/main/results/bench_adapter'))
 prompts = bm.prompt_ids(ds.test)[:N]
 dev = bm.device
 def run(amp, tag):

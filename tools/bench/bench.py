@@ -1,7 +1,7 @@
 """Scoring and training speed, measured side by side on the real model and NYC prompts.
 
-    python -m experiments.bench                     # make bench; writes results/bench.json
-    python -m experiments.bench --samples 8         # quicker (32 prompts by default)
+    python -m tools.bench.bench                     # make bench; writes results/bench.json
+    python -m tools.bench.bench --samples 8         # quicker (32 prompts by default)
 
 It times, on the same model (SmolLM2-135M by default, bf16 autocast on CPU, the output layer in fp32 as
 `scoring.fp32_logits` sets it) and the same NYC prompts:
@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,12 +49,13 @@ from omegaconf import OmegaConf
 
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.distributed import LOCAL
-from behaviorlm.models import autocast, cpu_has_fast_bf16, training_attention
-from behaviorlm.pipeline import build_behavior_model
+from behaviorlm.hardware import machine
+from behaviorlm.models import autocast, training_attention
 from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores
 from behaviorlm.training import COMPILE_MIN_STEPS, AnswerTokenLoss, layer_compilation
+from behaviorlm.tuned import tuned_behavior_model
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
-from experiments.bench_training import (compare_with_trl, grouped_train_batches, step_gemm_shapes, step_shape_peak,
+from tools.bench.bench_training import (compare_with_trl, grouped_train_batches, step_gemm_shapes, step_shape_peak,
                                         time_shares, without_lora_dropout)
 
 
@@ -90,46 +90,6 @@ def gemm(dtype: torch.dtype, size: int = 2048, repeat: int = 5) -> tuple[Callabl
     return run, 2.0 * size ** 3 * repeat
 
 
-def cpu_flags() -> set[str]:
-    try:
-        return set(next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")))
-    except (OSError, StopIteration):
-        return set()
-
-
-def cpu_family_model() -> str:
-    """'family F model M' from /proc/cpuinfo: AMD's 'AMD EPYC' name alone does not tell Zen 3 (25/1) from Zen 4."""
-    fields = {}
-    try:
-        for line in open("/proc/cpuinfo"):
-            key = line.split(":", 1)[0].strip()
-            if key in ("cpu family", "model") and key not in fields:
-                fields[key] = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
-
-
-def matrix_isa() -> str:
-    """The CPU's bf16 matrix instructions: amx_bf16 (Intel AMX), avx512_bf16 (e.g. AMD Zen 4) or none (AVX2)."""
-    flags = cpu_flags()
-    return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), "none")
-
-
-def machine(load_at_start: float) -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    # The load average says whether anything else shared the cores during the run.
-    return {"cpu": cpu, "cpu_family_model": cpu_family_model(), "matrix_isa": matrix_isa(),
-            "bf16_native": cpu_has_fast_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_average_1min_at_start": load_at_start, "load_average_1min_at_end": os.getloadavg()[0],
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=32,
@@ -147,11 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]  # before this process adds its own
 
-    cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", *args.overrides])
-    dataset = load_dataset(cfg)
-    bm, _ = build_behavior_model(cfg, dataset, [])
-    if args.adapter is not None:
-        load_adapter(bm.model, args.adapter)
+    cfg, dataset, bm = tuned_behavior_model(["experiment=quick_cpu", "aux_ratio=0", *args.overrides], args.adapter)
     samples = dataset.test[:args.samples]
     prompts = bm.prompt_ids(samples)
     nodes = bm.scorer.trie.n_nodes
@@ -291,7 +247,7 @@ def main() -> None:
     shapes_peak = step_shape_peak(peak_dtype, step_gemm_shapes(bm.model, batches))
 
     report = {
-        "machine": machine(load_at_start), "model": cfg.model.name, "command": " ".join(["python -m experiments.bench", *sys.argv[1:]]),
+        "machine": machine(load_at_start), "model": cfg.model.name, "command": " ".join(["python -m tools.bench.bench", *sys.argv[1:]]),
         "trie_internal_nodes": nodes, "mean_prompt_tokens": mean_prompt, "candidates": len(bm.vocab.names),
         "exact_seconds_per_sample": exact_s, "floor_forward_seconds_per_sample": floor_s,
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
@@ -370,13 +326,6 @@ def query_costs(cfg, dataset, bm, beam, samples, batch: int = 8) -> dict:
         costs[f"flops_per_query_{name}"] = counter.get_total_flops()
     costs["latency_batch"] = batch
     return costs
-
-
-def load_adapter(model, folder: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
 
 
 def hf_generate(bm, prompts, width: int) -> None:

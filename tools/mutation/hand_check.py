@@ -1,5 +1,5 @@
 """Each surviving mutant run by hand against the fast core test files (-x, 'not slow'), 20 s cap; random order."""
-import json, os, random, subprocess, sys
+import json, os, random, subprocess
 from concurrent.futures import ThreadPoolExecutor
 names = json.load(open('results/mutation.json'))['survived']
 random.seed(0); random.shuffle(names)

@@ -1,4 +1,4 @@
-"""LoRA training steps of real architectures with random weights, for a GPU (`experiments.gpu_check` runs them).
+"""LoRA training steps of real architectures with random weights, for a GPU (`tools.gpu.gpu_check` runs them).
 
 Speed and numerics need no checkpoint: `shape_check` times our LoRA step (`answer_loss_sum`, AdamW) on full rows of
 random tokens for the SmolLM2-135M and Qwen2.5-1.5B shapes and reports its MFU against the bf16 GEMM peak measured

@@ -1,27 +1,21 @@
 """Which seed for the seeded beam (2026-11-27): on 300 tuned NYC test prompts, for each candidate seed, how many trie
 nodes ride in the prompt's forward and how often the bound needs the extra forward (a first token outside the
 seed likelier than the best seeded name). Also the two exact paths against each other. Run from the repo root:
-    .venv/bin/python results/beam_agreement/seeds300.py > results/beam_agreement/seeds300.log"""
-import collections, json, sys
-from pathlib import Path
+    .venv/bin/python -m tools.probes.beam_agreement.seeds300 > results/beam_agreement/seeds300.log"""
+import collections, json
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.models import autocast
-from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import beam_scores, fp32_output_layer
+from behaviorlm.tuned import tuned_behavior_model
 from behaviorlm.utils import PROJECT_ROOT, compose_config
-from experiments.bench import load_adapter
 
 base = ["experiment=quick_cpu", "logger=none", "aux_ratio=0"]
 train = load_dataset(compose_config(base)).train
-cfg = compose_config([*base, "data.max_test_samples=300"])
-ds = load_dataset(cfg)
-bm, _ = build_behavior_model(cfg, ds, [])
-load_adapter(bm.model, PROJECT_ROOT / "results" / "bench_adapter")
+cfg, ds, bm = tuned_behavior_model([*base, "data.max_test_samples=300"], PROJECT_ROOT / "results" / "bench_adapter")
 samples, prompts, trie = ds.test, bm.prompt_ids(ds.test), bm.scorer.trie
 names, first = bm.vocab.names, list(trie.first_rows)
 column = {n: j for j, n in enumerate(names)}

@@ -1,25 +1,19 @@
 """Where a forward's time goes on this CPU (2026-11-27): the figures behind the README's "The beam at 1.4x a prompt
 forward". SmolLM2-135M with results/bench_adapter, bf16 autocast, fp32 output layer, batch 1, random token ids;
 each figure the median of 5 interleaved rounds of 5 calls. Run from the repo root with nothing else running:
-    .venv/bin/python results/beam_agreement/forward_costs.py > results/beam_agreement/forward_costs.log"""
-import json, os, sys, time
-from pathlib import Path
+    .venv/bin/python -m tools.probes.beam_agreement.forward_costs > results/beam_agreement/forward_costs.log"""
+import json, os, time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from behaviorlm.data.dataset import load_dataset
 from behaviorlm.models import autocast
-from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.scoring import fp32_output_layer
-from behaviorlm.utils import PROJECT_ROOT, compose_config
-from experiments.bench import load_adapter
+from behaviorlm.tuned import tuned_behavior_model
+from behaviorlm.utils import PROJECT_ROOT
 
 load_at_start = os.getloadavg()[0]
-cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0"])
-bm, _ = build_behavior_model(cfg, load_dataset(cfg), [])
-load_adapter(bm.model, PROJECT_ROOT / "results" / "bench_adapter")
+cfg, _, bm = tuned_behavior_model(["experiment=quick_cpu", "aux_ratio=0"], PROJECT_ROOT / "results" / "bench_adapter")
 model = bm.model.eval()
 ids = torch.randint(0, 40000, (1, 126))
 head = model.get_output_embeddings().weight

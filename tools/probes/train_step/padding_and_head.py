@@ -3,21 +3,18 @@ the output layer in fp32 on the answer rows (instead of autocast casting the 49k
 and right padding with no padding mask, so that attention is plain causal (SDPA's causal kernel, or eager), the
 answer rows gathered by column. SmolLM2-135M with results/bench_adapter, the bench's 6 length-grouped batches of 8
 real NYC examples, bf16 autocast, LoRA dropout 0. Run from the repo root with nothing else running:
-    .venv/bin/python results/train_step/padding_and_head.py > results/train_step/padding_and_head.log"""
+    .venv/bin/python -m tools.probes.train_step.padding_and_head > results/train_step/padding_and_head.log"""
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 load_at_start = os.getloadavg()[0]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_setup import bench_step_setup  # noqa: E402
-from behaviorlm.models import autocast, attention_implementation  # noqa: E402
-from behaviorlm.scoring import fp32_output_layer  # noqa: E402
-from behaviorlm.training import answer_loss_sum, collate, trainable_state  # noqa: E402
+from tools.probes.train_step.step_setup import bench_step_setup
+from behaviorlm.models import autocast, attention_implementation
+from behaviorlm.scoring import fp32_output_layer
+from behaviorlm.training import answer_loss_sum, collate, trainable_state
 
 bm, examples, _, _ = bench_step_setup(6)
 exs = [examples[i:i + 8] for i in range(0, len(examples), 8)]  # the bench's 6 batches, as example lists

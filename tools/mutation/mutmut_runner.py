@@ -1,4 +1,4 @@
-"""mutmut's command line with each mutant's tests run fastest first (`experiments.mutation` calls it).
+"""mutmut's command line with each mutant's tests run fastest first (`tools.mutation.mutation` calls it).
 
 mutmut 3.8 hands a mutant's tests to pytest in set order and pytest stops at the first failure (`-x`), so a mutant
 that a 0.01 s unit test kills could first sit through the 3-4 s tiny-pipeline tests that also reach its function.
@@ -7,16 +7,16 @@ surviving one still runs them all. Verdicts do not change, only the order tests 
 
 `map-tests` rebuilds mutmut's map from functions to the tests that reach them. The stored map had 43 of the 133
 selected tests, all added after the first run, mapped to nothing, so a mutant of `cache.digest` was never given the
-test that kills it. This module used to import behaviorlm (through experiments.mutation) before mutmut puts
+test that kills it. This module used to import behaviorlm (through tools.mutation.mutation) before mutmut puts
 mutants/ first on sys.path; a stats pass in such a process runs the tests against the unmutated package and maps
 nothing (measured: "could not find any test case for any mutant", as when the stored stats were deleted), and maps
 98 tests to 63 functions with the import made late (`_sorting_submit`). Mutant verdicts were not affected (those
 runs killed 1,729 mutants). `map-tests` runs every selected test once in this process, in mutmut's own stats mode
 with its own collector, and stores the map; verdicts are kept, so re-run the survivors after it
-(`experiments.mutation --refresh-test-map --survivors`).
+(`tools.mutation.mutation --refresh-test-map --survivors`).
 
-    python -m experiments.mutmut_runner run [MUTANT ...]     # as `python -m mutmut run`
-    python -m experiments.mutmut_runner map-tests            # after a first `run` (it needs mutmut's stats)
+    python -m tools.mutation.mutmut_runner run [MUTANT ...]     # as `python -m mutmut run`
+    python -m tools.mutation.mutmut_runner map-tests            # after a first `run` (it needs mutmut's stats)
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from mutmut.workers import isolation
 
 def _sorting_submit(submit):
     def wrapped(self, mutant_name: str, tests: list[str], cpu_time_limit: int, estimated_time: float) -> None:
-        # Imported here, not at the top: experiments.mutation imports behaviorlm, and a behaviorlm imported before
+        # Imported here, not at the top: tools.mutation.mutation imports behaviorlm, and a behaviorlm imported before
         # mutmut puts mutants/ first on sys.path is the unmutated one, which every test would then use.
-        from experiments.mutation import fastest_first
+        from tools.mutation.mutation import fastest_first
         return submit(self, mutant_name, fastest_first(tests, state().duration_by_test), cpu_time_limit,
                       estimated_time)
     return wrapped
@@ -47,7 +47,7 @@ def map_tests() -> None:
     copy_also_copy_files()  # the current tests/ into mutants/
     setup_source_paths()  # import behaviorlm from mutants/, where the trampolines are
     if not load_stats():
-        raise SystemExit("error: mutants/mutmut-stats.json missing: run `python -m experiments.mutation` first")
+        raise SystemExit("error: mutants/mutmut-stats.json missing: run `python -m tools.mutation.mutation` first")
     # The tests must run against the current code: mutmut's own generation step rewrites the mutants of changed
     # modules (resetting the verdicts of changed functions) and copies the others.
     create_mutants(1)

@@ -1,4 +1,4 @@
-"""The training half of `make bench` (experiments/bench.py): the batches it times, the dropout switch, where a
+"""The training half of `make bench` (tools/bench/bench.py): the batches it times, the dropout switch, where a
 step's time goes, and the step against TRL's SFTTrainer on the same batches."""
 
 from __future__ import annotations

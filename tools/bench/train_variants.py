@@ -1,6 +1,6 @@
 """One LoRA training step, changed one thing at a time: which attention kernel, LoRA dropout 0.05 or none.
 
-    python -m experiments.train_variants            # results/train_variants.json (about 2 minutes on 2 cores)
+    python -m tools.bench.train_variants            # results/train_variants.json (about 2 minutes on 2 cores)
 
 The same 6 length-grouped batches of 8 real NYC examples (SmolLM2-135M, bf16 autocast, the loop's answer-token
 objective) are trained under each variant; the second of two passes is timed. `make bench` measures the default
@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from behaviorlm.data.dataset import load_dataset
-from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.training import AnswerTokenLoss
-from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
-from experiments.bench_training import grouped_train_batches, without_lora_dropout
+from behaviorlm.tuned import tuned_behavior_model
+from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
+from tools.bench.bench_training import grouped_train_batches, without_lora_dropout
 
 
 def main() -> None:
@@ -31,10 +30,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=gemma3_270m")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
-    cfg = compose_config(["experiment=quick_cpu", "logger=none", "aux_ratio=0", "model.lora.dropout=0.05",
-                          *args.overrides])
-    dataset = load_dataset(cfg)
-    bm, _ = build_behavior_model(cfg, dataset, [])
+    cfg, dataset, bm = tuned_behavior_model(["experiment=quick_cpu", "aux_ratio=0", "model.lora.dropout=0.05",
+                                             *args.overrides])
     _, batches = grouped_train_batches(bm, dataset.train, cfg.train.batch_size, args.steps)  # the bench's batches
     optimizer = torch.optim.AdamW([p for p in bm.model.parameters() if p.requires_grad], lr=1e-4)
     bm.model.train()
@@ -64,7 +61,7 @@ def main() -> None:
               "batch_size": cfg.train.batch_size, "steps": len(batches), "model": cfg.model.name,
               "tokens": sum(int(b[1].sum()) for b in batches), "load_average_1min_at_start": load_at_start,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "command": "python -m experiments.train_variants " + " ".join(args.overrides)}
+              "command": "python -m tools.bench.train_variants " + " ".join(args.overrides)}
     atomic_write_json(args.out, report)
     for name, seconds in variants.items():
         print(f"{name:32s} {seconds:.3f} s/step  {baseline / seconds:.2f}x")

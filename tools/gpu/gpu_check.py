@@ -1,12 +1,12 @@
 """The checks that need a GPU, as one short script for a lent GPU machine (a few minutes on one H100).
 
-    python -m experiments.gpu_check                              # CUDA: both models, 1 and (if present) 2 GPUs
-    python -m experiments.gpu_check --device cpu --models tiny_random --skip-runs   # a dry run of the code path
-    python -m experiments.gpu_check --models --shapes qwen2_5_1_5b --skip-runs     # training MFU only
+    python -m tools.gpu.gpu_check                              # CUDA: both models, 1 and (if present) 2 GPUs
+    python -m tools.gpu.gpu_check --device cpu --models tiny_random --skip-runs   # a dry run of the code path
+    python -m tools.gpu.gpu_check --models --shapes qwen2_5_1_5b --skip-runs     # training MFU only
 
 1. Kernels (issue #9): for each model in bf16 on the device — exact trie ranking and constrained beam scoring
    of NYC/synthetic test prompts (samples/s) and LoRA training steps (samples/s), with peak GPU memory.
-2. Training MFU (issue #18, `experiments/gpu_shapes.py`) of randomly initialised models of real shapes
+2. Training MFU (issue #18, `tools/gpu/gpu_shapes.py`) of randomly initialised models of real shapes
    (SmolLM2-135M, Qwen2.5-1.5B; speed needs no checkpoint): our LoRA step (`answer_loss_sum`, AdamW) on full rows
    of random tokens, model FLOPs counted as bench.py counts them (4 x non-embedding parameters x tokens: forward +
    backward through activations, frozen weights take no weight gradients; attention scores not counted, so MFU is
@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 
-from behaviorlm.data.dataset import load_dataset
-from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.training import answer_loss_sum, collate
+from behaviorlm.tuned import tuned_behavior_model
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
-from experiments.gpu_shapes import SHAPES, gemm_peak, padding_check, peak_memory_gb, shape_check, sync
+from tools.gpu.gpu_shapes import SHAPES, gemm_peak, padding_check, peak_memory_gb, shape_check, sync
 
 MODEL_ARGS = {
     "tiny_random": ["model=tiny_random", "data=synthetic"],
@@ -48,10 +47,8 @@ def nan_probe(device_name: str, steps: int = 24) -> dict:
     each stopping at its first non-finite loss or gradient."""
     import numpy as np
 
-    cfg = compose_config(["experiment=quick_cpu", f"device={device_name}", "logger=none", "aux_ratio=0",
-                          "train.batch_size=32"])
-    dataset = load_dataset(cfg)
-    bm, _ = build_behavior_model(cfg, dataset, [])
+    cfg, dataset, bm = tuned_behavior_model(["experiment=quick_cpu", f"device={device_name}", "aux_ratio=0",
+                                             "train.batch_size=32"])
     base = bm.model.get_base_model()
     report = {"weight_dtype": str(next(base.parameters()).dtype), "amp_dtype": str(bm.amp_dtype),
               "nonfinite_weights": [n for n, p in base.named_parameters() if not torch.isfinite(p).all()][:10]}
@@ -119,10 +116,8 @@ def kernel_check(model_name: str, device_name: str, samples: int, train_steps: i
     """Scoring prompts/s per mode and per prompts-per-forward (`scoring_batches`, default the config's), then
     LoRA training samples/s, all through the pipeline's own BehaviorModel."""
     overrides = [f"train.batch_size={train_batch}"] if train_batch else []
-    cfg = compose_config([*MODEL_ARGS[model_name], f"device={device_name}", "logger=none", "aux_ratio=0",
-                          "model.precision=bf16", *overrides])
-    dataset = load_dataset(cfg)
-    bm, _ = build_behavior_model(cfg, dataset, [])
+    cfg, dataset, bm = tuned_behavior_model([*MODEL_ARGS[model_name], f"device={device_name}", "aux_ratio=0",
+                                             "model.precision=bf16", *overrides])
     device = bm.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -220,7 +215,7 @@ def main() -> None:
 
     report = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
               "gpus": torch.cuda.device_count() if args.device == "cuda" else 0, "torch": torch.__version__,
-              "command": " ".join(["python -m experiments.gpu_check", *sys.argv[1:]]), "kernels": [], "runs": [],
+              "command": " ".join(["python -m tools.gpu.gpu_check", *sys.argv[1:]]), "kernels": [], "runs": [],
               "shapes": []}
     if args.padding_check:
         report["padding"] = padding_check(args.device)

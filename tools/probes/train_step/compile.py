@@ -3,18 +3,15 @@ eager training step, in interleaved rounds, with the losses of both from the sam
 with results/bench_adapter, length-grouped batches of 8 real NYC examples (the bench's), bf16 autocast, eager
 attention, LoRA dropout 0 (the defaults). Run from the repo root with nothing else running (TORCHINDUCTOR_CACHE_DIR
 set to an empty folder gives the cold compile time; a second run shows the warm one):
-    .venv/bin/python results/train_step/compile.py > results/train_step/compile.log"""
+    .venv/bin/python -m tools.probes.train_step.compile > results/train_step/compile.log"""
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_setup import bench_step_setup  # noqa: E402
-from behaviorlm.training import trainable_state  # noqa: E402
+from tools.probes.train_step.step_setup import bench_step_setup
+from behaviorlm.training import trainable_state
 
 ROUNDS = int(os.environ.get("ROUNDS", 5))
 load_at_start = os.getloadavg()[0]

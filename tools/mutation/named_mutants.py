@@ -1,8 +1,8 @@
 """The bugs issue #19 named, planted one at a time in a copy of the tree, each against the test that must catch it.
 
-    python -m experiments.named_mutants        # part of `make mutation`; writes results/named_mutants.json
+    python -m tools.mutation.named_mutants        # part of `make mutation`; writes results/named_mutants.json
 
-mutmut (experiments/mutation.py) generates its own mutants but leaves some functions alone (mutmut 3 does not
+mutmut (tools/mutation/mutation.py) generates its own mutants but leaves some functions alone (mutmut 3 does not
 mutate a function that defines another, such as `beam_scores`); these hand-written ones are the regressions a
 reviewer found surviving, so each must stay killed by a named test.
 """
@@ -77,7 +77,7 @@ def main() -> None:
         print("killed  " if row["killed"] else "SURVIVED", row["file"], "|", row["planted"][:60], "|",
               row["test"].split("::")[1])
     atomic_write_json(PROJECT_ROOT / "results" / "named_mutants.json",
-                      {"command": "python -m experiments.named_mutants", "bugs": rows,
+                      {"command": "python -m tools.mutation.named_mutants", "bugs": rows,
                        "killed": sum(r["killed"] for r in rows), "total": len(rows)})
     if not all(r["killed"] for r in rows):
         sys.exit(1)

@@ -1,6 +1,6 @@
 """What kind of CPU this is for BehaviorLM: its bf16 matrix instructions and the GEMM rates that decide the precision.
 
-    python -m experiments.cpu_kind          # -> results/cpu_kinds/<matrix ISA>_<family>_<model>.json
+    python -m tools.bench.cpu_kind          # -> results/cpu_kinds/<matrix ISA>_<family>_<model>.json
 
 `model.precision=auto` trains and scores under bf16 autocast only where the CPU multiplies bf16 natively (AVX-512
 with bf16, or AMX): on an AVX2-only CPU such as AMD Zen 3, oneDNN emulates bf16 GEMMs two orders of magnitude
@@ -17,7 +17,7 @@ import torch
 
 from behaviorlm.models import autocast_dtype, cpu_has_fast_bf16
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
-from experiments.bench import cpu_family_model, machine, matrix_isa
+from behaviorlm.hardware import cpu_family_model, machine, matrix_isa
 
 
 def gemm_rate(size: int, dtype: torch.dtype, calls: int = 5) -> float:
@@ -34,7 +34,7 @@ def gemm_rate(size: int, dtype: torch.dtype, calls: int = 5) -> float:
 
 def main() -> None:
     load = os.getloadavg()[0]
-    report = {"command": "python -m experiments.cpu_kind", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    report = {"command": "python -m tools.bench.cpu_kind", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "precision_auto_autocast": str(autocast_dtype("auto", torch.device("cpu")))}
     for size in (1024, 2048):

@@ -1,7 +1,7 @@
 """The bf16 matmuls of a SmolLM2 training step (8 rows of about 120 tokens: M = 896-976; K, N = 576, 1536, 192)
 against the 2048^3 GEMM the bench divides by, on this CPU (2026-11-27): forward x @ W^T as F.linear runs it and with
 W^T stored contiguous, and the backward's grad @ W. 20 timed calls each after two warm-ups. Run from the repo root:
-    .venv/bin/python results/train_step/gemm_shapes.py > results/train_step/gemm_shapes.log"""
+    .venv/bin/python -m tools.probes.train_step.gemm_shapes > results/train_step/gemm_shapes.log"""
 import os
 import time
 

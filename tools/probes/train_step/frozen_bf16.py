@@ -3,20 +3,17 @@ timed in interleaved rounds, and the losses of both compared (2026-11-27). SmolL
 6 length-grouped batches of real NYC examples (the bench's), LoRA dropout as configured, eager attention.
 Autocast re-casts every frozen fp32 weight to bf16 in each forward and again for the backward; stored in bf16 the
 cast is a no-op. Run from the repo root with nothing else running:
-    .venv/bin/python results/train_step/frozen_bf16.py > results/train_step/frozen_bf16.log"""
+    .venv/bin/python -m tools.probes.train_step.frozen_bf16 > results/train_step/frozen_bf16.log"""
 import copy
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_setup import bench_step_setup  # noqa: E402
-from behaviorlm.training import trainable_state  # noqa: E402
-from experiments.bench_training import without_lora_dropout  # noqa: E402
+from tools.probes.train_step.step_setup import bench_step_setup
+from behaviorlm.training import trainable_state
+from tools.bench.bench_training import without_lora_dropout
 
 ROUNDS = int(os.environ.get("ROUNDS", 7))
 load_at_start = os.getloadavg()[0]

@@ -1,0 +1,24 @@
+"""The full-width two-forward beam against the bounded beam on the first N of 300 tuned prompts, bf16. Run from the
+repo root:
+    .venv/bin/python -m tools.probes.beam_agreement.twopass N > results/beam_agreement/twopass.log"""
+import sys
+import time
+
+import numpy as np
+import torch
+
+from behaviorlm.scoring import beam_scores
+from behaviorlm.tuned import tuned_behavior_model
+from behaviorlm.utils import PROJECT_ROOT
+
+cfg, ds, bm = tuned_behavior_model(["experiment=quick_cpu", "aux_ratio=0", "data.max_test_samples=300"],
+                                   PROJECT_ROOT / "results" / "bench_adapter")
+N = int(sys.argv[1])
+prompts = bm.prompt_ids(ds.test)[:N]
+dev = bm.device; amp = torch.bfloat16
+trie = bm.scorer.trie
+nfirst = len(trie.first_rows)
+t=time.time(); full = beam_scores(bm.model, prompts, trie, dev, amp, width=nfirst, batch_size=8); tf=time.time()-t
+t=time.time(); b = beam_scores(bm.model, prompts, trie, dev, amp, width=10, batch_size=8, exact_top=1); tb=time.time()-t
+fin=np.isfinite(b); d=np.abs(full[fin]-b[fin])
+print('full-width s', round(tf,1), 'beam s', round(tb,1), 'agree', np.mean(full.argmax(1)==b.argmax(1)), 'diff', d.mean(), d.max(), 'first tokens', nfirst)
