@@ -60,7 +60,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
 	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
-	sample-efficiency ablation-tradeoff bench bench-data gpu-check dashboard claims mutation
+	sample-efficiency ablation-tradeoff bench bench-data gpu-check dashboard claims mutation docs
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
 
@@ -129,6 +129,9 @@ bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparis
 
 bench-data: $(SETUP) ## data-layer speed and memory on synthetic logs of 1M and 10M events -> results/bench_data.json
 	$(PY) -m tools.bench.bench_data $(ARGS)
+
+docs: $(VENV)/.installed ## build the documentation site (docs/ -> site/) with MkDocs; --strict: a broken link fails
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 dashboard: $(SETUP) ## W&B workspace + report for a sweep: make dashboard SWEEP=results/paper-main [ARGS=--dry-run]
 	$(PY) -m behaviorlm.dashboard $(SWEEP) $(ARGS)
