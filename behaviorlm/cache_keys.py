@@ -1,4 +1,4 @@
-"""What each stage reads, declared once, and the stage-cache keys derived from it.
+"""The stage-cache keys, derived from what each stage reads (declared in behaviorlm/stage_plan.py).
 
 Safe by default: a stage's key holds the WHOLE resolved config except the paths declared irrelevant (globally, or
 for that stage, each with the reason), plus the facts the config does not show (the exact samples, anchors,
@@ -12,7 +12,6 @@ Keys chain: a stage's key includes its parent's, so whatever changes upstream in
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from behaviorlm.cache import digest
+from behaviorlm.stage_plan import STAGES
 
 # Read by no stage: where things go, how they are logged, and settings only the test or the baselines use.
 GLOBAL_IGNORES: dict[str, str] = {
@@ -48,44 +48,6 @@ GLOBAL_IGNORES: dict[str, str] = {
     "scoring.wise_ft_alpha": "test-time scaling of the tuned update after the stages",
 }
 
-_SELECTION_ONLY = "read by the selection stages, after this one"
-_B_ONLY = "B-Tuning's settings, read after this stage"
-_UPSTREAM = "reaches this stage through its parent's key, when the stage that reads it ran before"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A stage of a stage order: its kind (`tuning` trains the adapter, `selection` picks the B set, `scores`
-    is a cached sub-step) and the config paths it does not read, each with the reason."""
-
-    name: str
-    kind: str
-    ignores: Mapping[str, str] = field(default_factory=dict)
-
-
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("a_tuning", "tuning", {
-        "samples_per_behavior": _SELECTION_ONLY, "selection": _SELECTION_ONLY, "train.b_tuning": _B_ONLY}),
-    Stage("joint_tuning", "tuning", {  # every training sample, with A-Tuning's optimisation settings
-        "samples_per_behavior": _SELECTION_ONLY, "selection": _SELECTION_ONLY, "train.b_tuning": _B_ONLY,
-        "aux_ratio": "plain fine-tuning mixes in no conversations", "aux": "plain fine-tuning mixes in no "
-        "conversations"}),
-    Stage("selection_scores", "scores", {  # the scored pool: one set of scores serves every F and contrastive
-        "samples_per_behavior": "F picks from the scores; the pool's size is selection.max_scored_per_behavior",
-        "selection.contrastive": "how the scores are tiered, not what they are",
-        "selection.strategy": "scores exist only for strategy=difficulty",
-        "selection.difficulty": "scores exist only when difficulty is on",
-        "train.b_tuning": _B_ONLY}),
-    Stage("difficulty_selection", "selection", {"train.b_tuning": _B_ONLY}),
-    Stage("random_balanced", "selection", {
-        "train.b_tuning": _B_ONLY, "selection": "a random balanced set: no scores, no tiers"}),
-    Stage("tail_balanced", "selection", {
-        "train.b_tuning": _B_ONLY, "selection": "a random set of tail behaviors: no scores, no tiers"}),
-    Stage("b_tuning", "tuning", {"train.a_tuning": _UPSTREAM, "aux_ratio": _UPSTREAM, "aux": _UPSTREAM}),
-)}
-
-TUNING_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "tuning")
-SELECTION_STAGES = tuple(name for name, stage in STAGES.items() if stage.kind == "selection")
 CACHE_VERSION = 2  # bump when an entry's layout changes
 
 

@@ -16,8 +16,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-STAGE_ORDERS = ("progressive", "joint", "anchor_only", "balanced_only", "balanced_first", "tail_first", "tail_only",
-                "zero_shot")
+from behaviorlm.stage_plan import STAGE_ORDERS, TRAIN_SECTIONS
+
 MONITORS = ("acc_overall", "acc_tail", "macro_f1")  # what early stopping may watch on the validation slice
 METHODS = ("behaviorlm", "sasrec", "bert4rec", "popularity", "user_frequent", "markov")
 B_LOSSES = ("ce", "balanced_softmax")  # B-Tuning objectives (train.b_tuning.loss)
@@ -30,7 +30,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.attn_implementation": ("auto", "eager", "sdpa"),
     "train.compile": ("auto", "always", "never"), "scoring.beam_seed": ("history", "none"),
     "data.source": ("foursquare_nyc", "csv", "synthetic"), "logger.mode": ("auto", "online", "offline"),
+    "logger.name": ("wandb", "none"), "model.source": ("gguf_package", "hub", "tiny_random"),
+    "model.precision": ("auto", "fp32", "bf16", "mixed"), "model.quantization": (None, "4bit"),
+    "launcher.name": ("local", "torchrun", "accelerate"), "data.test_sampling": ("uniform", "stratified"),
+    "data.time_unit": (None, "s", "ms"), "data.duplicates": ("drop", "keep", "error"),
 }
+
+
+def allowed_text(key: str) -> str:
+    """A closed key's choices as the error messages print them (`null | s | ms`)."""
+    return " | ".join("null" if choice is None else str(choice) for choice in CHOICES[key])
 
 
 class ConfigError(ValueError):
@@ -293,7 +302,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Range checks that types cannot express. Raises ConfigError naming the key and the value."""
     for key, allowed in CHOICES.items():  # the closed choices, from the table the sweep check reads too
         value = OmegaConf.select(cfg, key)
-        _check(value in allowed, key, value, " | ".join(allowed))
+        _check(value in allowed, key, value, allowed_text(key))
     _check(0.0 <= cfg.aux_ratio < 1.0, "aux_ratio", cfg.aux_ratio, "a share in [0, 1)")
     _check(0.0 < cfg.anchor_threshold < 1.0, "anchor_threshold", cfg.anchor_threshold, "a share in (0, 1)")
     _check(cfg.samples_per_behavior >= 1, "samples_per_behavior", cfg.samples_per_behavior, "an integer >= 1")
@@ -305,20 +314,12 @@ def validate_config(cfg: DictConfig) -> None:
            "a share in (0, 1)")
     _check(0.0 <= cfg.data.split.val_fraction < 1.0, "data.split.val_fraction", cfg.data.split.val_fraction,
            "a share in [0, 1)")
-    _check(cfg.model.source in ("gguf_package", "hub", "tiny_random"), "model.source", cfg.model.source,
-           "gguf_package | hub | tiny_random")
-    _check(cfg.model.precision in ("auto", "fp32", "bf16", "mixed"), "model.precision", cfg.model.precision,
-           "auto | fp32 | bf16 | mixed")
     _check(cfg.scoring.beam_width >= 1, "scoring.beam_width", cfg.scoring.beam_width, "an integer >= 1")
     _check(cfg.scoring.near_tie_epsilon >= 0, "scoring.near_tie_epsilon", cfg.scoring.near_tie_epsilon, "nats >= 0")
     _check(cfg.scoring.beam_exact_top >= 0, "scoring.beam_exact_top", cfg.scoring.beam_exact_top, "an integer >= 0")
     _check(cfg.scoring.mode != "beam" or cfg.scoring.beam_seed == "none" or cfg.scoring.beam_exact_top >= 1,
            "scoring.beam_exact_top", cfg.scoring.beam_exact_top, ">= 1 with scoring.beam_seed=history (the bound is "
            "what finds a best name outside the seed)")
-    _check(cfg.logger.name in ("wandb", "none"), "logger.name", cfg.logger.name, "wandb | none")
-    _check(cfg.model.quantization in (None, "4bit"), "model.quantization", cfg.model.quantization, "null | 4bit")
-    _check(cfg.launcher.name in ("local", "torchrun", "accelerate"), "launcher.name", cfg.launcher.name,
-           "local | torchrun | accelerate")
     for key in ("nproc_per_node", "nnodes"):
         _check(cfg.launcher[key] >= 1, f"launcher.{key}", cfg.launcher[key], "an integer >= 1")
     _check(0 <= cfg.launcher.node_rank < cfg.launcher.nnodes, "launcher.node_rank", cfg.launcher.node_rank,
@@ -334,21 +335,16 @@ def validate_config(cfg: DictConfig) -> None:
            "prompt.formats", list(cfg.prompt.formats), "a non-empty subset of [list, sentence, log]")
     for key in ("batch_size", "grad_accum"):
         _check(cfg.train[key] >= 1, f"train.{key}", cfg.train[key], "an integer >= 1")
-    for stage in ("a_tuning", "b_tuning"):
-        _check(cfg.train[stage].max_epochs >= 1, f"train.{stage}.max_epochs", cfg.train[stage].max_epochs,
+    for section in TRAIN_SECTIONS:
+        _check(cfg.train[section].max_epochs >= 1, f"train.{section}.max_epochs", cfg.train[section].max_epochs,
                "an integer >= 1")
     _check(0.0 <= cfg.train.b_tuning.merge_alpha <= 1.0, "train.b_tuning.merge_alpha", cfg.train.b_tuning.merge_alpha,
            "a weight in [0, 1] (1: the B-tuned adapter, 0: the A-tuned one)")
     _check(0.0 <= cfg.scoring.wise_ft_alpha <= 1.0, "scoring.wise_ft_alpha", cfg.scoring.wise_ft_alpha,
            "a weight in [0, 1] (1: the tuned model, 0: the untuned one)")
-    _check(cfg.data.test_sampling in ("uniform", "stratified"), "data.test_sampling", cfg.data.test_sampling,
-           "uniform | stratified")
     _check(cfg.optimized_metric is None or not str(cfg.optimized_metric).startswith("test/"), "optimized_metric",
            cfg.optimized_metric, "a validation metric such as b_tuning/val/acc_overall (a sweeper must not tune on "
            "the test set)")
-    _check(cfg.data.time_unit in (None, "s", "ms"), "data.time_unit", cfg.data.time_unit, "null | s | ms")
-    _check(cfg.data.duplicates in ("drop", "keep", "error"), "data.duplicates", cfg.data.duplicates,
-           "drop | keep | error")
     check_selection_pool(cfg.samples_per_behavior, cfg.selection.max_scored_per_behavior)
 
 

@@ -29,13 +29,13 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from behaviorlm.stage_plan import TUNING_STAGES
 from behaviorlm.sweeps import SWEPT_KEYS, job_dirs, job_overrides, swept_keys, varying_fields
 from behaviorlm.tracking import has_wandb_credentials, logged_where
 from behaviorlm.utils import atomic_write_text
 
 HEAD_TAIL = ("test/acc_anchor", "test/acc_tail", "test/acc_overall")
 MORE_TEST = ("test/macro_f1", "test/acc_at_5")
-STAGES = ("a_tuning", "b_tuning", "joint_tuning")
 
 
 @dataclass
@@ -104,7 +104,7 @@ def build_spec(sweep_dir: Path) -> DashboardSpec:
     jobs = sweep_jobs(sweep_dir)
     key = swept_key(jobs)
     first = jobs.iloc[0]
-    stages = [s for s in STAGES if f"{s}/final_train_loss" in jobs]
+    stages = [s for s in TUNING_STAGES if f"{s}/final_train_loss" in jobs]
     sections = [
         Section("Head and tail", [Panel("bar", f"{m} by {key}", [m], key) for m in HEAD_TAIL]),
         Section("More test metrics", [Panel("bar", f"{m} by {key}", [m], key) for m in MORE_TEST]

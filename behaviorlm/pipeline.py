@@ -32,12 +32,13 @@ from behaviorlm.models import (adopt_as_default, add_lora, autocast_dtype, inter
                                resolve_device, scale_lora_update)
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
-from behaviorlm.stages import (STAGE_PLANS, BehaviorModel, CandidateSoftmaxLoss, a_tuning_set, check_anchors,
+from behaviorlm.stages import (BehaviorModel, CandidateSoftmaxLoss, a_tuning_set, check_anchors,
                                check_remedies, difficulty_selection, logit_adjustment, random_balanced, role_counts,
                                tail_balanced, tune)
 from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
-from behaviorlm.cache_keys import SELECTION_STAGES, TUNING_STAGES, job_key, resolved, root_cache_key, stage_key
+from behaviorlm.cache_keys import job_key, resolved, root_cache_key, stage_key
+from behaviorlm.stage_plan import SELECTION_STAGES, STAGE_PLANS, STAGES, TUNING_STAGES
 from behaviorlm.stage_io import cached_selection_scores, restore_stage, save_run_artifacts, save_stage
 from behaviorlm.utils import atomic_write_json, kill_point, provenance, seed_everything, shareable
 
@@ -82,28 +83,31 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
 def run_stage(cfg: DictConfig, stage: str, bm: BehaviorModel, dataset: BehaviorDataset, conversations,
               selection: Selection | None, tracker: Tracker, scored: tuple | None = None,
               checkpoint_dir: Path | None = None) -> tuple[dict[str, Any], Selection | None]:
-    """Run one stage; returns its report and the (possibly new) balanced selection."""
-    if stage == "difficulty_selection":
+    """Run one stage as its declaration says (behaviorlm/stage_plan.py); returns its report and the (possibly new)
+    balanced selection."""
+    spec = STAGES[stage]
+    if spec.picks == "difficulty":
         selection, report = difficulty_selection(bm, dataset.train, cfg.samples_per_behavior, cfg.selection,
                                                  cfg.seed, scored)
         return report, selection
-    if stage in ("random_balanced", "tail_balanced"):
-        pick = random_balanced if stage == "random_balanced" else tail_balanced
+    if spec.picks in ("random", "tail"):
+        pick = random_balanced if spec.picks == "random" else tail_balanced
         selection, report = pick(bm, dataset.train, cfg.samples_per_behavior, cfg.seed)
         return report, selection
     report: dict[str, Any] = {}
     objective = None  # the answer tokens' cross-entropy
-    if stage == "a_tuning":
+    stage_cfg = cfg.train[spec.train_section]
+    if spec.trains_on == "anchors":
         examples, report = a_tuning_set(bm, dataset.train, conversations, cfg.aux_ratio,
                                         cfg.aux.max_response_tokens, cfg.seed)
-        samples, stage_cfg = [s for s in dataset.train if s.target in bm.vocab.anchors], cfg.train.a_tuning
-    elif stage == "joint_tuning":
-        samples, stage_cfg = dataset.train, cfg.train.a_tuning
+        samples = [s for s in dataset.train if s.target in bm.vocab.anchors]
+    elif spec.trains_on == "all":
+        samples = dataset.train
         examples = bm.behavior_examples(samples)
     else:
-        samples, stage_cfg = [dataset.train[i] for i in selection.indices], cfg.train.b_tuning
+        samples = [dataset.train[i] for i in selection.indices]
         examples = bm.behavior_examples(samples)
-        if stage_cfg.loss == "balanced_softmax":
+        if stage_cfg.get("loss") == "balanced_softmax":
             objective = CandidateSoftmaxLoss(bm, logit_adjustment(bm.vocab, [s.target for s in samples], tau=-1.0))
     report.update(role_counts(samples, bm.vocab))
 
@@ -158,7 +162,7 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         else:
             started = time.perf_counter()
             scored = None
-            if stage == "difficulty_selection":
+            if STAGES[stage].picks == "difficulty":
                 scored = cached_selection_scores(cfg, config, cache, parent_key, bm, dataset)
             report, selection = run_stage(cfg, stage, bm, dataset, conversations, selection, tracker, scored,
                                           cache.partial_dir(stage, key))
@@ -178,7 +182,7 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         if stage in SELECTION_STAGES and dist.is_main:
             atomic_write_json(out / "selection.json", {"per_behavior": selection.per_behavior,
                                                        "tiers": selection.tier_counts()})
-        if stage == "a_tuning" and merge_alpha != 1.0:  # the interpolation's A end point
+        if STAGES[stage].trains_on == "anchors" and merge_alpha != 1.0:  # the interpolation's A end point
             a_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(bm.model).items()}
         stage_metrics = {f"{stage}/{name}": value for name, value in report.items()}
         metrics.update(stage_metrics)
@@ -348,9 +352,10 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
 
 def tuned_targets(stage: str, dataset: BehaviorDataset, selection: Selection | None) -> list[str]:
     """The behavior targets a tuning stage trained on (aux conversations aside): its prior, for logit adjustment."""
-    if stage == "a_tuning":
+    trains_on = STAGES[stage].trains_on
+    if trains_on == "anchors":
         return [s.target for s in dataset.train if s.target in dataset.vocab.anchors]
-    if stage == "b_tuning":
+    if trains_on == "selection":
         return [dataset.train[i].target for i in selection.indices]
     return [s.target for s in dataset.train]
 

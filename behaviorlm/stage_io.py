@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from behaviorlm.cache import StageCache
-from behaviorlm.cache_keys import TUNING_STAGES, stage_key
+from behaviorlm.cache_keys import stage_key
+from behaviorlm.stage_plan import SCORES_STAGE, TUNING_STAGES
 from behaviorlm.data.dataset import BehaviorDataset
 from behaviorlm.selection import Selection
 from behaviorlm.stages import BehaviorModel, selection_scores, uses_difficulty
@@ -49,15 +50,15 @@ def cached_selection_scores(cfg: DictConfig, config: dict, cache: StageCache, pa
     the contrastive switch) scores once. `config` is the resolved config the stage keys hash."""
     if not uses_difficulty(cfg.selection):
         return None
-    key = stage_key(parent_key, "selection_scores", config)
+    key = stage_key(parent_key, SCORES_STAGE, config)
     dist = bm.dist
-    entry = dist.agree(cache.load("selection_scores", key) if dist.is_main else None)
+    entry = dist.agree(cache.load(SCORES_STAGE, key) if dist.is_main else None)
     if entry is not None:
         saved = np.load(entry / "scores.npz")
         return saved["pool"].tolist(), saved["scores"]
     pool, scores = selection_scores(bm, dataset.train, cfg.selection, cfg.seed)
     if dist.is_main:
-        cache.save("selection_scores", key, lambda folder: np.savez(folder / "scores.npz", pool=np.array(pool),
+        cache.save(SCORES_STAGE, key, lambda folder: np.savez(folder / "scores.npz", pool=np.array(pool),
                                                                      scores=scores))
     dist.barrier()
     return pool, scores

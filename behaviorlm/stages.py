@@ -7,7 +7,7 @@
   b_tuning              continue the same adapter on the balanced (or tail) set
   joint_tuning          plain fine-tuning on every training sample (the paper's baseline)
 
-`STAGE_PLANS` maps each `stage_order` to the stages it runs, in order.
+Which stages each `stage_order` runs, and what each is, is declared in behaviorlm/stage_plan.py.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import compute_metrics
 from behaviorlm.models import training_attention
 from behaviorlm.prompts import PromptBuilder
+from behaviorlm.stage_plan import first_index
 from behaviorlm.scoring import CandidateScorer, beam_scores, generate_predictions, top_k_names
 from behaviorlm.selection import Selection, scoring_pool, select_balanced
 from behaviorlm.training import TrainExample, train_lora
@@ -35,24 +36,16 @@ from behaviorlm.utils import kill_point
 
 log = logging.getLogger(__name__)
 
-STAGE_PLANS: dict[str, tuple[str, ...]] = {
-    "progressive": ("a_tuning", "difficulty_selection", "b_tuning"),  # the paper's BehaviorLM
-    "joint": ("joint_tuning",),  # plain fine-tuning on every training sample
-    "anchor_only": ("a_tuning",),  # A-Tuning alone (the paper's anchor-only zero-shot comparison)
-    "balanced_only": ("random_balanced", "b_tuning"),  # a random balanced set of all behaviors, no A-Tuning
-    "balanced_first": ("random_balanced", "b_tuning", "a_tuning"),  # the reverse order on a balanced set
-    "tail_first": ("tail_balanced", "b_tuning", "a_tuning"),  # paper Fig. 4: tail behaviors, then anchors
-    "tail_only": ("tail_balanced", "b_tuning"),  # tail behaviors only
-    "zero_shot": (),  # the pretrained model as it is
-}
 
 
 def check_remedies(cfg: DictConfig) -> None:
     """Adapter interpolation needs an A-tuned adapter that B-Tuning then continued (A before B in the plan)."""
-    alpha, plan = cfg.train.b_tuning.merge_alpha, STAGE_PLANS[cfg.stage_order]
+    alpha = cfg.train.b_tuning.merge_alpha
     if alpha == 1.0 or cfg.method != "behaviorlm":
         return
-    if not ("a_tuning" in plan and "b_tuning" in plan and plan.index("a_tuning") < plan.index("b_tuning")):
+    a_tuned = first_index(cfg.stage_order, trains_on="anchors")
+    b_tuned = first_index(cfg.stage_order, trains_on="selection")
+    if a_tuned is None or b_tuned is None or a_tuned > b_tuned:
         raise ConfigError(f"config key 'train.b_tuning.merge_alpha' = {alpha} interpolates from the A-tuned to the "
                           f"B-tuned adapter, and stage_order={cfg.stage_order} does not A-tune before B-Tuning "
                           "(use progressive, or merge_alpha=1)")
@@ -63,7 +56,7 @@ def check_remedies(cfg: DictConfig) -> None:
 
 def check_anchors(stage_order: str, vocab: BehaviorVocab) -> None:
     """A stage order that A-tunes needs anchor behaviors: without any, A-Tuning would be skipped in silence."""
-    if "a_tuning" not in STAGE_PLANS[stage_order] or vocab.anchors:
+    if first_index(stage_order, trains_on="anchors") is None or vocab.anchors:
         return
     total = max(1, sum(vocab.train_counts.values()))
     top = max(vocab.names, key=lambda name: vocab.train_counts[name])

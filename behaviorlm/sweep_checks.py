@@ -11,14 +11,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from behaviorlm.config import CHOICES, ConfigError, _check, validate_config
+from behaviorlm.config import CHOICES, ConfigError, _check, allowed_text, validate_config
 
 
 def check_sweep_values(values_by_key: dict[str, list[Any]]) -> None:
     for key, values in values_by_key.items():
-        allowed = CHOICES.get(key.lstrip("+~"))
+        key = key.lstrip("+~")
+        allowed = CHOICES.get(key)
         for value in values if allowed else ():
-            _check(str(value) in allowed, key.lstrip("+~"), value, " | ".join(allowed))
+            known = value in allowed or str(value) in allowed or (value in ("null", "None") and None in allowed)
+            _check(known, key, value, allowed_text(key))
 
 
 def sweep_overrides(config: DictConfig) -> list:

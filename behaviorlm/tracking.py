@@ -189,11 +189,9 @@ def tracking(cfg: DictConfig, job_type: str = "behaviorlm") -> Iterator[Tracker]
 def define_stage_axes(run) -> None:
     """Each stage's curves get their own x axis: training loss against the stage's optimizer step, validation
     metrics against its epoch (W&B's global step would splice the stages into one line)."""
-    from behaviorlm.cache_keys import STAGES
+    from behaviorlm.stage_plan import TUNING_STAGES
 
-    for stage, spec in STAGES.items():
-        if spec.kind != "tuning":
-            continue
+    for stage in TUNING_STAGES:
         run.define_metric(f"{stage}/train/step", hidden=True)
         run.define_metric(f"{stage}/train/*", step_metric=f"{stage}/train/step")
         run.define_metric(f"{stage}/epoch", hidden=True)

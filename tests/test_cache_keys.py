@@ -10,7 +10,7 @@ import torch
 from behaviorlm.cache_keys import (GLOBAL_IGNORES, STAGES, package_modules, resolved, root_cache_key,
                                    stage_key)
 from behaviorlm.data.dataset import load_dataset
-from behaviorlm.stages import STAGE_PLANS
+from behaviorlm.stage_plan import STAGE_PLANS
 
 
 def leaves(config, prefix=""):

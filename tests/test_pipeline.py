@@ -8,7 +8,8 @@ import pytest
 
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.pipeline import build_behavior_model, run
-from behaviorlm.stages import STAGE_PLANS, a_tuning_set, aux_example_count
+from behaviorlm.stage_plan import STAGE_PLANS
+from behaviorlm.stages import a_tuning_set, aux_example_count
 from conftest import run_entrypoint
 
 REQUIRED_KEYS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1", "test/weighted_f1",

@@ -13,6 +13,7 @@ from typing import Optional
 
 import pandas as pd
 
+from behaviorlm.config import CHOICES
 from behaviorlm.data.errors import DataError, line_number
 from behaviorlm.data.times import parse_times
 
@@ -131,8 +132,7 @@ def _row_label(frame: pd.DataFrame, index) -> str:
     return f"line {line_number(frame, index)}"
 
 
-TIME_UNITS = ("s", "ms")
-DUPLICATE_POLICIES = ("drop", "keep", "error")
+DUPLICATE_POLICIES = CHOICES["data.duplicates"]  # the closed choices live in config.CHOICES
 
 
 def canonicalize(frame: pd.DataFrame, source: str, user: str, time: str, behavior: str,
