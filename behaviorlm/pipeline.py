@@ -21,7 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import get_peft_model_state_dict
 
+from behaviorlm.behavior_model import BehaviorModel
 from behaviorlm.cache import StageCache
+from behaviorlm.cache_keys import job_key, resolved, root_cache_key, stage_key
 from behaviorlm.config import validate_config
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import BehaviorDataset, load_dataset
@@ -32,14 +34,13 @@ from behaviorlm.models import (adopt_as_default, add_lora, autocast_dtype, inter
                                resolve_device, scale_lora_update)
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
-from behaviorlm.stages import (BehaviorModel, CandidateSoftmaxLoss, a_tuning_set, check_anchors,
+from behaviorlm.stage_io import cached_selection_scores, restore_stage, save_run_artifacts, save_stage
+from behaviorlm.stage_plan import SELECTION_STAGES, STAGE_PLANS, STAGES, TUNING_STAGES
+from behaviorlm.stages import (CandidateSoftmaxLoss, a_tuning_set, check_anchors,
                                check_remedies, difficulty_selection, logit_adjustment, random_balanced, role_counts,
                                tail_balanced, tune)
-from behaviorlm.training import trainable_state
 from behaviorlm.tracking import Tracker, tracking
-from behaviorlm.cache_keys import job_key, resolved, root_cache_key, stage_key
-from behaviorlm.stage_plan import SELECTION_STAGES, STAGE_PLANS, STAGES, TUNING_STAGES
-from behaviorlm.stage_io import cached_selection_scores, restore_stage, save_run_artifacts, save_stage
+from behaviorlm.training import trainable_state
 from behaviorlm.utils import atomic_write_json, kill_point, provenance, seed_everything, shareable
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,7 @@ def build_behavior_model(cfg: DictConfig, dataset: BehaviorDataset, conversation
     prompts = PromptBuilder(tokenizer, cfg.prompt.formats, cfg.prompt.use_chat_template, cfg.prompt.system_prompt,
                             seed=cfg.data.eval_seed, include_target_time=cfg.prompt.include_target_time)
     bm = BehaviorModel.build(model, tokenizer, prompts, dataset.vocab, device,
-                             autocast_dtype(cfg.model.precision, device), cfg.scoring.batch_size, cfg.scoring.mode,
-                             cfg.scoring.beam_width, dist, cfg.scoring.beam_exact_top, cfg.scoring.fp32_logits,
-                             cfg.scoring.beam_seed, cfg.scoring.near_tie_epsilon)
+                             autocast_dtype(cfg.model.precision, device), cfg.scoring, dist)
     return bm, folder
 
 

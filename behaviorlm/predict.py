@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from behaviorlm.config import CHOICES, ModelConfig
+from behaviorlm.config import CHOICES, ModelConfig, ScoringConfig
 from behaviorlm.data.samples import BehaviorVocab, Sample
 from behaviorlm.models import autocast_dtype, load_backbone, resolve_device
 from behaviorlm.prompts import PromptBuilder
-from behaviorlm.stages import BehaviorModel
+from behaviorlm.behavior_model import BehaviorModel
 from behaviorlm.utils import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,12 @@ class BehaviorPredictor:
         prompts = PromptBuilder(tokenizer, prompt["formats"], prompt["use_chat_template"], prompt["system_prompt"],
                                 seed=prompt["seed"], include_target_time=prompt.get("include_target_time", False))
         vocab = BehaviorVocab.from_dict(manifest["vocab"])
+        # ranked as the run's own test was: older runs ranked with bf16 logits and without near-tie rescoring
+        scoring = OmegaConf.merge(OmegaConf.structured(ScoringConfig), {
+            "batch_size": batch_size, "fp32_logits": manifest.get("fp32_logits", False),
+            "near_tie_epsilon": manifest.get("near_tie_epsilon", 0.0)})
         bm = BehaviorModel.build(model, tokenizer, prompts, vocab, torch_device,
-                                 autocast_dtype(model_cfg.precision, torch_device), batch_size,
-                                 fp32_logits=manifest.get("fp32_logits", False),  # runs before it ranked in bf16
-                                 near_tie_epsilon=manifest.get("near_tie_epsilon", 0.0))
+                                 autocast_dtype(model_cfg.precision, torch_device), scoring)
         return cls(bm, manifest["history_len"], manifest.get("min_history", 5))
 
     def predict_samples(self, samples: Sequence[Sample], k: int = 5,

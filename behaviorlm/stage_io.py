@@ -19,7 +19,8 @@ from behaviorlm.cache_keys import stage_key
 from behaviorlm.stage_plan import SCORES_STAGE, TUNING_STAGES
 from behaviorlm.data.dataset import BehaviorDataset
 from behaviorlm.selection import Selection
-from behaviorlm.stages import BehaviorModel, selection_scores, uses_difficulty
+from behaviorlm.behavior_model import BehaviorModel
+from behaviorlm.stages import selection_scores, uses_difficulty
 from behaviorlm.utils import atomic_write_json, shareable
 
 

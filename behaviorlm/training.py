@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from behaviorlm.distributed import LOCAL, Dist
-from behaviorlm.models import CompiledLayers, attention_implementation, autocast, compile_unavailable
+from behaviorlm.models import (CompiledLayers, attention_implementation, autocast, compile_unavailable,
+                               training_attention)
 from behaviorlm.utils import kill_point
 
 log = logging.getLogger(__name__)
@@ -155,31 +156,35 @@ class EpochResult:
     skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient
 
 
-def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: torch.device,
-               amp_dtype: Optional[torch.dtype], max_epochs: int, learning_rate: float, batch_size: int,
-               grad_accum: int = 1, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
-               max_grad_norm: float = 1.0, max_steps_per_epoch: Optional[int] = None,
-               validate: Optional[Callable[[], float]] = None, patience: int = 2, seed: int = 0,
+def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *, pad_id: int, device: torch.device,
+               amp_dtype: Optional[torch.dtype], validate: Optional[Callable[[], float]] = None, seed: int = 0,
                desc: str = "train", on_step: Optional[Callable[[dict], None]] = None,
-               checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL, objective=None,
-               attn_implementation: Optional[str] = None, compile: str = "never") -> list[EpochResult]:
+               checkpoint_dir: Optional[Path] = None, dist: Dist = LOCAL, objective=None) -> list[EpochResult]:
     """Train the model's trainable (LoRA) parameters; with `validate`, keep the best epoch's weights.
 
-    `batch_size` is the global batch. With several processes (`dist`) every rank draws the same global batches
-    and trains on its strided slice of each; the loss is normalised by the global answer-token count, so N
-    processes take the same steps as one (up to float reduction order). `objective` (batch / count / width / loss_sum)
-    defaults to the answer tokens' cross-entropy, its forward attending with `attn_implementation` (None: the
-    model's own kernel); `stages.CandidateSoftmaxLoss` is the balanced-softmax one. `compile` is train.compile
-    (`layer_compilation`): the batches run through compiled decoder layers, validation between epochs eagerly.
+    `train_cfg` is the config's `train` section (batch size, accumulation, AdamW's decay, warm-up, clipping, the
+    attention kernel, compilation, a step cap), `stage_cfg` the stage's own (`train.a_tuning`, `train.b_tuning`:
+    epochs, learning rate, early-stopping patience); any objects with those attributes will do.
+
+    `train_cfg.batch_size` is the global batch. With several processes (`dist`) every rank draws the same global
+    batches and trains on its strided slice of each; the loss is normalised by the global answer-token count, so N
+    processes take the same steps as one (up to float reduction order). `objective` (batch / count / width /
+    loss_sum) defaults to the answer tokens' cross-entropy, its forward attending with `train_cfg.attn_implementation`;
+    `stages.CandidateSoftmaxLoss` is the balanced-softmax one. `train_cfg.compile` (`layer_compilation`): the
+    batches run through compiled decoder layers, validation between epochs eagerly.
     """
-    objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype, attn_implementation)
+    max_epochs, learning_rate, patience = stage_cfg.max_epochs, stage_cfg.learning_rate, stage_cfg.patience
+    batch_size, grad_accum = train_cfg.batch_size, train_cfg.grad_accum
+    max_steps_per_epoch = train_cfg.max_steps_per_epoch
+    objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype,
+                                             training_attention(train_cfg.attn_implementation, device))
     if not examples:
         log.warning("%s: no training examples; skipping the stage", desc)
         return []
     rng = np.random.default_rng(seed)  # the same on every rank: all ranks cut the same global batches
     torch.manual_seed(seed + dist.rank)  # per rank: LoRA dropout masks must differ between ranks
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=train_cfg.weight_decay)
     if dist.sharded and checkpoint_dir is not None:
         log.info("%s: no epoch checkpoints under FSDP/DeepSpeed (sharded states); a killed job redoes the stage", desc)
         checkpoint_dir = None
@@ -192,13 +197,13 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
     if max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
     total_steps = max(1, steps_per_epoch * max_epochs)
-    warmup = int(total_steps * warmup_ratio)
+    warmup = int(total_steps * train_cfg.warmup_ratio)
     def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to zero
         warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
         return warm * max(0.0, 1.0 - step / total_steps)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    compiled = layer_compilation(compile, model, device, total_steps, dist, desc, amp_dtype)
+    compiled = layer_compilation(train_cfg.compile, model, device, total_steps, dist, desc, amp_dtype)
     compiled_forward = compiled.active if compiled is not None else contextlib.nullcontext
 
     history: list[EpochResult] = []
@@ -247,9 +252,9 @@ def train_lora(model, examples: Sequence[TrainExample], *, pad_id: int, device: 
                 seen += len(batch[0]) * int(weight)
                 bar.update(1)
             if dist.enabled:
-                grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), max_grad_norm)
+                grad_norm = dist.accelerator.clip_grad_norm_(train_model.parameters(), train_cfg.max_grad_norm)
             else:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
             # The norm is taken after the all-reduce, so every rank makes the same decision.
             if torch.isfinite(torch.as_tensor(grad_norm)):
                 loss_total += dist.sum(group_loss)

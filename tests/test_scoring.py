@@ -276,17 +276,26 @@ def test_seeded_beam_ranks_the_top_k_exactly_whatever_the_seed(exact_top, batch_
     with pytest.raises(ValueError, match=r"\(got 2 for 24 prompts\)$"):
         beam_scores(model, prompts, trie, cpu, None, exact_top=1, seed=top.tolist()[:2])
 
+def scoring(**settings):
+    """The config's `scoring` section with `settings` over its defaults."""
+    from omegaconf import OmegaConf
+
+    from behaviorlm.config import ScoringConfig
+
+    return OmegaConf.merge(OmegaConf.structured(ScoringConfig), settings)
+
+
 def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
     from behaviorlm.data.samples import BehaviorVocab
-    from behaviorlm.stages import BehaviorModel
+    from behaviorlm.behavior_model import BehaviorModel
 
     model, tokenizer, samples, names, _ = tiny_model_and_samples()
     vocab = BehaviorVocab(names=names, train_counts={n: 1 for n in names})
     cpu = torch.device("cpu")
 
     def scores(mode, width=1):
-        bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, None, 2, mode, width,
-                                 beam_exact_top=0)
+        bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, None,
+                                 scoring(batch_size=2, mode=mode, beam_width=width, beam_exact_top=0, beam_seed="none"))
         return bm.scores(samples[:4])
 
     exact = scores("exact")
@@ -301,14 +310,15 @@ def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
         seen.append((len(prompts), device, amp_dtype, settings))
         return np.zeros((len(prompts), len(names)), dtype=np.float32)
 
-    monkeypatch.setattr("behaviorlm.stages.beam_scores", recording_beam)
-    default = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, None, 2)
+    monkeypatch.setattr("behaviorlm.behavior_model.beam_scores", recording_beam)
+    default = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, None, scoring())
     assert (default.scoring_mode, default.beam_width, default.dist, default.beam_exact_top, default.fp32_logits,
-            default.scorer.fp32_logits, default.beam_seed) == ("exact", 10, LOCAL, 0, True, True, "none")
+            default.scorer.fp32_logits, default.beam_seed, default.near_tie_epsilon) == (
+        "exact", 10, LOCAL, 1, True, True, "history", 0.1)  # the config's defaults
     two_ranks = Dist(rank=0, world=2)
-    bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, torch.bfloat16, 3, "beam", 7,
-                             dist=two_ranks, beam_exact_top=2, fp32_logits=False, beam_seed="history",
-                             near_tie_epsilon=0.25)
+    bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, cpu, torch.bfloat16,
+                             scoring(batch_size=3, mode="beam", beam_width=7, beam_exact_top=2, fp32_logits=False,
+                                     beam_seed="history", near_tie_epsilon=0.25), dist=two_ranks)
     assert (bm.device, bm.amp_dtype, bm.dist, bm.beam_exact_top, bm.fp32_logits, bm.beam_seed) == (
         cpu, torch.bfloat16, two_ranks, 2, False, "history")
     assert (bm.scorer.device, bm.scorer.amp_dtype, bm.scorer.batch_size, bm.scorer.fp32_logits,
@@ -337,11 +347,12 @@ def test_a_behavior_model_scores_with_the_mode_it_was_built_with(monkeypatch):
 def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_name_or_none_when_generating(
         monkeypatch):
     from behaviorlm.data.samples import BehaviorVocab
-    from behaviorlm.stages import BehaviorModel
+    from behaviorlm.behavior_model import BehaviorModel
 
     model, tokenizer, samples, names, _ = tiny_model_and_samples()
     vocab = BehaviorVocab(names=names, train_counts={n: 1 for n in names})
-    bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, torch.device("cpu"), None, 2)
+    bm = BehaviorModel.build(model, tokenizer, PromptBuilder(tokenizer), vocab, torch.device("cpu"), None,
+                             scoring(batch_size=2))
     scores = bm.scores(samples[:4])
     expected = [[names[j] for j in sorted(range(len(names)), key=lambda j: -row[j])[:3]] for row in scores]
     assert bm.rankings(samples[:4], k=3) == expected
@@ -365,7 +376,7 @@ def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_nam
         calls.append((len(prompts), amp_dtype, max_new_tokens))
         return [names_[0], None, names_[2], None][:len(prompts)]
 
-    monkeypatch.setattr("behaviorlm.stages.generate_predictions", fake_generate)
+    monkeypatch.setattr("behaviorlm.behavior_model.generate_predictions", fake_generate)
     bm.dist, bm.amp_dtype = RecordingDist(), torch.bfloat16
     assert bm.rankings(samples[:4], k=3) == [[names[0]], [], [names[2]], []]
     longest = max(len(PromptBuilder(tokenizer).answer_ids(n)) for n in names)

@@ -127,7 +127,8 @@ def test_a_tuning_stage_hands_train_lora_exactly_what_the_config_and_the_model_s
     import behaviorlm.stages as stages
 
     received = []
-    monkeypatch.setattr(stages, "train_lora", lambda model, examples, **kwargs: received.append(kwargs) or ["ok"])
+    monkeypatch.setattr(stages, "train_lora", lambda model, examples, train_cfg, stage_cfg, **kwargs:
+                        received.append({"train_cfg": train_cfg, "stage_cfg": stage_cfg, **kwargs}) or ["ok"])
     asked = []
     bm = SimpleNamespace(model="the model", tokenizer=SimpleNamespace(pad_token_id=7), device=torch.device("cpu"),
                          amp_dtype=torch.bfloat16, dist="the dist",
@@ -143,18 +144,17 @@ def test_a_tuning_stage_hands_train_lora_exactly_what_the_config_and_the_model_s
     assert result == ["ok"]
     kwargs = received[-1]
     validate = kwargs.pop("validate")
-    assert kwargs == {"pad_id": 7, "device": torch.device("cpu"), "amp_dtype": torch.bfloat16, "max_epochs": 3,
-                      "learning_rate": 2e-4, "batch_size": 6, "grad_accum": 2, "weight_decay": 0.01,
-                      "warmup_ratio": 0.1, "max_grad_norm": 0.5, "max_steps_per_epoch": 9, "patience": 4,
+    # the config's sections as they are (train_lora reads the settings it needs from them), and the model's facts
+    assert kwargs.pop("train_cfg") is train_cfg and kwargs.pop("stage_cfg") is stage_cfg
+    assert kwargs == {"pad_id": 7, "device": torch.device("cpu"), "amp_dtype": torch.bfloat16,
                       "seed": 11, "desc": "a_tuning", "on_step": on_step, "checkpoint_dir": Path("ckpt"),
-                      "dist": "the dist", "objective": None,  # train_lora's answer-token default
-                      "attn_implementation": "eager",  # the CPU default of train.attn_implementation=auto
-                      "compile": "always"}  # train.compile as it is: train_lora decides with the stage's steps
+                      "dist": "the dist", "objective": None}  # train_lora's answer-token default
     assert validate() == 0.25 and asked == [(["v"], 3)]  # the monitor (acc_tail) on the validation slice at k
     # no early stopping without the setting or without validation samples; a given objective is used as it is
     stages.tune(bm, ["e"], stage_cfg, OmegaConf.merge(train_cfg, {"early_stopping": False}), ["v"], 0, "b")
     assert received[-1]["validate"] is None
     stages.tune(bm, ["e"], stage_cfg, train_cfg, [], 0, "b", objective="balanced")
     assert received[-1]["validate"] is None and received[-1]["objective"] == "balanced"
-    stages.tune(bm, ["e"], stage_cfg, OmegaConf.merge(train_cfg, {"attn_implementation": "sdpa"}), [], 0, "b")
-    assert received[-1]["attn_implementation"] == "sdpa"
+    other = OmegaConf.merge(train_cfg, {"attn_implementation": "sdpa"})
+    stages.tune(bm, ["e"], stage_cfg, other, [], 0, "b")
+    assert received[-1]["train_cfg"] is other

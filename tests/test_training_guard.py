@@ -36,9 +36,21 @@ def poison(monkeypatch, bad_calls: set[int]):
     monkeypatch.setattr(training, "answer_loss_sum", patched)
 
 
+def sections(epochs=1, batch_size=2, patience=2, **train):
+    """The `train` section and a stage's, as the config gives them, set for a short CPU run: no warm-up, the model's
+    own attention kernel, no compilation unless asked."""
+    from behaviorlm.config import StageTrainConfig, TrainConfig
+
+    train_cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {
+        "batch_size": batch_size, "warmup_ratio": 0.0, "attn_implementation": "sdpa", "compile": "never", **train})
+    stage_cfg = OmegaConf.merge(OmegaConf.structured(StageTrainConfig),
+                                {"max_epochs": epochs, "learning_rate": 1e-2, "patience": patience})
+    return train_cfg, stage_cfg
+
+
 def train(model, tokenizer, examples, epochs=1):
-    return train_lora(model, examples, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None,
-                      max_epochs=epochs, learning_rate=1e-2, batch_size=2, desc="a_tuning")
+    return train_lora(model, examples, *sections(epochs), pad_id=tokenizer.pad_token_id, device=torch.device("cpu"),
+                      amp_dtype=None, desc="a_tuning")
 
 
 def test_one_nan_step_is_skipped_and_the_adapter_stays_finite(monkeypatch):
@@ -81,8 +93,8 @@ def test_eager_attention_trains_the_same_adapter_as_sdpa_and_the_kernel_comes_ba
             return _forward(*args, **kwargs)
 
         backbone.model.layers[0].self_attn.forward = recording
-        train_lora(model, examples, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None,
-                   max_epochs=1, learning_rate=1e-2, batch_size=4, desc="a_tuning", attn_implementation=kernel)
+        train_lora(model, examples, *sections(batch_size=4, attn_implementation=kernel),
+                   pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None, desc="a_tuning")
         assert backbone.config._attn_implementation == "sdpa"  # restored for scoring, whose trie mask needs it
         adapters[kernel] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
     assert seen == ["sdpa"] * 3 + ["eager"] * 3  # 3 steps each, in the kernel asked for
@@ -139,9 +151,9 @@ def test_compiled_layers_train_the_same_adapter_and_validation_runs_eagerly():
             compiled_in_validation.append(any(layer._compiled_call_impl is not None for layer in layers))
             return 0.5
 
-        train_lora(model, examples, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None,
-                   max_epochs=2, learning_rate=1e-2, batch_size=4, desc="a_tuning", objective=objective,
-                   validate=validate, patience=5, compile=setting)
+        train_lora(model, examples, *sections(epochs=2, batch_size=4, patience=5, compile=setting),
+                   pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), amp_dtype=None, desc="a_tuning",
+                   objective=objective, validate=validate)
         assert objective.compiled_at_step == [setting == "always"] * 6
         assert list(model.state_dict()) == keys  # nn.Module.compile leaves the module tree (checkpoints) alone
         assert not any(layer._compiled_call_impl is not None for layer in objective.layers)  # scoring: eager

@@ -29,7 +29,7 @@ BUGS = [
     ("behaviorlm/scoring.py", "first_logprobs = torch.log_softmax(step.logits[:, 0].float(), dim=-1)",
      "first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)",
      "tests/test_scoring.py::test_trie_scores_equal_direct_sums"),
-    ("behaviorlm/stages.py", "return [sorted({column[h] for h in s.history if h in column}) for s in samples]",
+    ("behaviorlm/behavior_model.py", "return [sorted({column[h] for h in s.history if h in column}) for s in samples]",
      "return [sorted({column[h] for h in (*s.history, s.target) if h in column}) for s in samples]",
      "tests/test_scoring.py::test_a_behavior_model_scores_with_the_mode_it_was_built_with"),
     ("behaviorlm/metrics.py", 'f"acc_at_{k}_tail": _mean(in_top_k[tail]),',
