@@ -46,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512 or AMX, as oneDNN sees it). Without it, an AVX2
-    CPU such as AMD Zen 3 emulates bf16 GEMMs at about 1 GFLOP/s against about 100 in fp32 (README, Speed)."""
+    CPU such as AMD Zen 3 emulates bf16 GEMMs at about 1 GFLOP/s against about 100 in fp32 (docs/speed.md)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -65,7 +65,7 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
 
 def weight_dtype_for(precision: str, device: torch.device) -> torch.dtype:
     """The dtype the frozen weights are stored in: bf16 on a GPU (half the memory), fp32 on CPU, where bf16 storage
-    was slower (README, Speed), and under `mixed`, whose fp32 weights keep updates finite where bf16 ones did not."""
+    was slower (docs/speed.md), and under `mixed`, whose fp32 weights keep updates finite where bf16 ones did not."""
     return torch.bfloat16 if device.type == "cuda" and precision not in ("fp32", "mixed") else torch.float32
 
 
@@ -133,8 +133,8 @@ class CompiledLayers:
     Regional compilation: one graph serves every layer (the blocks share their code), so compiling costs about
     40 s on a cold cache on a 2-core CPU and 8 s warm for SmolLM2's 30 layers, against 240 s for the whole model,
     and it fuses the element-wise work between the matmuls (RMSNorm, rotary, SiLU, softmax and mask, LoRA's adds):
-    the training step 1.25-1.27x faster (tools/probes/train_step/compile.py). `nn.Module.compile` keeps the module tree and
-    its state-dict keys; outside `active()` the layers run eagerly, so scoring's trie masks and validation between
+    the training step 1.25-1.27x faster (tools/probes/train_step/compile.py). `nn.Module.compile` keeps the module
+    tree and its state-dict keys; outside `active()` the layers run eagerly, so scoring's trie masks and validation between
     epochs never meet a compiled graph (they would recompile it)."""
 
     def __init__(self, model):

@@ -108,9 +108,9 @@ class NonFiniteTrainingError(RuntimeError):
     """Too many optimizer steps had a non-finite loss or gradient: the adapter would be garbage."""
 
 
-# A step whose gradient norm is NaN/inf is skipped (one bad batch must not turn every weight into NaN, which then
-# scores every answer alike: the first full-scale run on an H100 trained three epochs on NaN and went on to select
-# with it). More than this share of skipped steps in an epoch stops the stage with an error instead.
+# A step whose gradient norm is NaN/inf is skipped: one bad batch (a bf16 overflow on a GPU) must not turn every weight
+# into NaN, which would then score every answer alike and let selection and the test run on garbage. More than this
+# share of skipped steps in an epoch stops the stage with an error instead.
 MAX_SKIPPED_STEP_SHARE = 0.01
 
 # train.compile=auto compiles a stage's decoder layers from this many optimizer steps on: on a 2-core CPU the
@@ -124,7 +124,7 @@ def layer_compilation(setting: str, model, device: torch.device, total_steps: in
     """train.compile (auto | always | never) -> the stage's compiled decoder layers, or None to train eagerly.
 
     auto compiles long CPU stages under bf16 autocast, where fusing the casts and element-wise passes paid 1.25x;
-    an fp32 step (a CPU without native bf16) was no faster compiled and paid 89 s of compilation (README, Speed)."""
+    an fp32 step (a CPU without native bf16) is no faster compiled and pays 89 s of compilation (docs/speed.md)."""
     if setting == "never":
         return None
     reason = compile_unavailable(device)
@@ -133,7 +133,7 @@ def layer_compilation(setting: str, model, device: torch.device, total_steps: in
     if setting == "always" and reason is not None:
         raise ValueError(f"train.compile=always: {reason}; set train.compile=auto or never")
     if reason is None and setting == "auto":
-        if device.type != "cpu":  # the whole model compiled was 2.0x on an H100; these layers were not tried there
+        if device.type != "cpu":  # compiled layers are measured on CPUs only (docs/gpu.md has the whole model's)
             reason = "measured on CPUs only so far; train.compile=always compiles on this device too"
         elif total_steps < COMPILE_MIN_STEPS:
             reason = f"{total_steps} steps < {COMPILE_MIN_STEPS}"

@@ -2,7 +2,8 @@
 
     python run.py launcher=torchrun launcher.nproc_per_node=2 ...    # writes <run dir>/worker_config.yaml, then:
     torchrun --standalone --nproc_per_node=2 -m behaviorlm.worker <run dir>/worker_config.yaml
-    accelerate launch --config_file behaviorlm/accelerate_configs/fsdp.yaml -m behaviorlm.worker <run dir>/worker_config.yaml
+    accelerate launch --config_file behaviorlm/accelerate_configs/fsdp.yaml -m behaviorlm.worker \
+        <run dir>/worker_config.yaml
 
 `accelerate.Accelerator` reads the launcher's environment (RANK, WORLD_SIZE, ... or accelerate's own) and sets up
 the process group: gloo on CPU, NCCL on GPUs. Rank 0 alone logs to W&B and writes the run folder.

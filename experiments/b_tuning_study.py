@@ -1,14 +1,14 @@
 """Why does B-Tuning lower accuracy? A validation-only study of the B stage (learning rate, epochs, set
 composition, early-stopping monitor), run from one shared A-tuned adapter.
 
-    python -m experiments.b_tuning_study results/b-tuning-study                        # the README's study
+    python -m experiments.b_tuning_study results/b-tuning-study                        # the study in docs/results.md
     python -m experiments.b_tuning_study /tmp/study --overrides experiment=smoke debug=fast   # seconds
 
 One A-Tuning and one scoring of the selection pool; then every variant restarts from the A-tuned adapter, trains
 its B set for `--epochs` epochs and is scored on the validation set after every epoch (never on test), so the
 per-epoch curves also show which epoch each early-stopping monitor would keep. Writes, in the output folder:
   curves.csv   variant, epoch, validation acc_overall / acc_anchor / acc_tail / macro_f1, share of anchor predictions
-  study.md     the table the README quotes, with the machine and the command
+  study.md     the table docs/results.md quotes, with the machine and the command
 """
 
 from __future__ import annotations

@@ -154,4 +154,4 @@ def test_torchrun_workers_read_a_relative_data_path_from_where_the_command_ran(t
     result = run_entrypoint(args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["n_processes"] == 2 and metrics["data"] == "csv"
+    assert metrics["status"] == "completed" and metrics["n_processes"] == 2 and metrics["data"] == "log"

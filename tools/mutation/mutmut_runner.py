@@ -5,15 +5,12 @@ that a 0.01 s unit test kills could first sit through the 3-4 s tiny-pipeline te
 Ordering them by the durations mutmut itself recorded makes a killed mutant cost its cheapest killing test; a
 surviving one still runs them all. Verdicts do not change, only the order tests run in.
 
-`map-tests` rebuilds mutmut's map from functions to the tests that reach them. The stored map had 43 of the 133
-selected tests, all added after the first run, mapped to nothing, so a mutant of `cache.digest` was never given the
-test that kills it. This module used to import behaviorlm (through tools.mutation.mutation) before mutmut puts
-mutants/ first on sys.path; a stats pass in such a process runs the tests against the unmutated package and maps
-nothing (measured: "could not find any test case for any mutant", as when the stored stats were deleted), and maps
-98 tests to 63 functions with the import made late (`_sorting_submit`). Mutant verdicts were not affected (those
-runs killed 1,729 mutants). `map-tests` runs every selected test once in this process, in mutmut's own stats mode
-with its own collector, and stores the map; verdicts are kept, so re-run the survivors after it
-(`tools.mutation.mutation --refresh-test-map --survivors`).
+`map-tests` rebuilds mutmut's map from functions to the tests that reach them, so that tests added after a first run
+(which mutmut's stored map leaves out) are given to the mutants they kill. It runs every selected test once in this
+process, in mutmut's own stats mode with its own collector, and stores the map; verdicts are kept, so re-run the
+survivors after it (`tools.mutation.mutation --refresh-test-map --survivors`). behaviorlm is imported late
+(`_sorting_submit`): imported before mutmut puts mutants/ first on sys.path, a stats pass would run the tests
+against the unmutated package and map nothing.
 
     python -m tools.mutation.mutmut_runner run [MUTANT ...]     # as `python -m mutmut run`
     python -m tools.mutation.mutmut_runner map-tests            # after a first `run` (it needs mutmut's stats)

@@ -1,4 +1,4 @@
-"""Where a forward's time goes on this CPU (2026-11-27): the figures behind the README's "The beam at 1.4x a prompt
+"""Where a forward's time goes on this CPU (2026-11-27): the figures behind docs/speed.md's "The beam at 1.4x a prompt
 forward". SmolLM2-135M with results/bench_adapter, bf16 autocast, fp32 output layer, batch 1, random token ids;
 each figure the median of 5 interleaved rounds of 5 calls. Run from the repo root with nothing else running:
     .venv/bin/python -m tools.probes.beam_agreement.forward_costs > results/beam_agreement/forward_costs.log"""
