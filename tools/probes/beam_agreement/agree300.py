@@ -8,14 +8,9 @@ import time
 import numpy as np
 
 from behaviorlm.scoring import beam_scores
-from behaviorlm.predict import cache_root
-from behaviorlm.tuned import tuned_behavior_model
-from behaviorlm.utils import PROJECT_ROOT
+from tools.probes.beam_agreement.setup import HANDOFF, tuned_on_300_prompts
 
-cfg, ds, bm = tuned_behavior_model(["experiment=quick_cpu", "aux_ratio=0", "data.max_test_samples=300"],
-                                   PROJECT_ROOT / "results" / "bench_adapter")
-HANDOFF = cache_root() / "probes" / "beam_agreement"  # agree300 -> full300
-HANDOFF.mkdir(parents=True, exist_ok=True)
+cfg, ds, bm = tuned_on_300_prompts()
 prompts = bm.prompt_ids(ds.test)
 bm.scorer.batch_size = 8
 t=time.time(); e = bm.scorer.score(prompts); te=time.time()-t

@@ -8,11 +8,9 @@ import numpy as np
 import torch
 
 from behaviorlm.scoring import beam_scores, CandidateScorer
-from behaviorlm.tuned import tuned_behavior_model
-from behaviorlm.utils import PROJECT_ROOT
+from tools.probes.beam_agreement.setup import tuned_on_300_prompts
 
-cfg, ds, bm = tuned_behavior_model(["experiment=quick_cpu", "aux_ratio=0", "data.max_test_samples=300"],
-                                   PROJECT_ROOT / "results" / "bench_adapter")
+cfg, ds, bm = tuned_on_300_prompts()
 N = int(sys.argv[1])
 prompts = bm.prompt_ids(ds.test)[:N]
 dev = bm.device
