@@ -122,3 +122,38 @@ def root_cache_key(cfg: DictConfig, dataset, device: torch.device, conversations
                    "categories": digest(sorted(dataset.vocab.categories.items())),
                    "conversations": digest(list(conversations)) if cfg.aux_ratio > 0 else None,
                    "device": device.type, "code": code_fingerprint()})
+
+
+# What ranking the test set reads, for the evaluation cache (the `evaluation` entries beside the stages'): the base
+# model and how it is loaded, the prompts and the seed their formats are drawn with, every scoring setting and the
+# device; the rest enters by content: the adapter as it stands after the test-time remedies (an untuned one, all
+# lora_B zero, is the same function whatever its random lora_A: every seed's zero-shot job shares one entry), the
+# test samples, the behavior names in ranking order, the logit-adjustment offset and the code.
+EVALUATION_READS = ("model", "prompt", "scoring", "data.eval_seed", "device")
+EVALUATION = "evaluation"
+
+
+def adapter_digest(adapter_state: Mapping[str, torch.Tensor]) -> str:
+    """The adapter's weights by content; `untuned` when every lora_B is zero (the adapter changes nothing)."""
+    import hashlib
+
+    if all(not bool(tensor.any()) for name, tensor in adapter_state.items() if "lora_B" in name):
+        return "untuned"
+    h = hashlib.sha256()
+    for name in sorted(adapter_state):
+        h.update(name.encode())
+        h.update(adapter_state[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def evaluation_key(cfg: DictConfig, adapter_state: Mapping[str, torch.Tensor], test_samples, names,
+                   score_offset, device: torch.device) -> str:
+    """Two jobs with equal keys rank the test set identically, so the second reuses the first's rankings."""
+    reads = {path: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+             for path in EVALUATION_READS for value in [OmegaConf.select(cfg, path)]}
+    return digest({"config": reads,
+                   "adapter": adapter_digest(adapter_state),
+                   "test": digest([(s.user, str(s.time), s.history, s.target) for s in test_samples]),
+                   "names": digest(list(names)), "device": device.type, "code": code_fingerprint(),
+                   "offset": None if score_offset is None else digest([round(float(x), 9) for x in score_offset]),
+                   "version": CACHE_VERSION})

@@ -34,7 +34,8 @@ from behaviorlm.models import (adopt_as_default, add_lora, autocast_dtype, inter
                                resolve_device, scale_lora_update)
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
-from behaviorlm.stage_io import cached_selection_scores, restore_stage, save_run_artifacts, save_stage
+from behaviorlm.stage_io import (cached_selection_scores, cached_test_rankings, restore_stage, save_run_artifacts,
+                                 save_stage)
 from behaviorlm.stage_plan import SELECTION_STAGES, STAGE_PLANS, STAGES, TUNING_STAGES
 from behaviorlm.stages import (CandidateSoftmaxLoss, a_tuning_set, check_anchors,
                                check_remedies, difficulty_selection, logit_adjustment, random_balanced, role_counts,
@@ -216,11 +217,11 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
         val_metrics, _ = bm.evaluate(dataset.val, k, progress="validation with the test-time remedy")
         metrics.update({f"val/{name}": value for name, value in val_metrics.items()})
     started = time.perf_counter()
-    rankings = bm.rankings(dataset.test, k, progress="test")
-    test_metrics, table, predictions = evaluate_rankings(dataset.test, rankings, bm.vocab, k, dataset.test_weights)
-    metrics["test/seconds"] = time.perf_counter() - started
-    metrics.update({f"test/{name}": value for name, value in test_metrics.items()})
     adapter_state = trainable_state(bm.model, full=True)
+    rankings, reused = cached_test_rankings(cfg, cache, bm, dataset, adapter_state, k)
+    test_metrics, table, predictions = evaluate_rankings(dataset.test, rankings, bm.vocab, k, dataset.test_weights)
+    metrics.update({"test/seconds": time.perf_counter() - started, "cache/evaluation_hit": int(reused)})
+    metrics.update({f"test/{name}": value for name, value in test_metrics.items()})
     if dist.is_main:
         write_test_outputs(out, table, predictions)
         tracker.table("test/per_behavior", table)

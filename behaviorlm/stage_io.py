@@ -2,6 +2,7 @@
 
   save_stage / restore_stage   a tuning stage's adapter or a selection stage's balanced set, with its report
   cached_selection_scores      the scored selection pool, an entry of its own shared by every F
+  cached_test_rankings         the test set's rankings, shared by every job whose evaluation key is the same
   save_run_artifacts           the adapter, vocabulary and prompt settings `behaviorlm predict` needs
 """
 
@@ -14,12 +15,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from behaviorlm.cache import StageCache
-from behaviorlm.cache_keys import stage_key
-from behaviorlm.stage_plan import SCORES_STAGE, TUNING_STAGES
-from behaviorlm.data.dataset import BehaviorDataset
-from behaviorlm.selection import Selection
 from behaviorlm.behavior_model import BehaviorModel
+from behaviorlm.cache import StageCache
+from behaviorlm.cache_keys import EVALUATION, evaluation_key, stage_key
+from behaviorlm.data.dataset import BehaviorDataset
+from behaviorlm.metrics import sample_id
+from behaviorlm.selection import Selection
+from behaviorlm.stage_plan import SCORES_STAGE, TUNING_STAGES
 from behaviorlm.stages import selection_scores, uses_difficulty
 from behaviorlm.utils import atomic_write_json, shareable
 
@@ -63,6 +65,25 @@ def cached_selection_scores(cfg: DictConfig, config: dict, cache: StageCache, pa
                                                                      scores=scores))
     dist.barrier()
     return pool, scores
+
+
+def cached_test_rankings(cfg: DictConfig, cache: StageCache, bm: BehaviorModel, dataset: BehaviorDataset,
+                         adapter_state: dict[str, torch.Tensor], k: int) -> tuple[list[list[str]], bool]:
+    """(the test set's top-k rankings, whether they came from the cache): a job whose evaluation key
+    (cache_keys.evaluation_key: the adapter by content, the test samples, prompts, scoring and code) equals an
+    earlier job's reuses its rankings, so the untuned model is ranked once for all seeds of a sweep."""
+    key = evaluation_key(cfg, adapter_state, dataset.test, bm.vocab.names, bm.score_offset, bm.device)
+    dist = bm.dist
+    entry = dist.agree(cache.load(EVALUATION, key) if dist.is_main else None)
+    if entry is not None:
+        stored = json.loads((entry / "rankings.json").read_text())
+        return [stored[sample_id(s)] for s in dataset.test], True
+    rankings = bm.rankings(dataset.test, k, progress="test")
+    if dist.is_main:
+        by_sample = {sample_id(s): ranking for s, ranking in zip(dataset.test, rankings)}
+        cache.save(EVALUATION, key, lambda folder: (folder / "rankings.json").write_text(json.dumps(by_sample)))
+    dist.barrier()
+    return rankings, False
 
 
 def save_run_artifacts(cfg: DictConfig, bm: BehaviorModel, base_folder: str, out: Path,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from behaviorlm.cache import MANIFEST, StageCache, digest
 
 
@@ -109,3 +111,31 @@ def test_a_key_digest_ignores_key_order_and_reads_any_value_as_text(tmp_path):
     assert key == digest({"lr": 2e-4, "model": {"name": "tiny", "path": str(tmp_path)}})
     assert key != digest({"lr": 1e-4, "model": {"name": "tiny", "path": tmp_path}})
     assert len(key) == 20 and int(key, 16) >= 0
+
+
+@pytest.mark.slow
+def test_the_untuned_model_is_ranked_once_for_every_seed_and_a_tuned_adapter_is_not_taken_for_it(tmp_path):
+    """The evaluation cache: zero_shot jobs of different seeds (different random lora_A, every lora_B zero) rank the
+    test set once; an anchor_only job, or a scoring setting that changes the ranking, is ranked anew."""
+    from behaviorlm.pipeline import run
+    from behaviorlm.utils import compose_config
+
+    def job(name, *overrides):
+        out = tmp_path / name
+        run(compose_config(["experiment=smoke", f"cache.dir={tmp_path / 'cache'}", f"paths.output_dir={out}",
+                            *overrides]))
+        info = json.loads((out / "run_info.json").read_text())
+        return json.loads((out / "metrics.json").read_text()), info["cache/evaluation_hit"]
+
+    first, hit_first = job("zero0", "stage_order=zero_shot", "seed=0")
+    second, hit_second = job("zero1", "stage_order=zero_shot", "seed=1")
+    assert (hit_first, hit_second) == (0, 1)
+    test = {k: v for k, v in first.items() if k.startswith("test/") and k != "test/seconds"}
+    assert test == {k: v for k, v in second.items() if k in test}
+    assert (tmp_path / "zero0" / "test_predictions.csv").read_text() == \
+        (tmp_path / "zero1" / "test_predictions.csv").read_text()
+    _, hit_tuned = job("tuned", "stage_order=anchor_only", "seed=1")
+    _, hit_other_scoring = job("width", "stage_order=zero_shot", "seed=1", "scoring.mode=beam",
+                               "scoring.beam_seed=none", "scoring.beam_width=2")
+    assert (hit_tuned, hit_other_scoring) == (0, 0)
+    assert len(list((tmp_path / "cache" / "evaluation").iterdir())) == 3
