@@ -374,30 +374,44 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     return out
 
 
+CANONICAL_ROWS = 8  # names rescored per forward; every such forward has the same shape, whatever the names
+
+
 @torch.no_grad()
 def canonical_scores(model, prompt: Sequence[int], candidates: Sequence[int], trie: CandidateTrie,
                      device: torch.device, amp_dtype: Optional[torch.dtype], fp32_logits: bool = True) -> np.ndarray:
     """The summed log-probabilities of `candidates` (indices into the trie's names) after `prompt`, computed in a way
     that depends on the prompt and each name alone: the prompt by itself (batch 1, no padding, no trie nodes), then
-    each name's tokens over its cache, one name a forward. Whatever path or batch asked, the arithmetic is the same,
-    so the near-ties it decides are decided alike everywhere (`beam_scores`' near_tie_epsilon)."""
+    the names' tokens over copies of its cache, CANONICAL_ROWS names a forward, each padded at its end to the
+    trie's depth (a causal row never sees what follows it) and a short last group filled with repeats, so every
+    forward has one shape and a name's row is computed alike whichever names share it. Whatever path or batch
+    asked, the arithmetic is the same, so the near-ties it decides are decided alike everywhere
+    (`beam_scores`' near_tie_epsilon)."""
     n = len(prompt)
     with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
         step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
     cache = step.past_key_values
     first = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
+    depth = trie.score_tokens.shape[1] - 1  # tokens fed per name: all but its last
     scores = np.empty(len(candidates), dtype=np.float32)
-    for slot, c in enumerate(candidates):
-        tokens = trie.score_tokens[c][trie.score_mask[c].bool()].to(device)
-        total = first[tokens[0]]
-        if len(tokens) > 1:
-            with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
-                logits = model(input_ids=tokens[None, :-1], past_key_values=cache, use_cache=True,
-                               position_ids=torch.arange(n, n + len(tokens) - 1, device=device)[None]).logits
-            cache.crop(-(len(tokens) - 1))  # the prompt alone again, for the next name
-            logprobs = torch.log_softmax(logits[0].float(), dim=-1)
-            total = total + logprobs[torch.arange(len(tokens) - 1, device=device), tokens[1:]].sum()
-        scores[slot] = float(total)
+    if depth == 0:
+        for slot, c in enumerate(candidates):
+            scores[slot] = float(first[trie.score_tokens[c, 0]])
+        return scores
+    cache.batch_repeat_interleave(CANONICAL_ROWS)
+    positions = torch.arange(n, n + depth, device=device).expand(CANONICAL_ROWS, -1)
+    for start in range(0, len(candidates), CANONICAL_ROWS):
+        group = list(candidates[start:start + CANONICAL_ROWS])
+        rows = group + [group[0]] * (CANONICAL_ROWS - len(group))
+        tokens = trie.score_tokens[rows].to(device)  # (rows, depth + 1), padded past each name's end
+        mask = trie.score_mask[rows].to(device)
+        with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
+            logits = model(input_ids=tokens[:, :-1], past_key_values=cache, use_cache=True,
+                           position_ids=positions).logits
+        cache.crop(-depth)  # the prompt alone again, for the next group
+        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
+        totals = first[tokens[:, 0]] + (logprobs * mask[:, 1:]).sum(-1)
+        scores[start:start + len(group)] = totals[:len(group)].cpu().numpy()
     return scores
 
 
