@@ -167,3 +167,26 @@ def test_gpu_paper_main_driver_runs_on_cpu_with_a_tiny_model(tmp_path):
     table = (trade / "table.md").read_text()
     assert (trade / "anchor_vs_tail.png").exists() and "Chosen on validation" in table
     assert "Adapter interpolation" in table and "Logit adjustment" in table
+
+
+def test_defaults_shift_pairs_the_same_job_of_two_sweeps_sample_by_sample(tmp_path):
+    import json as json_
+
+    import pandas as pd_
+
+    from experiments.defaults_shift import compare
+
+    roles = ["anchor"] * 6 + ["tail"] * 4
+    for sweep, layout, correct in (("old", "runs/0", [1, 1, 0, 0, 1, 0, 0, 0, 1, 0]),
+                                   ("new", "3", [1, 1, 1, 0, 1, 0, 1, 1, 0, 0])):
+        folder = tmp_path / sweep / layout
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json_.dumps({"status": "completed", "stage_order": "joint", "seed": 0,
+                                                          "test/samples_digest": "d", "test/weight_anchor": 0.7}))
+        pd_.DataFrame({"sample_id": [f"s{i}" for i in range(10)], "role": roles, "correct": correct}).to_csv(
+            folder / "test_predictions.csv", index=False)
+    table = compare(tmp_path / "old", tmp_path / "new").set_index("metric")
+    assert table.loc["acc_anchor", ["old", "new", "only new right", "only old right"]].tolist() == [0.5, 0.6667, 1, 0]
+    assert table.loc["acc_tail", ["old", "new", "only new right", "only old right"]].tolist() == [0.25, 0.5, 2, 1]
+    assert table.loc["acc_overall", "diff"] == pytest.approx(round(0.7 * (1 / 6) + 0.3 * 0.25, 4))
+    assert (table["stage_order"] == "joint").all() and table["p_permutation"].between(0, 1).all()

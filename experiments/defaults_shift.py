@@ -1,0 +1,82 @@
+"""Did a change of defaults move a sweep's results beyond noise? The same jobs (stage order x seed) of two sweeps on
+the same test samples, paired sample by sample.
+
+    python -m experiments.defaults_shift results/paper-main results/paper-main-rerun \
+        --out results/paper-main-rerun/defaults_shift.md
+
+For every (stage_order, seed) completed in both sweeps and tested on the same samples (test/samples_digest): overall
+accuracy reweighted to the test period's mix, anchor and tail accuracy in each, their difference (new - old), the
+samples only the new run got right and only the old one did, and the sign-flip permutation test of the difference
+(behaviorlm.stats; samples flipped, so the test asks whether the two runs' hits differ beyond what swapping them
+per sample gives). One seed per job: this tells whether a job's outcome moved, not how a method's mean moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from behaviorlm.collect import markdown_table, sample_weights
+from behaviorlm.stats import sign_flip_test
+from behaviorlm.sweeps import job_dirs
+from behaviorlm.utils import atomic_write_text
+
+METRICS = ("acc_overall", "acc_anchor", "acc_tail")
+
+
+def completed_jobs(sweep_dir: Path) -> dict[tuple[str, int], Path]:
+    jobs = {}
+    for folder in job_dirs(sweep_dir):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        if metrics.get("status") == "completed":
+            jobs[(metrics["stage_order"], int(metrics["seed"]))] = folder
+    return jobs
+
+
+def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
+    rows = []
+    old_jobs, new_jobs = completed_jobs(old_dir), completed_jobs(new_dir)
+    for key in sorted(set(old_jobs) & set(new_jobs)):
+        old_metrics, new_metrics = (json.loads((jobs[key] / "metrics.json").read_text())
+                                    for jobs in (old_jobs, new_jobs))
+        if old_metrics["test/samples_digest"] != new_metrics["test/samples_digest"]:
+            raise SystemExit(f"error: {key}: the two sweeps tested different samples (test/samples_digest "
+                             f"{old_metrics['test/samples_digest']} vs {new_metrics['test/samples_digest']})")
+        old, new = (pd.read_csv(jobs[key] / "test_predictions.csv").set_index("sample_id")
+                    for jobs in (old_jobs, new_jobs))
+        both = old[["role", "correct"]].join(new[["correct"]], rsuffix="_new", how="inner")
+        for metric in METRICS:
+            weights = sample_weights(both["role"], new_metrics.get("test/weight_anchor"), metric)
+            chosen = weights > 0
+            before, after = both["correct"].to_numpy(float), both["correct_new"].to_numpy(float)
+            p, _ = sign_flip_test(after, before, weights)
+            rows.append({"stage_order": key[0], "seed": key[1], "metric": metric,
+                         "old": round(float(np.sum(weights * before)), 4), "new": round(float(np.sum(weights * after)), 4),
+                         "diff": round(float(np.sum(weights * (after - before))), 4),
+                         "only new right": int(((after > before) & chosen).sum()),
+                         "only old right": int(((after < before) & chosen).sum()), "p_permutation": round(p, 4)})
+    if not rows:
+        raise SystemExit(f"error: no (stage_order, seed) job completed in both {old_dir} and {new_dir}")
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", type=Path, help="the sweep made with the old defaults")
+    parser.add_argument("new", type=Path, help="the same sweep with the new ones")
+    parser.add_argument("--out", type=Path, required=True, help="the markdown table to write")
+    args = parser.parse_args(argv)
+    table = compare(args.old, args.new)
+    text = (f"Same jobs, same test samples: {args.new} against {args.old}, paired sample by sample "
+            "(sign-flip permutation test of the difference; overall reweighted to the test period's mix).\n\n"
+            + markdown_table(table) + "\n")
+    atomic_write_text(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
