@@ -93,7 +93,8 @@ def infer_key(sweep_dir: Path, jobs: pd.DataFrame) -> str:
 
 def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
     if key not in jobs.columns:
-        raise SystemExit(f"error: --key {key!r} is not a metrics.json field; fields include {sorted(jobs.columns)[:12]}")
+        raise SystemExit(f"error: --key {key!r} is not a metrics.json field; fields include "
+                         f"{sorted(jobs.columns)[:12]}")
     rows = []
     for value, group in jobs.groupby(key, sort=True):
         row = {key: value, "n_seeds": len(group)}

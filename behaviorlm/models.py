@@ -134,8 +134,8 @@ class CompiledLayers:
     40 s on a cold cache on a 2-core CPU and 8 s warm for SmolLM2's 30 layers, against 240 s for the whole model,
     and it fuses the element-wise work between the matmuls (RMSNorm, rotary, SiLU, softmax and mask, LoRA's adds):
     the training step 1.25-1.27x faster (tools/probes/train_step/compile.py). `nn.Module.compile` keeps the module
-    tree and its state-dict keys; outside `active()` the layers run eagerly, so scoring's trie masks and validation between
-    epochs never meet a compiled graph (they would recompile it)."""
+    tree and its state-dict keys; outside `active()` the layers run eagerly, so scoring's trie masks and validation
+    between epochs never meet a compiled graph (they would recompile it)."""
 
     def __init__(self, model):
         self.layers = decoder_layers(model)

@@ -55,7 +55,8 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
             before, after = both["correct"].to_numpy(float), both["correct_new"].to_numpy(float)
             p, _ = sign_flip_test(after, before, weights)
             rows.append({"stage_order": key[0], "seed": key[1], "metric": metric,
-                         "old": round(float(np.sum(weights * before)), 4), "new": round(float(np.sum(weights * after)), 4),
+                         "old": round(float(np.sum(weights * before)), 4),
+                         "new": round(float(np.sum(weights * after)), 4),
                          "diff": round(float(np.sum(weights * (after - before))), 4),
                          "only new right": int(((after > before) & chosen).sum()),
                          "only old right": int(((after < before) & chosen).sum()), "p_permutation": round(p, 4)})
