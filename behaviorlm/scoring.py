@@ -363,15 +363,26 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             if any(extra):
                 score_subtrees(extra, cache, first_logprobs)
         if near_tie_epsilon > 0 and exact_top:
-            for i in chunk:
-                contenders = np.flatnonzero(out[i] >= out[i].max() - near_tie_epsilon)
-                if len(contenders) > 1:
-                    out[i, contenders] = canonical_scores(model, prompts[i], contenders, trie, device, amp_dtype,
-                                                          fp32_logits)
+            rescore_near_ties(model, prompts, out, trie, device, amp_dtype, fp32_logits, near_tie_epsilon, chunk)
         bar.update(batch)
     bar.close()
     model.train(was_training)
     return out
+
+
+def rescore_near_ties(model, prompts: Sequence[Sequence[int]], scores: np.ndarray, trie: CandidateTrie,
+                      device: torch.device, amp_dtype: Optional[torch.dtype], fp32_logits: bool, epsilon: float,
+                      rows: Optional[Sequence[int]] = None) -> int:
+    """In place: in each row of `scores` (those in `rows`, default all), the names within `epsilon` of the row's best
+    get their `canonical_scores`. Returns how many rows had such a near-tie."""
+    tied = 0
+    for i in range(len(prompts)) if rows is None else rows:
+        contenders = np.flatnonzero(scores[i] >= scores[i].max() - epsilon)
+        if len(contenders) > 1:
+            scores[i, contenders] = canonical_scores(model, prompts[i], contenders, trie, device, amp_dtype,
+                                                     fp32_logits)
+            tied += 1
+    return tied
 
 
 CANONICAL_ROWS = 8  # names rescored per forward; every such forward has the same shape, whatever the names

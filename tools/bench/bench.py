@@ -51,7 +51,7 @@ from behaviorlm.data.dataset import load_dataset
 from behaviorlm.distributed import LOCAL
 from behaviorlm.hardware import machine
 from behaviorlm.models import autocast, training_attention
-from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores
+from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores, rescore_near_ties
 from behaviorlm.training import COMPILE_MIN_STEPS, AnswerTokenLoss, layer_compilation
 from behaviorlm.tuned import tuned_behavior_model
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config
@@ -167,7 +167,14 @@ def main() -> None:
     agreement_samples = bm.prompt_ids(period.test)
     add_seeds(period.test)
     bm.scorer.batch_size = 8  # batched: agreement only
-    exact_scores = bm.scorer.score(agreement_samples)
+    # exact ranking without near-tie rescoring, then the same scores rescored (an exact pass scores every name, so
+    # rescoring afterwards is what the pass with scoring.near_tie_epsilon computes)
+    bm.scorer.near_tie_epsilon = 0.0
+    unresolved_scores = bm.scorer.score(agreement_samples)
+    bm.scorer.near_tie_epsilon = bm.near_tie_epsilon
+    exact_scores = unresolved_scores.copy()
+    near_ties = rescore_near_ties(bm.model, agreement_samples, exact_scores, bm.scorer.trie, device, amp,
+                                  bm.fp32_logits, bm.near_tie_epsilon) if bm.near_tie_epsilon > 0 else 0
     exact_top1 = exact_scores.argmax(1)
     beam_ranked = beam(agreement_samples, batch_size=8)
     beam_top1 = beam_ranked.argmax(1)
@@ -175,15 +182,10 @@ def main() -> None:
     width_agreement = float(np.mean(beam(agreement_samples, "none", batch_size=8).argmax(1) == exact_top1))
     plain_agreement = float(np.mean(beam(agreement_samples, "none", batch_size=8, exact_top=0).argmax(1)
                                     == exact_top1))
-    # how often near-tie rescoring ran (names within scoring.near_tie_epsilon of the best), and what agreement is
-    # without it: each path deciding near-ties with its own rounding
-    ordered = np.sort(exact_scores, axis=1)
-    near_tie_share = float(np.mean(ordered[:, -1] - ordered[:, -2] <= bm.near_tie_epsilon))
-    bm.scorer.near_tie_epsilon = 0.0
-    unresolved_top1 = bm.scorer.score(agreement_samples).argmax(1)
-    bm.scorer.near_tie_epsilon = bm.near_tie_epsilon
+    # how often near-tie rescoring ran, and the agreement without it: each path deciding near-ties with its own rounding
+    near_tie_share = near_ties / len(agreement_samples)
     agreement_without_rescoring = float(np.mean(beam(agreement_samples, batch_size=8, near_tie_epsilon=0.0).argmax(1)
-                                                == unresolved_top1))
+                                                == unresolved_scores.argmax(1)))
     extra_round_share = bound_round_share(bm, beam_ranked, period.test) if seed_mode == "history" else None
     # Where they disagree, how far apart the two names are under the exact ranking: a few hundredths of a nat is
     # bf16 noise between two computation paths (KV cache + subtree vs one trie pass), not a pruned better name;
@@ -247,7 +249,8 @@ def main() -> None:
     shapes_peak = step_shape_peak(peak_dtype, step_gemm_shapes(bm.model, batches))
 
     report = {
-        "machine": machine(load_at_start), "model": cfg.model.name, "command": " ".join(["python -m tools.bench.bench", *sys.argv[1:]]),
+        "machine": machine(load_at_start), "model": cfg.model.name,
+        "command": " ".join(["python -m tools.bench.bench", *sys.argv[1:]]),
         "trie_internal_nodes": nodes, "mean_prompt_tokens": mean_prompt, "candidates": len(bm.vocab.names),
         "exact_seconds_per_sample": exact_s, "floor_forward_seconds_per_sample": floor_s,
         "naive_seconds_per_sample": naive_s, "exact_vs_floor_forward": exact_s / floor_s,
