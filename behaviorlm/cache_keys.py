@@ -104,13 +104,23 @@ JOB_IGNORES: dict[str, str] = {key: GLOBAL_IGNORES[key] for key in
                                ("paths", "logger", "cache", "task_name", "optimized_metric", "extras")}
 
 
+def computed_precision(cfg: DictConfig, device: torch.device) -> str:
+    """What the forward computes in on this machine: `model.precision=auto` is bf16 autocast on a CPU with native
+    bf16 and plain fp32 on one without (models.autocast_dtype), so the same config gives other numbers on a Zen 3
+    than on a Zen 4; a cache or a finished job made on one kind is not taken for the other's."""
+    from behaviorlm.models import autocast_dtype
+
+    return str(autocast_dtype(cfg.model.precision, device))
+
+
 def job_key(cfg: DictConfig, dataset, device: torch.device) -> str:
     """A whole job's result: its config (all of it but JOB_IGNORES), every sample it trains, validates and tests on,
     the device type and the code. Equal keys give identical metrics.json files (the pipeline is deterministic on
     one machine)."""
     samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val + dataset.test]
     return digest({"config": without(resolved(cfg), JOB_IGNORES), "samples": digest(samples),
-                   "device": device.type, "code": code_fingerprint(), "version": CACHE_VERSION})
+                   "device": device.type, "precision": computed_precision(cfg, device), "code": code_fingerprint(),
+                   "version": CACHE_VERSION})
 
 
 def root_cache_key(cfg: DictConfig, dataset, device: torch.device, conversations=()) -> str:
@@ -121,7 +131,7 @@ def root_cache_key(cfg: DictConfig, dataset, device: torch.device, conversations
                    # contrastive selection reads each behavior's category (data.columns.category, the taxonomy)
                    "categories": digest(sorted(dataset.vocab.categories.items())),
                    "conversations": digest(list(conversations)) if cfg.aux_ratio > 0 else None,
-                   "device": device.type, "code": code_fingerprint()})
+                   "device": device.type, "precision": computed_precision(cfg, device), "code": code_fingerprint()})
 
 
 # What ranking the test set reads, for the evaluation cache (the `evaluation` entries beside the stages'): the base
@@ -154,6 +164,7 @@ def evaluation_key(cfg: DictConfig, adapter_state: Mapping[str, torch.Tensor], t
     return digest({"config": reads,
                    "adapter": adapter_digest(adapter_state),
                    "test": digest([(s.user, str(s.time), s.history, s.target) for s in test_samples]),
-                   "names": digest(list(names)), "device": device.type, "code": code_fingerprint(),
+                   "names": digest(list(names)), "device": device.type,
+                   "precision": computed_precision(cfg, device), "code": code_fingerprint(),
                    "offset": None if score_offset is None else digest([round(float(x), 9) for x in score_offset]),
                    "version": CACHE_VERSION})

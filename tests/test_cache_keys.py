@@ -137,3 +137,20 @@ def test_the_code_fingerprint_covers_every_module_the_pipeline_imports():
             "models.py", "data/dataset.py", "data/logs.py", "data/foursquare.py", "data/samples.py",
             "data/conversations.py", "baselines.py"} <= modules
     assert "dashboard.py" not in modules  # not imported by the pipeline: editing it keeps the cache
+
+
+def test_a_cpu_without_native_bf16_never_takes_another_kinds_results(compose, monkeypatch):
+    """model.precision=auto computes in bf16 on a Zen 4 or AMX CPU and in fp32 on a Zen 3: the same config, other
+    numbers. The stage keys and a finished job's key follow what the machine computes in."""
+    from behaviorlm import models
+    from behaviorlm.cache_keys import job_key
+
+    cfg = compose("data=synthetic", "model=tiny_random", "logger=none", "model.precision=auto")
+    dataset, cpu = load_dataset(cfg), torch.device("cpu")
+    keys = {}
+    for native in (True, False):
+        monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda native=native: native)
+        keys[native] = (root_cache_key(cfg, dataset, cpu), job_key(cfg, dataset, cpu))
+    assert keys[True][0] != keys[False][0] and keys[True][1] != keys[False][1]
+    fp32 = compose("data=synthetic", "model=tiny_random", "logger=none", "model.precision=fp32")
+    assert root_cache_key(fp32, dataset, cpu) == root_cache_key(fp32, dataset, cpu)  # deterministic
