@@ -105,8 +105,9 @@ paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-s
 
 # The frontier re-ranks and re-weights the tuned runs of paper-main (same preset, same test set): it runs
 # paper-main first when $(RESULTS)/paper-main has no jobs. Tests only: no training.
-TRADEOFF_ARGS ?= --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 --batch-size 8 --drift-samples 3
-ablation-tradeoff: $(SETUP) ## head/tail frontier of logit adjustment (tau) and A-B adapter interpolation (alpha) on paper-main's runs -> results/ablation-tradeoff/
+TRADEOFF_ARGS ?= --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 --wise-alphas 0.25 0.5 0.75 --batch-size 8 \
+	--drift-samples 3
+ablation-tradeoff: $(SETUP) ## head/tail frontier of logit adjustment (tau), A-B interpolation (alpha) and WiSE-FT (w) on paper-main's runs -> results/ablation-tradeoff/
 	@test -n "$$(ls $(RESULTS)/paper-main/runs/*/metrics.json 2>/dev/null)" || $(MAKE) paper-main
 	$(PY) -m experiments.tradeoff $(RESULTS)/paper-main $(TRADEOFF_ARGS) --out $(RESULTS)/ablation-tradeoff $(ARGS)
 

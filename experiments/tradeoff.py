@@ -1,7 +1,7 @@
-"""The head/tail trade-off of two test-time remedies on tuned runs, without retraining (`make ablation-tradeoff`).
+"""The head/tail trade-off of test-time remedies on tuned runs, without retraining (`make ablation-tradeoff`).
 
     python -m experiments.tradeoff results/paper-main --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 \
-        --out results/ablation-tradeoff
+        --wise-alphas 0.25 0.5 0.75 --out results/ablation-tradeoff
 
 For every job of `--order` (default progressive) in the sweep: load its adapter (`behaviorlm predict`'s loader) and,
 for each alpha, interpolate it exactly towards the A-tuned adapter it continued from (the sweep's anchor_only job of
@@ -14,6 +14,11 @@ stops otherwise. Writes `jobs.csv` (seed x alpha x tau), `table.md` (mean and St
 anchor, tail and overall accuracy along each remedy's curve, paired against the progressive job with exact McNemar
 tests pooled over seeds, the operating point chosen on validation over the whole grid, and the sweep's other stage
 orders as reference points) and `anchor_vs_tail.png`. Choose an operating point on validation, never on the test.
+
+With `--wise-alphas`, every job of `--wise-orders` (progressive, joint, anchor_only) also gets a WiSE-FT curve
+(Wortsman et al., CVPR 2022; `scoring.wise_ft_alpha` inside a run): its tuned LoRA update scaled by w, from w = 1
+(the job, reproduced) to w = 0 (the untuned model, which must reproduce the seed's zero_shot job): `wise_ft.csv`, a
+table section per order and a curve per order in the plot, beside progressive's.
 """
 
 from __future__ import annotations
@@ -24,18 +29,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from behaviorlm.collect import markdown_table
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.metrics import evaluate_rankings
-from behaviorlm.models import interpolate_lora
+from behaviorlm.models import interpolate_lora, scale_lora_update
 from behaviorlm.predict import BehaviorPredictor
 from behaviorlm.scoring import top_k_names
 from behaviorlm.stages import logit_adjustment
-from behaviorlm.utils import atomic_write_text, compose_config
-from behaviorlm.collect import markdown_table
 from behaviorlm.stats import mcnemar_exact, t_interval
+from behaviorlm.sweeps import job_dirs
+from behaviorlm.utils import atomic_write_text, compose_config
 
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 
@@ -57,7 +64,7 @@ def a_tuned_jobs(sweep_dir: Path) -> dict[int, Path]:
     """Per seed, the sweep's anchor_only job: its adapter is the A-tuned adapter the seed's progressive job
     continued from (the same A-Tuning stage, restored from the stage cache)."""
     jobs = {}
-    for metrics_path in sorted(sweep_dir.glob("runs/*/metrics.json")):
+    for metrics_path in [d / "metrics.json" for d in job_dirs(sweep_dir)]:
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("status") == "completed" and metrics.get("stage_order") == "anchor_only":
             jobs[metrics["seed"]] = metrics_path.parent
@@ -73,8 +80,8 @@ def check_same_a_tuning(job_dir: Path, a_dir: Path) -> None:
                          "differ): cannot interpolate between them")
 
 
-def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path | None, batch_size: int | None,
-              drift_samples: float) -> tuple[list[dict], dict[tuple[float, float], np.ndarray]]:
+def load_job(job_dir: Path, batch_size: int | None):
+    """(config, recorded metrics, dataset, behavior model) of a finished job, ranking as the job ranked."""
     cfg = job_config(job_dir)
     recorded = json.loads((job_dir / "metrics.json").read_text())
     dataset = load_dataset(cfg)
@@ -85,6 +92,49 @@ def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path
     # seeded beam the width beam
     scoring = OmegaConf.load(job_dir / ".hydra" / "config.yaml").scoring
     bm.beam_exact_top, bm.beam_seed = scoring.get("beam_exact_top", 0), scoring.get("beam_seed", "none")
+    return cfg, recorded, dataset, bm
+
+
+def check_drift(job_dir: Path, what: str, measured: dict, reference: dict, n_test: int, drift_samples: float) -> None:
+    """An end point must reproduce the job it stands for, up to `drift_samples` test samples (bf16 scoring of a
+    differently padded batch is not bit-identical)."""
+    plain = "acc_overall_sample" if "acc_overall_sample" in measured else "acc_overall"  # unweighted hit share
+    drift = abs(measured[plain] - reference[f"test/{plain}"]) * n_test
+    if drift > drift_samples + 0.01:
+        raise SystemExit(f"error: {job_dir}: {what} gives test accuracy {measured[plain]:.4f}, the job recorded "
+                         f"{reference[f'test/{plain}']:.4f} ({drift:.0f} samples apart): this study does not "
+                         "reproduce the run (try --batch-size 1)")
+
+
+def wise_ft_curve(job_dir: Path, wise_alphas: list[float], zero_shot: dict | None, batch_size: int | None,
+                  drift_samples: float) -> list[dict]:
+    """WiSE-FT (scoring.wise_ft_alpha): the job's tuned LoRA update scaled by w (exact: every lora_B times w), from
+    w = 1 (the job itself) to w = 0 (the untuned model: the sweep's zero_shot job), any stage order."""
+    cfg, recorded, dataset, bm = load_job(job_dir, batch_size)
+    k = cfg.scoring.top_k
+    tuned = {name: p.detach().clone() for name, p in bm.model.named_parameters() if "lora_B" in name}
+    rows = []
+    for w in wise_alphas:
+        with torch.no_grad():
+            for name, param in bm.model.named_parameters():
+                if name in tuned:
+                    param.copy_(tuned[name])
+        scale_lora_update(bm.model, w)
+        val, _ = bm.evaluate(dataset.val, k, progress=f"validation, w {w}")
+        test, _, _ = evaluate_rankings(dataset.test, bm.rankings(dataset.test, k, progress=f"test, w {w}"),
+                                       bm.vocab, k, dataset.test_weights)
+        for end, reference in ((1.0, recorded), (0.0, zero_shot)):
+            if w == end and reference is not None:
+                check_drift(job_dir, f"WiSE-FT w {w:g}", test, reference, len(dataset.test), drift_samples)
+        rows.append({"stage_order": recorded["stage_order"], "seed": cfg.seed, "wise_alpha": w,
+                     "val_acc_overall": val["acc_overall"], **{f"test/{m}": test[m] for m in METRICS},
+                     "test/samples_digest": test["samples_digest"]})
+    return rows
+
+
+def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path | None, batch_size: int | None,
+              drift_samples: float) -> tuple[list[dict], dict[tuple[float, float], np.ndarray]]:
+    cfg, recorded, dataset, bm = load_job(job_dir, batch_size)
     names, k = list(bm.vocab.names), cfg.scoring.top_k
     a_state = None
     if any(alpha != 1.0 for alpha in alphas):
@@ -107,16 +157,11 @@ def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path
             if test["samples_digest"] != recorded["test/samples_digest"]:
                 raise SystemExit(f"error: {job_dir}: the test set rebuilt here (digest {test['samples_digest']}) "
                                  f"is not the one the job was tested on ({recorded['test/samples_digest']})")
-            plain = "acc_overall_sample" if "acc_overall_sample" in test else "acc_overall"  # unweighted hit share
-            # the end points reproduce the two jobs (alpha 1: this one; alpha 0: the anchor_only one), up to
-            # `drift_samples` samples: bf16 scoring of a differently padded batch is not bit-identical
+            # the end points reproduce the two jobs (alpha 1: this one; alpha 0: the anchor_only one)
             reference = {1.0: recorded, 0.0: json.loads((a_dir / "metrics.json").read_text()) if a_dir else None}
             if tau == 0 and reference.get(alpha) is not None:
-                drift = abs(test[plain] - reference[alpha][f"test/{plain}"]) * len(dataset.test)
-                if drift > drift_samples + 0.01:
-                    raise SystemExit(f"error: {job_dir}: alpha {alpha}, tau 0 gives test accuracy {test[plain]:.4f}, "
-                                     f"the job recorded {reference[alpha][f'test/{plain}']:.4f} ({drift:.0f} samples "
-                                     "apart): this study does not reproduce the run (try --batch-size 1)")
+                check_drift(job_dir, f"alpha {alpha}, tau 0", test, reference[alpha], len(dataset.test),
+                            drift_samples)
             rows.append({"seed": cfg.seed, "alpha": alpha, "tau": tau, "val_acc_overall": val["acc_overall"],
                          "recorded_test_acc_overall": recorded["test/acc_overall"],
                          **{f"test/{m}": test[m] for m in METRICS}, "test/samples_digest": test["samples_digest"]})
@@ -180,7 +225,22 @@ def summarize(jobs: pd.DataFrame, hits: dict[int, dict], others: pd.DataFrame) -
     return text
 
 
-def plot(jobs: pd.DataFrame, others: pd.DataFrame, path: Path) -> None:
+def wise_ft_section(wise: pd.DataFrame) -> str:
+    """The WiSE-FT curves: per stage order and w, mean [Student-t 95%] over seeds; the best w on validation."""
+    rows = [{"stage_order": order, "w": w, "seeds": len(group), **interval_cells(group),
+             "val overall": f"{group['val_acc_overall'].mean():.3f}"}
+            for (order, w), group in wise.groupby(["stage_order", "wise_alpha"])]
+    text = ("\n## WiSE-FT toward the untuned model (w: 1 = the tuned job, 0 = the pretrained model; any stage order)"
+            "\n\n" + markdown_table(pd.DataFrame(rows)) + "\n")
+    for order, group in wise.groupby("stage_order"):
+        by_val = group.groupby("wise_alpha")["val_acc_overall"].mean()
+        cells = interval_cells(group[group["wise_alpha"] == by_val.idxmax()])
+        text += (f"\n{order}: w = {by_val.idxmax():g} is best on validation ({by_val.max():.3f}); its test accuracy: "
+                 f"anchor {cells['anchor']}, tail {cells['tail']}, overall {cells['overall']}.")
+    return text + "\n"
+
+
+def plot(jobs: pd.DataFrame, others: pd.DataFrame, path: Path, wise: pd.DataFrame | None = None) -> None:
     """Anchor against tail accuracy: one curve per remedy, the other stage orders as points; bars are the
     Student-t 95% intervals over seeds on both axes."""
     import matplotlib
@@ -195,6 +255,8 @@ def plot(jobs: pd.DataFrame, others: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     curves = [("progressive + logit adjustment (τ)", "tau", jobs[jobs["alpha"] == 1.0]),
               ("progressive, A↔B interpolation (α)", "alpha", jobs[jobs["tau"] == 0.0])]
+    if wise is not None:
+        curves += [(f"{order}, WiSE-FT (w)", "wise_alpha", group) for order, group in wise.groupby("stage_order")]
     for label, knob, frame in curves:
         if frame[knob].nunique() < 2:
             continue
@@ -203,7 +265,7 @@ def plot(jobs: pd.DataFrame, others: pd.DataFrame, path: Path) -> None:
         ax.errorbar(xs, ys, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o-", capsize=2, label=label,
                     alpha=0.85)
         for value, x, y in zip((s[0] for s in stats), xs, ys):
-            ax.annotate(f"{'τ' if knob == 'tau' else 'α'}={value:g}", (x, y), fontsize=7,
+            ax.annotate(f"{ {'tau': 'τ', 'alpha': 'α'}.get(knob, 'w')}={value:g}", (x, y), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
     for order, group in others.groupby("stage_order"):
         x, y, xe, ye = point(group)
@@ -224,6 +286,10 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0],
                         help="adapter interpolation weights (1 = the B-tuned adapter; anything else needs the "
                              "sweep's anchor_only job of the same seed, whose adapter is the A-tuned end point)")
+    parser.add_argument("--wise-alphas", type=float, nargs="*", default=[],
+                        help="WiSE-FT weights w of the tuned update (scoring.wise_ft_alpha; 1 and 0 are added): a "
+                             "curve for each of --wise-orders, w = 0 being the untuned model")
+    parser.add_argument("--wise-orders", nargs="+", default=["progressive", "joint", "anchor_only"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="scoring batch (default: the job's scoring.batch_size; 1 for runs made before beam "
@@ -233,12 +299,20 @@ def main() -> None:
                              "different scoring batch pads differently, and bf16 scoring is not bit-identical)")
     args = parser.parse_args()
     taus, alphas = sorted(set([0.0, *args.taus])), sorted(set([1.0, *args.alphas]))
+    wise_alphas = sorted(set([0.0, 1.0, *args.wise_alphas])) if args.wise_alphas else []
     a_jobs = a_tuned_jobs(args.sweep_dir)
-    rows, hits, others = [], {}, []
-    for metrics_path in sorted(args.sweep_dir.glob("runs/*/metrics.json")):
+    finished = [json.loads((d / "metrics.json").read_text()) for d in job_dirs(args.sweep_dir)]
+    zero_shot = {m["seed"]: m for m in finished if m.get("stage_order") == "zero_shot"}
+    rows, hits, others, wise_rows = [], {}, [], []
+    for metrics_path in [d / "metrics.json" for d in job_dirs(args.sweep_dir)]:
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("status") != "completed":
             continue
+        if wise_alphas and metrics["stage_order"] in args.wise_orders:
+            wise_rows += wise_ft_curve(metrics_path.parent, wise_alphas, zero_shot.get(metrics["seed"]),
+                                       args.batch_size, args.drift_samples)
+            args.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out / "wise_ft.csv", pd.DataFrame(wise_rows).to_csv(index=False))
         if metrics["stage_order"] != args.order:
             others.append({k: metrics.get(k) for k in ("stage_order", "seed", *(f"test/{m}" for m in METRICS))})
             continue
@@ -258,9 +332,10 @@ def main() -> None:
     if jobs["test/samples_digest"].nunique() != 1:
         raise SystemExit("error: the jobs were tested on different samples; they cannot be paired")
     others_frame = pd.DataFrame(others)
-    table = summarize(jobs, hits, others_frame)
+    wise = pd.DataFrame(wise_rows) if wise_rows else None
+    table = summarize(jobs, hits, others_frame) + (wise_ft_section(wise) if wise is not None else "")
     atomic_write_text(args.out / "table.md", table)
-    plot(jobs, others_frame, args.out / "anchor_vs_tail.png")
+    plot(jobs, others_frame, args.out / "anchor_vs_tail.png", wise)
     print(table)
 
 

@@ -92,5 +92,15 @@ def test_tradeoff_smoke_runs_paper_main_first_and_draws_both_curves(tmp_path):
         assert plain[1.0] == pytest.approx(mine["progressive"], abs=tolerance)
         assert plain[0.0] == pytest.approx(mine["anchor_only"], abs=tolerance)
     table = (tmp_path / "ablation-tradeoff" / "table.md").read_text()
-    assert "Adapter interpolation" in table and "Chosen on validation" in table
+    assert "Adapter interpolation" in table and "Chosen on validation" in table and "WiSE-FT" in table
+    # WiSE-FT for every tuned order: w = 1 is each job (checked by the script), w = 0 the untuned model, the same
+    # function whatever the order was tuned to, so all three rank alike there, as the seed's zero_shot job does
+    wise = pd.read_csv(tmp_path / "ablation-tradeoff" / "wise_ft.csv")
+    assert set(wise["stage_order"]) == {"progressive", "joint", "anchor_only"}
+    assert sorted(set(wise["wise_alpha"])) == [0.0, 0.25, 0.5, 0.75, 1.0] and len(wise) == 3 * 2 * 5
+    for seed in (0, 1):
+        untuned = wise[(wise["seed"] == seed) & (wise["wise_alpha"] == 0.0)]["test/acc_overall"]
+        assert untuned.nunique() == 1
+        zero_shot = jobs[(jobs["seed"] == seed) & (jobs["stage_order"] == "zero_shot")]["test/acc_overall"].iloc[0]
+        assert untuned.iloc[0] == pytest.approx(zero_shot, abs=3 / jobs["n_test"].iloc[0] + 1e-9)
     assert (tmp_path / "ablation-tradeoff" / "anchor_vs_tail.png").exists()
