@@ -29,7 +29,7 @@ import pandas as pd
 
 from behaviorlm.metrics import acc_at_k_key
 from behaviorlm.stats import clustered_se, mcnemar_exact, sign_flip_test, t_interval
-from behaviorlm.sweeps import job_dirs, job_overrides, jobs_root, swept_keys, varying_fields
+from behaviorlm.sweeps import job_dirs, jobs_root, load_sweep
 
 METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1"]  # + acc@k, k = scoring.top_k
 LABELS = {"test/acc_overall": "overall", "test/acc_anchor": "anchor", "test/acc_tail": "tail",
@@ -62,33 +62,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def load_jobs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job folder: its metrics.json, its folder name as `job`, and the swept keys its metrics do not
-    echo (an override such as train.b_tuning.learning_rate=5e-4), from the job's own overrides."""
-    dirs = job_dirs(sweep_dir)
-    if not dirs:
+def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The sweep's jobs and swept keys (sweeps.load_sweep), or one line saying there is no job."""
+    jobs, keys = load_sweep(sweep_dir)
+    if jobs.empty:
         raise SystemExit(f"error: no job folder with a metrics.json in '{sweep_dir}' (looked for {sweep_dir}/runs/<N>/,"
                          f" as make leaves it, and {sweep_dir}/<N>/, as `run.py -m` does): did the sweep run?")
-    keys = swept_keys(dirs)
-    rows = []
-    for folder in dirs:
-        metrics = json.loads((folder / "metrics.json").read_text())
-        metrics["job"] = folder.name
-        overrides = job_overrides(folder)
-        for key in keys:
-            metrics.setdefault(key, overrides.get(key))
-        rows.append(metrics)
-    return pd.DataFrame(rows)
-
-
-def infer_key(sweep_dir: Path, jobs: pd.DataFrame) -> str:
-    """What the sweep varies: the override keys that differ between jobs (seed aside), joined by commas when
-    several do; for folders without Hydra's overrides, the first known sweep field whose values differ."""
-    keys = swept_keys(job_dirs(sweep_dir)) or varying_fields(jobs)[:1]
-    if not keys:
-        raise SystemExit(f"error: cannot tell what the sweep in '{sweep_dir}' varies (no override differs between its "
-                         "jobs but the seed): name the metrics.json field with --key")
-    return ",".join(keys)
+    return jobs, keys
 
 
 def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -316,8 +296,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", help="the key's value the others are compared with (paired.csv)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to the sweep's W&B group")
     args = parser.parse_args(argv)
-    jobs = load_jobs(args.sweep_dir)
-    key = args.key or infer_key(args.sweep_dir, jobs)
+    jobs, swept = load_jobs(args.sweep_dir)
+    if not (args.key or swept):
+        raise SystemExit(f"error: cannot tell what the sweep in '{args.sweep_dir}' varies (no override differs between "
+                         "its jobs but the seed): name the metrics.json field with --key")
+    key = args.key or ",".join(swept)
     if "," in key:  # one label per combination, e.g. "sasrec True"
         fields = key.split(",")
         missing = [f for f in fields if f not in jobs.columns]

@@ -30,7 +30,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from behaviorlm.stage_plan import TUNING_STAGES
-from behaviorlm.sweeps import SWEPT_KEYS, job_dirs, job_overrides, swept_keys, varying_fields
+from behaviorlm.sweeps import SWEPT_KEYS, jobs_root, load_sweep
 from behaviorlm.tracking import has_wandb_credentials, logged_where
 from behaviorlm.utils import atomic_write_text
 
@@ -69,40 +69,25 @@ class DashboardError(ValueError):
     """The sweep folder cannot be turned into a dashboard; the message says why."""
 
 
-def sweep_jobs(sweep_dir: Path) -> pd.DataFrame:
-    """One row per completed job: its metrics.json, its swept overrides and the W&B settings from its Hydra config."""
-    dirs = job_dirs(sweep_dir)
-    keys = swept_keys(dirs)
-    rows = []
-    for job_dir in dirs:
-        metrics = json.loads((job_dir / "metrics.json").read_text())
-        if metrics.get("status") != "completed":
-            continue
-        overrides = job_overrides(job_dir)
-        metrics.update({key: overrides.get(key) for key in keys if key not in metrics})
-        where = logged_where(job_dir, sweep_dir.name)
-        metrics.update({f"_{name}": value for name, value in where.items() if value is not None})
-        metrics["_swept"] = ",".join(keys)
-        rows.append(metrics)
-    if not rows:
+def sweep_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, str]:
+    """(one row per completed job: its metrics.json, swept overrides and the W&B settings from its Hydra config;
+    the key the panels group by: the first the sweep varies)."""
+    jobs, keys = load_sweep(sweep_dir)
+    jobs = jobs[jobs["status"] == "completed"] if "status" in jobs else jobs.iloc[:0]
+    if jobs.empty:
         raise DashboardError(f"sweep folder '{sweep_dir}' has no completed job (neither runs/<N>/metrics.json nor "
                              "<N>/metrics.json)")
-    return pd.DataFrame(rows)
-
-
-def swept_key(jobs: pd.DataFrame) -> str:
-    """The key the panels group by: the first override that differs between jobs, else a known sweep field."""
-    inferred = str(jobs["_swept"].iloc[0]).split(",")[0] if "_swept" in jobs else ""
-    varying = [inferred] if inferred else varying_fields(jobs)
-    if not varying:
+    where = [{f"_{name}": value for name, value in logged_where(jobs_root(sweep_dir) / job, sweep_dir.name).items()
+              if value is not None} for job in jobs["job"]]
+    jobs = jobs.join(pd.DataFrame(where, index=jobs.index))
+    if not keys:
         raise DashboardError(f"no swept key varies across the jobs (no override but the seed differs, and none of "
                              f"{', '.join(SWEPT_KEYS)} does)")
-    return varying[0]
+    return jobs, keys[0]
 
 
 def build_spec(sweep_dir: Path) -> DashboardSpec:
-    jobs = sweep_jobs(sweep_dir)
-    key = swept_key(jobs)
+    jobs, key = sweep_jobs(sweep_dir)
     first = jobs.iloc[0]
     stages = [s for s in TUNING_STAGES if f"{s}/final_train_loss" in jobs]
     sections = [

@@ -54,14 +54,19 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return found
 
 
-def job_overrides(job_dir: Path) -> dict[str, Any]:
-    """The job's own overrides (`.hydra/overrides.yaml`), values parsed as YAML (`0.05` a float); {} without it."""
+def override_lines(job_dir: Path) -> Optional[list[str]]:
+    """The job's own overrides as Hydra wrote them (`.hydra/overrides.yaml`: `key=value` lines); None without it."""
     path = Path(job_dir) / ".hydra" / "overrides.yaml"
     if not path.is_file():
-        return {}
+        return None
+    return [str(line) for line in yaml.safe_load(path.read_text(encoding="utf-8")) or []]
+
+
+def job_overrides(job_dir: Path) -> dict[str, Any]:
+    """The job's own overrides, values parsed as YAML (`0.05` a float); {} without them."""
     found = {}
-    for line in yaml.safe_load(path.read_text(encoding="utf-8")) or []:
-        key, _, value = str(line).partition("=")
+    for line in override_lines(job_dir) or []:
+        key, _, value = line.partition("=")
         try:
             found[key.lstrip("+~")] = yaml.safe_load(value)
         except yaml.YAMLError:  # a value YAML cannot read (a Hydra function): compare it as text
@@ -82,6 +87,33 @@ def swept_keys(dirs: list[Path]) -> list[str]:
 def varying_fields(jobs) -> list[str]:
     """The SWEPT_KEYS whose values differ across a frame of jobs' metrics."""
     return [k for k in SWEPT_KEYS if k in jobs and jobs[k].astype(str).nunique() > 1]
+
+
+def completed_jobs(sweep_dir: Path) -> dict[Path, dict]:
+    """The sweep's completed job folders, in job order, with their metrics."""
+    jobs = {folder: json.loads((folder / "metrics.json").read_text()) for folder in job_dirs(sweep_dir)}
+    return {folder: metrics for folder, metrics in jobs.items() if metrics.get("status") == "completed"}
+
+
+def load_sweep(sweep_dir: Path):
+    """(one row per job folder: its metrics.json, its folder name as `job` and the swept overrides its metrics do not
+    echo, such as train.b_tuning.learning_rate; the keys the sweep varies): the overrides that differ between jobs,
+    else, for folders without Hydra's overrides, the first known sweep field whose values differ. What `behaviorlm
+    collect` and the dashboard read."""
+    import pandas as pd
+
+    dirs = job_dirs(sweep_dir)
+    keys = swept_keys(dirs)
+    rows = []
+    for folder in dirs:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["job"] = folder.name
+        overrides = job_overrides(folder)
+        for key in keys:
+            metrics.setdefault(key, overrides.get(key))
+        rows.append(metrics)
+    jobs = pd.DataFrame(rows)
+    return jobs, keys or varying_fields(jobs)[:1]
 
 
 def planned_jobs(config: DictConfig) -> Optional[int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
 
 
 def load_adapter(model, folder: str | Path) -> None:
@@ -26,10 +25,12 @@ def load_adapter(model, folder: str | Path) -> None:
 
 def run_overrides(run_dir: str | Path) -> list[str]:
     """The overrides a run folder was made with (Hydra's `.hydra/overrides.yaml`)."""
-    path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not path.is_file():
+    from behaviorlm.sweeps import override_lines
+
+    lines = override_lines(Path(run_dir))
+    if lines is None:
         raise FileNotFoundError(f"'{run_dir}' has no .hydra/overrides.yaml: not a run folder made by run.py")
-    return [str(line) for line in yaml.safe_load(path.read_text(encoding="utf-8")) or []]
+    return lines
 
 
 def tuned_behavior_model(overrides: Sequence[str] = (), adapter: Optional[str | Path] = None,

@@ -14,7 +14,6 @@ per sample gives). One seed per job: this tells whether a job's outcome moved, n
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +21,27 @@ import pandas as pd
 
 from behaviorlm.collect import markdown_table, sample_weights
 from behaviorlm.stats import sign_flip_test
-from behaviorlm.sweeps import job_dirs
+from behaviorlm.sweeps import completed_jobs
 from behaviorlm.utils import atomic_write_text
 
 METRICS = ("acc_overall", "acc_anchor", "acc_tail")
 
 
-def completed_jobs(sweep_dir: Path) -> dict[tuple[str, int], Path]:
-    jobs = {}
-    for folder in job_dirs(sweep_dir):
-        metrics = json.loads((folder / "metrics.json").read_text())
-        if metrics.get("status") == "completed":
-            jobs[(metrics["stage_order"], int(metrics["seed"]))] = folder
-    return jobs
+def jobs_by_order_and_seed(sweep_dir: Path) -> dict[tuple[str, int], tuple[Path, dict]]:
+    return {(metrics["stage_order"], int(metrics["seed"])): (folder, metrics)
+            for folder, metrics in completed_jobs(sweep_dir).items()}
 
 
 def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
     rows = []
-    old_jobs, new_jobs = completed_jobs(old_dir), completed_jobs(new_dir)
+    old_jobs, new_jobs = jobs_by_order_and_seed(old_dir), jobs_by_order_and_seed(new_dir)
     for key in sorted(set(old_jobs) & set(new_jobs)):
-        old_metrics, new_metrics = (json.loads((jobs[key] / "metrics.json").read_text())
-                                    for jobs in (old_jobs, new_jobs))
+        (old_folder, old_metrics), (new_folder, new_metrics) = old_jobs[key], new_jobs[key]
         if old_metrics["test/samples_digest"] != new_metrics["test/samples_digest"]:
             raise SystemExit(f"error: {key}: the two sweeps tested different samples (test/samples_digest "
                              f"{old_metrics['test/samples_digest']} vs {new_metrics['test/samples_digest']})")
-        old, new = (pd.read_csv(jobs[key] / "test_predictions.csv").set_index("sample_id")
-                    for jobs in (old_jobs, new_jobs))
+        old, new = (pd.read_csv(folder / "test_predictions.csv").set_index("sample_id")
+                    for folder in (old_folder, new_folder))
         both = old[["role", "correct"]].join(new[["correct"]], rsuffix="_new", how="inner")
         for metric in METRICS:
             weights = sample_weights(both["role"], new_metrics.get("test/weight_anchor"), metric)

@@ -41,14 +41,15 @@ from behaviorlm.predict import BehaviorPredictor
 from behaviorlm.scoring import top_k_names
 from behaviorlm.stages import logit_adjustment
 from behaviorlm.stats import mcnemar_exact, t_interval
-from behaviorlm.sweeps import job_dirs
+from behaviorlm.sweeps import completed_jobs
+from behaviorlm.tuned import run_overrides
 from behaviorlm.utils import atomic_write_text, compose_config
 
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 
 
 def job_config(job_dir: Path):
-    overrides = [o for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
+    overrides = [o for o in run_overrides(job_dir) if not o.startswith("hydra.")]
     # jobs run before `ablation` joined the defaults list appended it with '+'
     overrides = [o.removeprefix("+") if o.startswith("+ablation=") else o for o in overrides]
     return compose_config([*overrides, "logger=none"])
@@ -60,15 +61,10 @@ def b_set_targets(job_dir: Path) -> list[str]:
     return [name for name, tiers in per_behavior.items() for _ in range(sum(tiers.values()))]
 
 
-def a_tuned_jobs(sweep_dir: Path) -> dict[int, Path]:
-    """Per seed, the sweep's anchor_only job: its adapter is the A-tuned adapter the seed's progressive job
-    continued from (the same A-Tuning stage, restored from the stage cache)."""
-    jobs = {}
-    for metrics_path in [d / "metrics.json" for d in job_dirs(sweep_dir)]:
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("status") == "completed" and metrics.get("stage_order") == "anchor_only":
-            jobs[metrics["seed"]] = metrics_path.parent
-    return jobs
+def jobs_of(jobs: dict[Path, dict], stage_order: str) -> dict[int, Path]:
+    """Per seed, the folder of the sweep's `stage_order` job (anchor_only: its adapter is the A-tuned adapter the
+    seed's progressive job continued from, the same A-Tuning stage restored from the stage cache)."""
+    return {metrics["seed"]: folder for folder, metrics in jobs.items() if metrics["stage_order"] == stage_order}
 
 
 def check_same_a_tuning(job_dir: Path, a_dir: Path) -> None:
@@ -300,17 +296,14 @@ def main() -> None:
     args = parser.parse_args()
     taus, alphas = sorted(set([0.0, *args.taus])), sorted(set([1.0, *args.alphas]))
     wise_alphas = sorted(set([0.0, 1.0, *args.wise_alphas])) if args.wise_alphas else []
-    a_jobs = a_tuned_jobs(args.sweep_dir)
-    finished = [json.loads((d / "metrics.json").read_text()) for d in job_dirs(args.sweep_dir)]
-    zero_shot = {m["seed"]: m for m in finished if m.get("stage_order") == "zero_shot"}
+    finished = completed_jobs(args.sweep_dir)
+    a_jobs = jobs_of(finished, "anchor_only")
+    zero_shot = {seed: finished[folder] for seed, folder in jobs_of(finished, "zero_shot").items()}
     rows, hits, others, wise_rows = [], {}, [], []
-    for metrics_path in [d / "metrics.json" for d in job_dirs(args.sweep_dir)]:
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("status") != "completed":
-            continue
+    for job_dir, metrics in finished.items():
         if wise_alphas and metrics["stage_order"] in args.wise_orders:
-            wise_rows += wise_ft_curve(metrics_path.parent, wise_alphas, zero_shot.get(metrics["seed"]),
-                                       args.batch_size, args.drift_samples)
+            wise_rows += wise_ft_curve(job_dir, wise_alphas, zero_shot.get(metrics["seed"]), args.batch_size,
+                                       args.drift_samples)
             args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out / "wise_ft.csv", pd.DataFrame(wise_rows).to_csv(index=False))
         if metrics["stage_order"] != args.order:
@@ -320,7 +313,7 @@ def main() -> None:
         if a_dir is None and alphas != [1.0]:
             raise SystemExit(f"error: no completed anchor_only job of seed {metrics['seed']} under "
                              f"{args.sweep_dir}/runs: adapter interpolation needs its A-tuned adapter")
-        job_rows, job_hits = study_job(metrics_path.parent, taus, alphas, a_dir, args.batch_size,
+        job_rows, job_hits = study_job(job_dir, taus, alphas, a_dir, args.batch_size,
                                        args.drift_samples)
         rows += job_rows
         hits[metrics["seed"]] = job_hits
