@@ -12,6 +12,7 @@ Keys chain: a stage's key includes its parent's, so whatever changes upstream in
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,9 +72,17 @@ def package_modules(roots: tuple[str, ...] = ("pipeline.py",)) -> list[str]:
     return sorted(seen)
 
 
+@functools.lru_cache(maxsize=None)
 def code_fingerprint() -> str:
+    """The pipeline's modules by content, read once per process (about 0.1 s; a job's stage, job and evaluation keys
+    all need it, and the code a process runs is the code it imported)."""
     package = Path(__file__).resolve().parent
     return digest([(name, (package / name).read_text(encoding="utf-8")) for name in package_modules()])
+
+
+def samples_content(samples) -> str:
+    """Which samples, by content and in order: user, target time, history and target of each."""
+    return digest([(s.user, str(s.time), s.history, s.target) for s in samples])
 
 
 def without(config: Any, ignores: Mapping[str, str], prefix: str = "") -> Any:
@@ -117,8 +126,8 @@ def job_key(cfg: DictConfig, dataset, device: torch.device) -> str:
     """A whole job's result: its config (all of it but JOB_IGNORES), every sample it trains, validates and tests on,
     the device type and the code. Equal keys give identical metrics.json files (the pipeline is deterministic on
     one machine)."""
-    samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val + dataset.test]
-    return digest({"config": without(resolved(cfg), JOB_IGNORES), "samples": digest(samples),
+    return digest({"config": without(resolved(cfg), JOB_IGNORES),
+                   "samples": samples_content(dataset.train + dataset.val + dataset.test),
                    "device": device.type, "precision": computed_precision(cfg, device), "code": code_fingerprint(),
                    "version": CACHE_VERSION})
 
@@ -126,8 +135,7 @@ def job_key(cfg: DictConfig, dataset, device: torch.device) -> str:
 def root_cache_key(cfg: DictConfig, dataset, device: torch.device, conversations=()) -> str:
     """The facts every stage depends on that the config does not show: the exact samples (train and validation),
     the anchors and categories they imply, the conversations mixed in, the device type and the code."""
-    samples = [(s.user, str(s.time), s.history, s.target) for s in dataset.train + dataset.val]
-    return digest({"samples": digest(samples), "anchors": sorted(dataset.vocab.anchors),
+    return digest({"samples": samples_content(dataset.train + dataset.val), "anchors": sorted(dataset.vocab.anchors),
                    # contrastive selection reads each behavior's category (data.columns.category, the taxonomy)
                    "categories": digest(sorted(dataset.vocab.categories.items())),
                    "conversations": digest(list(conversations)) if cfg.aux_ratio > 0 else None,
@@ -163,7 +171,7 @@ def evaluation_key(cfg: DictConfig, adapter_state: Mapping[str, torch.Tensor], t
              for path in EVALUATION_READS for value in [OmegaConf.select(cfg, path)]}
     return digest({"config": reads,
                    "adapter": adapter_digest(adapter_state),
-                   "test": digest([(s.user, str(s.time), s.history, s.target) for s in test_samples]),
+                   "test": samples_content(test_samples),
                    "names": digest(list(names)), "device": device.type,
                    "precision": computed_precision(cfg, device), "code": code_fingerprint(),
                    "offset": None if score_offset is None else digest([round(float(x), 9) for x in score_offset]),
