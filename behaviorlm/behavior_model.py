@@ -38,7 +38,6 @@ class BehaviorModel:
     beam_exact_top: int = 0  # beam mode: the top k of each ranking exact (scoring.beam_exact_top)
     beam_seed: str = "none"  # beam mode: history (the user's own behaviors ride in the prompt's forward) | none
     fp32_logits: bool = True  # the output projection in fp32 while ranking (scoring.fp32_logits)
-    near_tie_epsilon: float = 0.0  # names this close to the best are rescored canonically (scoring.near_tie_epsilon)
     # Added to every candidate's log-likelihood before ranking (post-hoc logit adjustment); None: off.
     score_offset: Optional[np.ndarray] = None
 
@@ -52,8 +51,13 @@ class BehaviorModel:
                                  scoring_cfg.fp32_logits, scoring_cfg.near_tie_epsilon)
         return cls(model, tokenizer, prompts, vocab, device, amp_dtype, scorer, scoring_cfg.mode,
                    scoring_cfg.beam_width, dist, beam_exact_top=scoring_cfg.beam_exact_top,
-                   fp32_logits=scoring_cfg.fp32_logits, beam_seed=scoring_cfg.beam_seed,
-                   near_tie_epsilon=scoring_cfg.near_tie_epsilon)
+                   fp32_logits=scoring_cfg.fp32_logits, beam_seed=scoring_cfg.beam_seed)
+
+    @property
+    def near_tie_epsilon(self) -> float:
+        """Names this close to the best are rescored canonically (scoring.near_tie_epsilon), in beam mode as in the
+        exact scorer, which holds the setting."""
+        return self.scorer.near_tie_epsilon
 
     def prompt_ids(self, samples: Sequence[Sample]) -> list[list[int]]:
         return [self.prompts.sample_prompt_ids(s) for s in samples]

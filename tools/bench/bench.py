@@ -169,9 +169,9 @@ def main() -> None:
     bm.scorer.batch_size = 8  # batched: agreement only
     # exact ranking without near-tie rescoring, then the same scores rescored (an exact pass scores every name, so
     # rescoring afterwards is what the pass with scoring.near_tie_epsilon computes)
-    bm.scorer.near_tie_epsilon = 0.0
+    epsilon, bm.scorer.near_tie_epsilon = bm.near_tie_epsilon, 0.0
     unresolved_scores = bm.scorer.score(agreement_samples)
-    bm.scorer.near_tie_epsilon = bm.near_tie_epsilon
+    bm.scorer.near_tie_epsilon = epsilon
     exact_scores = unresolved_scores.copy()
     near_ties = rescore_near_ties(bm.model, agreement_samples, exact_scores, bm.scorer.trie, device, amp,
                                   bm.fp32_logits, bm.near_tie_epsilon) if bm.near_tie_epsilon > 0 else 0
