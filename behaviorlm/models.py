@@ -75,6 +75,33 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def fp32_output_layer(model, enabled: bool = True):
+    """Within the block, the model's output projection runs in fp32 on its (fp32) hidden states, outside autocast.
+
+    The transformer body keeps its bf16 speed; only the rows whose logits are kept pay fp32 (4-11% of an exact
+    ranking on a 2-core CPU for SmolLM2's 49k vocabulary). The projection's weights stay the module's own (tied
+    embeddings stay tied); the patch is removed on exit."""
+    model = getattr(model, "module", model)  # a DDP-wrapped copy shares the head
+    head = model.get_output_embeddings() if enabled and hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear):
+        yield
+        return
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            # contiguous: the kept rows are a slice of the sequence, and a strided 3-D input sends linear to a
+            # batched matmul over a weight copy per prompt (2.3x slower for a batch of 8 exact rankings)
+            return torch.nn.functional.linear(hidden.float().contiguous(), head.weight.float(), bias)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward  # the class's forward again
+
+
 def training_attention(setting: str, device: torch.device) -> Optional[str]:
     """train.attn_implementation -> the kernel the training forward switches to (None: the model's own)."""
     if setting == "auto":

@@ -16,22 +16,18 @@ subtrees of the names in the user's own history in the same forward as the promp
 `width` most likely first answer tokens in a second forward; branch and bound (`exact_top`) adds whatever else can
 still reach the top k.
 
-Near-ties are decided canonically (`near_tie_epsilon`): two paths over the same trie (exact, beam) run matrices of
-different shapes, which under bf16 round differently (up to 0.08 nat seen on an AMX Xeon), so each path could pick
-its own winner between names closer than that. Every name within epsilon of a prompt's best is therefore rescored
-by `canonical_scores`, a computation that depends on the prompt and the name alone, whichever path found them: the
-top-1 of beam and exact ranking is then the same by construction whenever epsilon exceeds twice the paths' gap.
+Near-ties are decided canonically (`near_tie_epsilon`, behaviorlm/near_ties.py), so that exact and beam ranking
+pick the same top-1 whatever their rounding.
 
 Generate mode decodes greedily and counts an output as a prediction only if it is a behavior name exactly.
 
-Both ranking modes compute the output projection in fp32 (`fp32_output_layer`, scoring.fp32_logits): under bf16 a
+Both ranking modes compute the output projection in fp32 (`models.fp32_output_layer`, scoring.fp32_logits): under bf16 a
 logit of magnitude 16-32 is rounded to 1/16-1/8 nat, enough to decide near-ties between names, so two bf16 paths
 (exact and beam) would each pick their own winner where the names are closer than that.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -39,34 +35,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from behaviorlm.models import autocast
-
-
-@contextlib.contextmanager
-def fp32_output_layer(model, enabled: bool = True):
-    """Within the block, the model's output projection runs in fp32 on its (fp32) hidden states, outside autocast.
-
-    The transformer body keeps its bf16 speed; only the rows whose logits are kept pay fp32 (4-11% of an exact
-    ranking on a 2-core CPU for SmolLM2's 49k vocabulary). The projection's weights stay the module's own (tied
-    embeddings stay tied); the patch is removed on exit."""
-    model = getattr(model, "module", model)  # a DDP-wrapped copy shares the head
-    head = model.get_output_embeddings() if enabled and hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Linear):
-        yield
-        return
-
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):
-            bias = None if head.bias is None else head.bias.float()
-            # contiguous: the kept rows are a slice of the sequence, and a strided 3-D input sends linear to a
-            # batched matmul over a weight copy per prompt (2.3x slower for a batch of 8 exact rankings)
-            return torch.nn.functional.linear(hidden.float().contiguous(), head.weight.float(), bias)
-
-    head.forward = forward
-    try:
-        yield
-    finally:
-        del head.forward  # the class's forward again
+from behaviorlm.models import autocast, fp32_output_layer
+from behaviorlm.near_ties import rescore_near_ties
 
 
 def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device):
@@ -368,62 +338,6 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
     bar.close()
     model.train(was_training)
     return out
-
-
-def rescore_near_ties(model, prompts: Sequence[Sequence[int]], scores: np.ndarray, trie: CandidateTrie,
-                      device: torch.device, amp_dtype: Optional[torch.dtype], fp32_logits: bool, epsilon: float,
-                      rows: Optional[Sequence[int]] = None) -> int:
-    """In place: in each row of `scores` (those in `rows`, default all), the names within `epsilon` of the row's best
-    get their `canonical_scores`. Returns how many rows had such a near-tie."""
-    tied = 0
-    for i in range(len(prompts)) if rows is None else rows:
-        contenders = np.flatnonzero(scores[i] >= scores[i].max() - epsilon)
-        if len(contenders) > 1:
-            scores[i, contenders] = canonical_scores(model, prompts[i], contenders, trie, device, amp_dtype,
-                                                     fp32_logits)
-            tied += 1
-    return tied
-
-
-CANONICAL_ROWS = 8  # names rescored per forward; every such forward has the same shape, whatever the names
-
-
-@torch.no_grad()
-def canonical_scores(model, prompt: Sequence[int], candidates: Sequence[int], trie: CandidateTrie,
-                     device: torch.device, amp_dtype: Optional[torch.dtype], fp32_logits: bool = True) -> np.ndarray:
-    """The summed log-probabilities of `candidates` (indices into the trie's names) after `prompt`, computed in a way
-    that depends on the prompt and each name alone: the prompt by itself (batch 1, no padding, no trie nodes), then
-    the names' tokens over copies of its cache, CANONICAL_ROWS names a forward, each padded at its end to the
-    trie's depth (a causal row never sees what follows it) and a short last group filled with repeats, so every
-    forward has one shape and a name's row is computed alike whichever names share it. Whatever path or batch
-    asked, the arithmetic is the same, so the near-ties it decides are decided alike everywhere
-    (`beam_scores`' near_tie_epsilon)."""
-    n = len(prompt)
-    with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
-        step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
-    cache = step.past_key_values
-    first = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
-    depth = trie.score_tokens.shape[1] - 1  # tokens fed per name: all but its last
-    scores = np.empty(len(candidates), dtype=np.float32)
-    if depth == 0:
-        for slot, c in enumerate(candidates):
-            scores[slot] = float(first[trie.score_tokens[c, 0]])
-        return scores
-    cache.batch_repeat_interleave(CANONICAL_ROWS)
-    positions = torch.arange(n, n + depth, device=device).expand(CANONICAL_ROWS, -1)
-    for start in range(0, len(candidates), CANONICAL_ROWS):
-        group = list(candidates[start:start + CANONICAL_ROWS])
-        rows = group + [group[0]] * (CANONICAL_ROWS - len(group))
-        tokens = trie.score_tokens[rows].to(device)  # (rows, depth + 1), padded past each name's end
-        mask = trie.score_mask[rows].to(device)
-        with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
-            logits = model(input_ids=tokens[:, :-1], past_key_values=cache, use_cache=True,
-                           position_ids=positions).logits
-        cache.crop(-depth)  # the prompt alone again, for the next group
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
-        totals = first[tokens[:, 0]] + (logprobs * mask[:, 1:]).sum(-1)
-        scores[start:start + len(group)] = totals[:len(group)].cpu().numpy()
-    return scores
 
 
 def naive_scores(model, prompts: Sequence[Sequence[int]], candidate_ids: Sequence[Sequence[int]],

@@ -50,8 +50,9 @@ from omegaconf import OmegaConf
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.distributed import LOCAL
 from behaviorlm.hardware import machine
-from behaviorlm.models import autocast, training_attention
-from behaviorlm.scoring import beam_scores, fp32_output_layer, naive_scores, rescore_near_ties
+from behaviorlm.models import autocast, fp32_output_layer, training_attention
+from behaviorlm.near_ties import rescore_near_ties
+from behaviorlm.scoring import beam_scores, naive_scores
 from behaviorlm.training import COMPILE_MIN_STEPS, AnswerTokenLoss, layer_compilation
 from behaviorlm.tuned import tuned_behavior_model
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json, compose_config

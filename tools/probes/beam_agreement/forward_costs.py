@@ -7,8 +7,7 @@ import json, os, time
 import numpy as np
 import torch
 
-from behaviorlm.models import autocast
-from behaviorlm.scoring import fp32_output_layer
+from behaviorlm.models import autocast, fp32_output_layer
 from behaviorlm.tuned import tuned_behavior_model
 from behaviorlm.utils import PROJECT_ROOT
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from behaviorlm.data.dataset import load_dataset
-from behaviorlm.models import autocast
-from behaviorlm.scoring import beam_scores, fp32_output_layer
+from behaviorlm.models import autocast, fp32_output_layer
+from behaviorlm.scoring import beam_scores
 from behaviorlm.tuned import tuned_behavior_model
 from behaviorlm.utils import PROJECT_ROOT, compose_config
 

@@ -13,7 +13,7 @@ import torch
 load_at_start = os.getloadavg()[0]
 from tools.probes.train_step.step_setup import bench_step_setup
 from behaviorlm.models import autocast, attention_implementation
-from behaviorlm.scoring import fp32_output_layer
+from behaviorlm.models import fp32_output_layer
 from behaviorlm.training import answer_loss_sum, collate, trainable_state
 
 bm, examples, _, _ = bench_step_setup(6)
