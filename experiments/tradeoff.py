@@ -1,24 +1,30 @@
-"""The head/tail trade-off of test-time remedies on tuned runs, without retraining (`make ablation-tradeoff`).
+"""The head/tail frontiers of test-time remedies on tuned runs, without retraining (`make ablation-tradeoff`).
 
-    python -m experiments.tradeoff results/paper-main --alphas 0 0.25 0.5 0.75 --taus -1 -0.5 0.25 0.5 1 \
-        --wise-alphas 0.25 0.5 0.75 --out results/ablation-tradeoff
+    python -m experiments.tradeoff results/paper-main results/ablation-b-rate --alphas 0 0.25 0.5 0.75 \
+        --taus -1 -0.5 0.25 0.5 1 --joint-taus 0.25 0.5 1 2 --wise-alphas 0.25 0.5 0.75 --out results/ablation-tradeoff
 
-For every job of `--order` (default progressive) in the sweep: load its adapter (`behaviorlm predict`'s loader) and,
-for each alpha, interpolate it exactly towards the A-tuned adapter it continued from (the sweep's anchor_only job of
-the same seed: `train.b_tuning.merge_alpha` does the same inside a run), score the validation and test samples once,
-then rank them with tau * (log p_train - log p_B) added for each tau, p_B being the B set the job recorded in
-selection.json (`scoring.logit_adjustment.tau` inside a run). The rebuilt test set must be the job's (same digest)
-and the end points must reproduce the two jobs (alpha 1, tau 0: the progressive job; alpha 0: the anchor_only job)
-within `--drift-samples` test samples (bf16 scoring of a differently padded batch is not bit-identical); the script
-stops otherwise. Writes `jobs.csv` (seed x alpha x tau), `table.md` (mean and Student-t 95% interval over seeds of
-anchor, tail and overall accuracy along each remedy's curve, paired against the progressive job with exact McNemar
-tests pooled over seeds, the operating point chosen on validation over the whole grid, and the sweep's other stage
-orders as reference points) and `anchor_vs_tail.png`. Choose an operating point on validation, never on the test.
+The completed jobs of every sweep given are pooled (a stage order and seed already taken from an earlier sweep is
+not taken again); a progressive job whose B-Tuning learning rate differs from the first sweep's is its own method,
+`progressive, B lr 0.0005`. For every progressive job: load its adapter (`behaviorlm predict`'s loader) and, for each
+alpha, interpolate it exactly towards the A-tuned adapter it continued from (the anchor_only job of the same seed:
+`train.b_tuning.merge_alpha` does the same inside a run), score the validation and test samples once, then rank them
+with tau * (log p_train - log p_B) added for each tau, p_B being the B set the job recorded in selection.json
+(`scoring.logit_adjustment.tau` inside a run). With `--joint-taus`, every joint job gets its own logit-adjustment
+curve towards the uniform prior, -tau * log p_train (Menon et al., ICLR 2021; `target_prior=uniform` inside a run:
+joint's tuned prior is the training prior, so the progressive direction would change nothing). The rebuilt test set
+must be the job's (same digest) and the end points must reproduce the jobs (alpha 1, tau 0: the job; alpha 0: the
+anchor_only job) within `--drift-samples` test samples (bf16 scoring of a differently padded batch is not
+bit-identical); the script stops otherwise.
 
 With `--wise-alphas`, every job of `--wise-orders` (progressive, joint, anchor_only) also gets a WiSE-FT curve
 (Wortsman et al., CVPR 2022; `scoring.wise_ft_alpha` inside a run): its tuned LoRA update scaled by w, from w = 1
-(the job, reproduced) to w = 0 (the untuned model, which must reproduce the seed's zero_shot job): `wise_ft.csv`, a
-table section per order and a curve per order in the plot, beside progressive's.
+(the job, reproduced) to w = 0 (the untuned model, which must reproduce the seed's zero_shot job).
+
+Writes `jobs.csv` (method x seed x alpha x tau), `wise_ft.csv`, `table.md` (mean and Student-t 95% interval over
+seeds of anchor, tail and overall accuracy along each curve, paired against the progressive job with exact McNemar
+tests pooled over seeds; the operating point chosen on validation; and the frontier question: does any BehaviorLM
+operating point beat every joint operating point on both axes?) and `anchor_vs_tail.png`. Choose an operating point
+on validation, never on the test.
 """
 
 from __future__ import annotations
@@ -102,8 +108,8 @@ def check_drift(job_dir: Path, what: str, measured: dict, reference: dict, n_tes
                          "reproduce the run (try --batch-size 1)")
 
 
-def wise_ft_curve(job_dir: Path, wise_alphas: list[float], zero_shot: dict | None, batch_size: int | None,
-                  drift_samples: float) -> list[dict]:
+def wise_ft_curve(job_dir: Path, method: str, wise_alphas: list[float], zero_shot: dict | None,
+                  batch_size: int | None, drift_samples: float) -> list[dict]:
     """WiSE-FT (scoring.wise_ft_alpha): the job's tuned LoRA update scaled by w (exact: every lora_B times w), from
     w = 1 (the job itself) to w = 0 (the untuned model: the sweep's zero_shot job), any stage order."""
     cfg, recorded, dataset, bm = load_job(job_dir, batch_size)
@@ -122,31 +128,36 @@ def wise_ft_curve(job_dir: Path, wise_alphas: list[float], zero_shot: dict | Non
         for end, reference in ((1.0, recorded), (0.0, zero_shot)):
             if w == end and reference is not None:
                 check_drift(job_dir, f"WiSE-FT w {w:g}", test, reference, len(dataset.test), drift_samples)
-        rows.append({"stage_order": recorded["stage_order"], "seed": cfg.seed, "wise_alpha": w,
+        rows.append({"method": method, "stage_order": recorded["stage_order"], "seed": cfg.seed, "wise_alpha": w,
                      "val_acc_overall": val["acc_overall"], **{f"test/{m}": test[m] for m in METRICS},
                      "test/samples_digest": test["samples_digest"]})
     return rows
 
 
-def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path | None, batch_size: int | None,
-              drift_samples: float) -> tuple[list[dict], dict[tuple[float, float], np.ndarray]]:
+def study_job(job_dir: Path, method: str, taus: list[float], alphas: list[float], a_dir: Path | None,
+              batch_size: int | None, drift_samples: float, target_prior: str = "train"
+              ) -> tuple[list[dict], dict[tuple[str, float, float], np.ndarray]]:
+    """One tuned job's curves: each alpha (towards its A-tuned adapter; progressive only) scored once, re-ranked with
+    each tau towards `target_prior`; the rows and, per (method, alpha, tau), the test hits."""
     cfg, recorded, dataset, bm = load_job(job_dir, batch_size)
     names, k = list(bm.vocab.names), cfg.scoring.top_k
     a_state = None
     if any(alpha != 1.0 for alpha in alphas):
         check_same_a_tuning(job_dir, a_dir)
         a_state = load_file(a_dir / "adapter" / "adapter_model.safetensors")
-    targets = b_set_targets(job_dir)
+    # the prior the job's last tuning stage saw: progressive's B set, joint's training set
+    targets = b_set_targets(job_dir) if recorded["stage_order"] == "progressive" else \
+        [s.target for s in dataset.train]
     rows, hits = [], {}
     for alpha in alphas:
         if alpha != 1.0:
             interpolate_lora(bm.model, a_state, alpha)
         else:
             bm.model.set_adapter("default")
-        val_scores = bm.scores(dataset.val, progress=f"validation, alpha {alpha}")
-        test_scores = bm.scores(dataset.test, progress=f"test, alpha {alpha}")
+        val_scores = bm.scores(dataset.val, progress=f"{method} validation, alpha {alpha}")
+        test_scores = bm.scores(dataset.test, progress=f"{method} test, alpha {alpha}")
         for tau in taus:
-            offset = logit_adjustment(bm.vocab, targets, tau)
+            offset = logit_adjustment(bm.vocab, targets, tau, target_prior)
             val, _, _ = evaluate_rankings(dataset.val, top_k_names(val_scores + offset, names, k), bm.vocab, k)
             test, _, predictions = evaluate_rankings(dataset.test, top_k_names(test_scores + offset, names, k),
                                                      bm.vocab, k, dataset.test_weights)
@@ -158,14 +169,15 @@ def study_job(job_dir: Path, taus: list[float], alphas: list[float], a_dir: Path
             if tau == 0 and reference.get(alpha) is not None:
                 check_drift(job_dir, f"alpha {alpha}, tau 0", test, reference[alpha], len(dataset.test),
                             drift_samples)
-            rows.append({"seed": cfg.seed, "alpha": alpha, "tau": tau, "val_acc_overall": val["acc_overall"],
+            rows.append({"method": method, "seed": cfg.seed, "alpha": alpha, "tau": tau, "target_prior": target_prior,
+                         "val_acc_overall": val["acc_overall"],
                          "recorded_test_acc_overall": recorded["test/acc_overall"],
                          **{f"test/{m}": test[m] for m in METRICS}, "test/samples_digest": test["samples_digest"]})
-            hits[(alpha, tau)] = predictions["correct"].to_numpy()
+            hits[(method, alpha, tau)] = predictions["correct"].to_numpy()
     return rows, hits
 
 
-REFERENCE = (1.0, 0.0)  # alpha 1, tau 0: the progressive job as it was tuned and tested
+REFERENCE = ("progressive", 1.0, 0.0)  # the progressive job as it was tuned and tested: alpha 1, tau 0
 
 
 def interval_cells(group: pd.DataFrame) -> dict[str, str]:
@@ -177,25 +189,31 @@ def interval_cells(group: pd.DataFrame) -> dict[str, str]:
     return cells
 
 
-def paired_cell(hits: dict[int, dict], point: tuple[float, float]) -> str:
-    """Overall hits gained / lost against the reference point, pooled over seeds, with an exact McNemar test."""
+def paired_cell(hits: dict[int, dict], point: tuple[str, float, float]) -> str:
+    """Overall hits gained / lost against the reference point, pooled over the seeds that have both, with an
+    exact McNemar test."""
     if point == REFERENCE:
         return "ref."
-    b = sum(int(((h[point] == 1) & (h[REFERENCE] == 0)).sum()) for h in hits.values())
-    c = sum(int(((h[point] == 0) & (h[REFERENCE] == 1)).sum()) for h in hits.values())
+    seeds = [h for h in hits.values() if point in h and REFERENCE in h]
+    if not seeds:
+        return "no progressive job of the same seed"
+    b = sum(int(((h[point] == 1) & (h[REFERENCE] == 0)).sum()) for h in seeds)
+    c = sum(int(((h[point] == 0) & (h[REFERENCE] == 1)).sum()) for h in seeds)
     return f"+{b} / −{c}, p = {mcnemar_exact(b, c):.2g}"
 
 
-def curve_table(jobs: pd.DataFrame, hits: dict[int, dict], remedy: str) -> pd.DataFrame:
-    """One remedy's curve: tau at alpha 1 (logit adjustment) or alpha at tau 0 (interpolation)."""
-    knob, fixed, value = ("tau", "alpha", 1.0) if remedy == "logit adjustment" else ("alpha", "tau", 0.0)
+def curve_table(jobs: pd.DataFrame, hits: dict[int, dict], knob: str) -> pd.DataFrame:
+    """Each method's curve along one knob: tau at alpha 1 (logit adjustment) or alpha at tau 0 (interpolation)."""
+    fixed, value = ("alpha", 1.0) if knob == "tau" else ("tau", 0.0)
     rows = []
-    for setting, group in jobs[jobs[fixed] == value].groupby(knob):
-        point = (value, setting) if knob == "tau" else (setting, value)
-        rows.append({knob: setting, "seeds": len(group), **interval_cells(group),
+    for (method, setting), group in jobs[jobs[fixed] == value].groupby(["method", knob], sort=False):
+        point = (method, value, setting) if knob == "tau" else (method, setting, value)
+        rows.append({"method": method, knob: setting, **({"towards": group["target_prior"].iloc[0]}
+                                                          if knob == "tau" else {}),
+                     "seeds": len(group), **interval_cells(group),
                      "val overall": f"{group['val_acc_overall'].mean():.3f}",
                      "vs progressive (McNemar, overall hits)": paired_cell(hits, point)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["method", knob], kind="stable")
 
 
 def summarize(jobs: pd.DataFrame, hits: dict[int, dict], others: pd.DataFrame) -> str:
@@ -204,41 +222,114 @@ def summarize(jobs: pd.DataFrame, hits: dict[int, dict], others: pd.DataFrame) -
             "against the progressive job itself (alpha 1, tau 0) with exact McNemar tests pooled over seeds.\n\n")
     if jobs["alpha"].nunique() > 1:
         text += "## Adapter interpolation (alpha: 1 = B-tuned, 0 = A-tuned; tau 0)\n\n"
-        text += markdown_table(curve_table(jobs, hits, "interpolation")) + "\n\n"
-    text += "## Logit adjustment (tau; alpha 1)\n\n" + markdown_table(curve_table(jobs, hits, "logit adjustment"))
-    by_val = jobs.groupby(["alpha", "tau"])["val_acc_overall"].mean()
-    alpha, tau = by_val.idxmax()
-    chosen = jobs[(jobs["alpha"] == alpha) & (jobs["tau"] == tau)]
+        text += markdown_table(curve_table(jobs[jobs["method"].str.startswith("progressive")], hits, "alpha"))
+        text += "\n\n"
+    text += ("## Logit adjustment (tau towards the target prior: train for progressive, uniform for joint; alpha 1)"
+             "\n\n" + markdown_table(curve_table(jobs, hits, "tau")))
+    behaviorlm = jobs[jobs["method"].str.startswith("progressive")]
+    by_val = behaviorlm.groupby(["method", "alpha", "tau"])["val_acc_overall"].mean()
+    method, alpha, tau = by_val.idxmax()
+    chosen = behaviorlm[(behaviorlm["method"] == method) & (behaviorlm["alpha"] == alpha) & (behaviorlm["tau"] == tau)]
     cells = interval_cells(chosen)
-    text += (f"\n\nChosen on validation over the whole grid (best mean validation accuracy {by_val.max():.3f}): "
-             f"alpha = {alpha:g}, tau = {tau:g}; its test accuracy: anchor {cells['anchor']}, tail {cells['tail']}, "
-             f"overall {cells['overall']} ({paired_cell(hits, (alpha, tau))} against progressive).\n")
+    text += (f"\n\nBehaviorLM's operating point chosen on validation over its whole grid (best mean validation "
+             f"accuracy {by_val.max():.3f}): {method}, alpha = {alpha:g}, tau = {tau:g}; its test accuracy: anchor "
+             f"{cells['anchor']}, tail {cells['tail']}, overall {cells['overall']} "
+             f"({paired_cell(hits, (method, alpha, tau))} against progressive).\n")
     if len(others):
         points = [{"stage_order": order, "seeds": len(group), **interval_cells(group)}
                   for order, group in others.groupby("stage_order")]
-        text += "\nThe sweep's other stage orders, as reference points:\n\n" + markdown_table(pd.DataFrame(points))
+        text += "\nThe sweeps' other stage orders, as reference points:\n\n" + markdown_table(pd.DataFrame(points))
         text += "\n"
     return text
 
 
 def wise_ft_section(wise: pd.DataFrame) -> str:
-    """The WiSE-FT curves: per stage order and w, mean [Student-t 95%] over seeds; the best w on validation."""
-    rows = [{"stage_order": order, "w": w, "seeds": len(group), **interval_cells(group),
+    """The WiSE-FT curves: per method and w, mean [Student-t 95%] over seeds; the best w on validation."""
+    rows = [{"method": method, "w": w, "seeds": len(group), **interval_cells(group),
              "val overall": f"{group['val_acc_overall'].mean():.3f}"}
-            for (order, w), group in wise.groupby(["stage_order", "wise_alpha"])]
+            for (method, w), group in wise.groupby(["method", "wise_alpha"])]
     text = ("\n## WiSE-FT toward the untuned model (w: 1 = the tuned job, 0 = the pretrained model; any stage order)"
             "\n\n" + markdown_table(pd.DataFrame(rows)) + "\n")
-    for order, group in wise.groupby("stage_order"):
+    for method, group in wise.groupby("method"):
         by_val = group.groupby("wise_alpha")["val_acc_overall"].mean()
         cells = interval_cells(group[group["wise_alpha"] == by_val.idxmax()])
-        text += (f"\n{order}: w = {by_val.idxmax():g} is best on validation ({by_val.max():.3f}); its test accuracy: "
+        text += (f"\n{method}: w = {by_val.idxmax():g} is best on validation ({by_val.max():.3f}); its test accuracy: "
                  f"anchor {cells['anchor']}, tail {cells['tail']}, overall {cells['overall']}.")
     return text + "\n"
 
 
+def operating_points(jobs: pd.DataFrame, wise: pd.DataFrame | None) -> pd.DataFrame:
+    """Every operating point of every curve, one row per seed: point, side (BehaviorLM: a progressive method;
+    joint), seed, anchor, tail."""
+    frames = [jobs.assign(point=[f"{m}, alpha {a:g}, tau {t:g}" for m, a, t in
+                                 zip(jobs["method"], jobs["alpha"], jobs["tau"])])]
+    if wise is not None:
+        frames.append(wise.assign(point=[f"{m}, WiSE-FT w {w:g}" for m, w in zip(wise["method"], wise["wise_alpha"])]))
+    points = pd.concat(frames, ignore_index=True)
+    points["side"] = points["method"].map(lambda m: "BehaviorLM" if m.startswith("progressive") else m)
+    return points.rename(columns={"test/acc_anchor": "anchor", "test/acc_tail": "tail"})[
+        ["point", "side", "seed", "anchor", "tail"]]
+
+
+def beats(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, bool]:
+    """(higher mean on both axes; and the Student-t 95% interval of the per-seed paired difference above zero on
+    both axes) of one operating point over another, on the seeds both have."""
+    pair = mine.set_index("seed")[["anchor", "tail"]].join(theirs.set_index("seed")[["anchor", "tail"]],
+                                                            rsuffix="_other", how="inner")
+    by_mean = all(pair[axis].mean() > pair[f"{axis}_other"].mean() for axis in ("anchor", "tail"))
+    by_interval = by_mean and all(t_interval((pair[axis] - pair[f"{axis}_other"]).to_numpy())[0] > 0
+                                  for axis in ("anchor", "tail"))
+    return by_mean, by_interval
+
+
+def frontier_section(points: pd.DataFrame) -> str:
+    """Does any BehaviorLM operating point beat every joint operating point on both axes? And which points make
+    up the frontier of all of them (no other point higher on both axes, by means)."""
+    ours, joint = points[points["side"] == "BehaviorLM"], points[points["side"] == "joint"]
+    text = "\n## The frontier: BehaviorLM's operating points against joint's\n\n"
+    if ours.empty or joint.empty:
+        return text + "Needs both progressive and joint jobs.\n"
+    tally = []
+    for point, mine in ours.groupby("point", sort=False):
+        results = [(other, *beats(mine, theirs)) for other, theirs in joint.groupby("point", sort=False)]
+        tally.append({"point": point, "beaten_by_mean": sum(r[1] for r in results),
+                      "beaten_by_interval": sum(r[2] for r in results),
+                      "unbeaten": [r[0] for r in results if not r[1]]})
+    n_joint = joint["point"].nunique()
+    winners = [t for t in tally if t["beaten_by_mean"] == n_joint]
+    best = max(tally, key=lambda t: (t["beaten_by_mean"], t["beaten_by_interval"]))
+    if winners:
+        text += (f"**Yes, by means**: {len(winners)} of {len(tally)} BehaviorLM operating points have higher mean "
+                 f"anchor and tail accuracy than all {n_joint} of joint's: "
+                 + "; ".join(f"{t['point']} (with both paired 95% intervals above zero against "
+                             f"{t['beaten_by_interval']} of them)" for t in winners) + ".\n")
+    elif best["beaten_by_mean"] == 0:
+        text += (f"**No**: none of BehaviorLM's {len(tally)} operating points has higher mean anchor and tail "
+                 f"accuracy than any of joint's {n_joint}.\n")
+    else:
+        text += (f"**No**: no BehaviorLM operating point ({len(tally)}) has higher mean anchor and tail accuracy than "
+                 f"all {n_joint} of joint's. The closest, {best['point']}, beats {best['beaten_by_mean']} of them "
+                 f"by means ({best['beaten_by_interval']} with both paired 95% intervals above zero); it does not "
+                 f"beat: {', '.join(best['unbeaten'])}.\n")
+    means = points.groupby(["point", "side"], sort=False)[["anchor", "tail"]].mean().reset_index()
+    at_least = [(means["anchor"] >= row.anchor) & (means["tail"] >= row.tail) for row in means.itertuples()]
+    front = means[[not (above & ((means["anchor"] > row.anchor) | (means["tail"] > row.tail))).any()
+                   for above, row in zip(at_least, means.itertuples())]]
+    rows = []  # points tied on both means share a row
+    for (anchor, tail), tied in front.groupby(["anchor", "tail"], sort=False):
+        more = f" (and {len(tied) - 1} more with the same means)" if len(tied) > 1 else ""
+        rows.append({"point": tied["point"].iloc[0] + more, "sides": ", ".join(sorted(set(tied["side"]))),
+                     "anchor": f"{anchor:.3f}", "tail": f"{tail:.3f}"})
+    front_frame = pd.DataFrame(rows).sort_values("tail")
+    counts = front["side"].value_counts().to_dict()
+    text += (f"\nThe frontier of all {len(means)} operating points (means over seeds; no other point at least as high "
+             f"on both axes and higher on one): {', '.join(f'{n} {side}' for side, n in counts.items())}.\n\n")
+    return text + markdown_table(front_frame) + "\n"
+
+
 def plot(jobs: pd.DataFrame, others: pd.DataFrame, path: Path, wise: pd.DataFrame | None = None) -> None:
-    """Anchor against tail accuracy: one curve per remedy, the other stage orders as points; bars are the
-    Student-t 95% intervals over seeds on both axes."""
+    """Anchor against tail accuracy: one curve per method and remedy, the other stage orders as points; bars are
+    the Student-t 95% intervals over seeds on both axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,40 +339,64 @@ def plot(jobs: pd.DataFrame, others: pd.DataFrame, path: Path, wise: pd.DataFram
         tail, anchor = group["test/acc_tail"].to_numpy(), group["test/acc_anchor"].to_numpy()
         return (tail.mean(), anchor.mean(), tail.mean() - t_interval(tail)[0], anchor.mean() - t_interval(anchor)[0])
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    curves = [("progressive + logit adjustment (τ)", "tau", jobs[jobs["alpha"] == 1.0]),
-              ("progressive, A↔B interpolation (α)", "alpha", jobs[jobs["tau"] == 0.0])]
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    curves = []
+    for method, frame in jobs.groupby("method", sort=False):
+        curves += [(f"{method} + logit adjustment (τ)", "tau", frame[frame["alpha"] == 1.0]),
+                   (f"{method}, A↔B interpolation (α)", "alpha", frame[frame["tau"] == 0.0])]
     if wise is not None:
-        curves += [(f"{order}, WiSE-FT (w)", "wise_alpha", group) for order, group in wise.groupby("stage_order")]
+        curves += [(f"{method}, WiSE-FT (w)", "wise_alpha", group) for method, group in wise.groupby("method")]
     for label, knob, frame in curves:
         if frame[knob].nunique() < 2:
             continue
         stats = [(value, *point(group)) for value, group in frame.groupby(knob)]
         xs, ys, xerr, yerr = (np.array([s[i] for s in stats]) for i in range(1, 5))
         ax.errorbar(xs, ys, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o-", capsize=2, label=label,
-                    alpha=0.85)
+                    alpha=0.85, markersize=3)
         for value, x, y in zip((s[0] for s in stats), xs, ys):
-            ax.annotate(f"{ {'tau': 'τ', 'alpha': 'α'}.get(knob, 'w')}={value:g}", (x, y), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
+            ax.annotate(f"{ {'tau': 'τ', 'alpha': 'α'}.get(knob, 'w')}={value:g}", (x, y), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
     for order, group in others.groupby("stage_order"):
         x, y, xe, ye = point(group)
         ax.errorbar([x], [y], xerr=[np.nan_to_num(xe)], yerr=[np.nan_to_num(ye)], fmt="s", capsize=2, label=order)
     ax.set_xlabel("tail accuracy (test)")
     ax.set_ylabel("anchor accuracy (test)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def pooled_jobs(sweep_dirs: list[Path]) -> dict[Path, dict]:
+    """The completed jobs of all the sweeps, each with its `method`: the stage order, and for a progressive job
+    whose B-Tuning learning rate differs from the first progressive job's, `progressive, B lr <rate>`. A method
+    and seed already taken from an earlier sweep is not taken again (ablation-b-rate repeats paper-main's rate)."""
+    pooled, seen, reference_rate = {}, set(), None
+    for sweep_dir in sweep_dirs:
+        for job_dir, metrics in completed_jobs(sweep_dir).items():
+            method = metrics["stage_order"]
+            if method == "progressive":
+                rate = float(OmegaConf.load(job_dir / ".hydra" / "config.yaml").train.b_tuning.learning_rate)
+                reference_rate = rate if reference_rate is None else reference_rate
+                method = method if rate == reference_rate else f"progressive, B lr {rate:g}"
+            if (method, metrics["seed"]) in seen:
+                print(f"{job_dir}: {method} seed {metrics['seed']} was taken from an earlier sweep; left out")
+                continue
+            seen.add((method, metrics["seed"]))
+            pooled[job_dir] = {**metrics, "method": method}
+    return pooled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--order", default="progressive", help="the stage order whose jobs are re-ranked")
-    parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", help="sweeps whose completed jobs are pooled")
+    parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
+                        help="progressive's logit adjustment towards the training prior")
+    parser.add_argument("--joint-taus", type=float, nargs="*", default=[],
+                        help="joint's logit adjustment towards the uniform prior (0 is added): a curve per joint job")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0],
                         help="adapter interpolation weights (1 = the B-tuned adapter; anything else needs the "
-                             "sweep's anchor_only job of the same seed, whose adapter is the A-tuned end point)")
+                             "anchor_only job of the same seed, whose adapter is the A-tuned end point)")
     parser.add_argument("--wise-alphas", type=float, nargs="*", default=[],
                         help="WiSE-FT weights w of the tuned update (scoring.wise_ft_alpha; 1 and 0 are added): a "
                              "curve for each of --wise-orders, w = 0 being the untuned model")
@@ -295,38 +410,45 @@ def main() -> None:
                              "different scoring batch pads differently, and bf16 scoring is not bit-identical)")
     args = parser.parse_args()
     taus, alphas = sorted(set([0.0, *args.taus])), sorted(set([1.0, *args.alphas]))
+    joint_taus = sorted(set([0.0, *args.joint_taus])) if args.joint_taus else []
     wise_alphas = sorted(set([0.0, 1.0, *args.wise_alphas])) if args.wise_alphas else []
-    finished = completed_jobs(args.sweep_dir)
-    a_jobs = jobs_of(finished, "anchor_only")
-    zero_shot = {seed: finished[folder] for seed, folder in jobs_of(finished, "zero_shot").items()}
+    finished = pooled_jobs(args.sweep_dirs)
+    a_jobs = {m["seed"]: folder for folder, m in finished.items() if m["stage_order"] == "anchor_only"}
+    zero_shot = {m["seed"]: m for m in finished.values() if m["stage_order"] == "zero_shot"}
     rows, hits, others, wise_rows = [], {}, [], []
+    args.out.mkdir(parents=True, exist_ok=True)
     for job_dir, metrics in finished.items():
+        method, seed = metrics["method"], metrics["seed"]
         if wise_alphas and metrics["stage_order"] in args.wise_orders:
-            wise_rows += wise_ft_curve(job_dir, wise_alphas, zero_shot.get(metrics["seed"]), args.batch_size,
+            wise_rows += wise_ft_curve(job_dir, method, wise_alphas, zero_shot.get(seed), args.batch_size,
                                        args.drift_samples)
-            args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out / "wise_ft.csv", pd.DataFrame(wise_rows).to_csv(index=False))
-        if metrics["stage_order"] != args.order:
+        if metrics["stage_order"] == "progressive":
+            a_dir = a_jobs.get(seed)
+            if a_dir is None and alphas != [1.0]:
+                raise SystemExit(f"error: no completed anchor_only job of seed {seed} in "
+                                 f"{', '.join(map(str, args.sweep_dirs))}: adapter interpolation needs its A-tuned "
+                                 "adapter")
+            job_rows, job_hits = study_job(job_dir, method, taus, alphas, a_dir, args.batch_size, args.drift_samples)
+        elif metrics["stage_order"] == "joint" and joint_taus:
+            job_rows, job_hits = study_job(job_dir, method, joint_taus, [1.0], None, args.batch_size,
+                                           args.drift_samples, target_prior="uniform")
+        else:
             others.append({k: metrics.get(k) for k in ("stage_order", "seed", *(f"test/{m}" for m in METRICS))})
             continue
-        a_dir = a_jobs.get(metrics["seed"])
-        if a_dir is None and alphas != [1.0]:
-            raise SystemExit(f"error: no completed anchor_only job of seed {metrics['seed']} under "
-                             f"{args.sweep_dir}/runs: adapter interpolation needs its A-tuned adapter")
-        job_rows, job_hits = study_job(job_dir, taus, alphas, a_dir, args.batch_size,
-                                       args.drift_samples)
         rows += job_rows
-        hits[metrics["seed"]] = job_hits
-        args.out.mkdir(parents=True, exist_ok=True)  # each finished seed is kept: a long study can be read early
+        hits.setdefault(seed, {}).update(job_hits)
+        # each finished job is kept: a long study can be read early
         atomic_write_text(args.out / "jobs.csv", pd.DataFrame(rows).to_csv(index=False))
-    if not rows:
-        raise SystemExit(f"error: no completed {args.order} job under {args.sweep_dir}/runs")
+    if not any(row["method"] == "progressive" for row in rows):
+        raise SystemExit(f"error: no completed progressive job in {', '.join(map(str, args.sweep_dirs))}")
     jobs = pd.DataFrame(rows)
     if jobs["test/samples_digest"].nunique() != 1:
         raise SystemExit("error: the jobs were tested on different samples; they cannot be paired")
     others_frame = pd.DataFrame(others)
     wise = pd.DataFrame(wise_rows) if wise_rows else None
-    table = summarize(jobs, hits, others_frame) + (wise_ft_section(wise) if wise is not None else "")
+    table = (summarize(jobs, hits, others_frame) + (wise_ft_section(wise) if wise is not None else "")
+             + frontier_section(operating_points(jobs, wise)))
     atomic_write_text(args.out / "table.md", table)
     plot(jobs, others_frame, args.out / "anchor_vs_tail.png", wise)
     print(table)

@@ -19,6 +19,7 @@ TARGETS = {  # target -> (jobs in the SMOKE sweep, key)
     "ablation-anchor-threshold": (4 * 2, "anchor_threshold"),
     "ablation-model-size": (1 * 2, "model"),
     "paper-main": (4 * 2, "stage_order"),
+    "ablation-b-rate": (2 * 2, "train.b_tuning.learning_rate"),
 }
 
 
@@ -75,29 +76,44 @@ def test_sample_efficiency_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_tradeoff_smoke_runs_paper_main_first_and_draws_both_curves(tmp_path):
+def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(tmp_path):
     result = make("ablation-tradeoff", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = pd.read_csv(tmp_path / "paper-main" / "jobs.csv")  # the tuned runs it stands on
     assert len(jobs) == 4 * 2
     rows = pd.read_csv(tmp_path / "ablation-tradeoff" / "jobs.csv")
-    assert set(rows["seed"]) == {0, 1} and sorted(set(rows["alpha"])) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert len(rows) == 2 * 5 * 6  # seeds x alphas x taus (0 always included)
+    b_rate = pd.read_csv(tmp_path / "ablation-b-rate" / "jobs.csv")  # run first too: B-Tuning at 1e-4 and 5e-4
+    assert len(b_rate) == 2 * 2
+    # tiny_random B-tunes at 2e-3: paper-main's jobs are "progressive", the b-rate sweep's rates are methods of their
+    # own (at nyc_cpu, whose rate is 1e-4, the b-rate sweep's 1e-4 jobs are paper-main's: tests/test_tradeoff.py)
+    faster, slower = "progressive, B lr 0.0005", "progressive, B lr 0.0001"
+    assert set(rows["method"]) == {"progressive", faster, slower, "joint"}
+    for method in ("progressive", faster, slower):
+        mine = rows[rows["method"] == method]
+        assert set(mine["seed"]) == {0, 1} and sorted(set(mine["alpha"])) == [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert len(mine) == 2 * 5 * 6 and set(mine["target_prior"]) == {"train"}  # seeds x alphas x taus (0 added)
+    joint_rows = rows[rows["method"] == "joint"]  # joint's own curve: towards the uniform prior, no interpolation
+    assert set(joint_rows["target_prior"]) == {"uniform"} and set(joint_rows["alpha"]) == {1.0}
+    assert sorted(set(joint_rows["tau"])) == [0.0, 0.25, 0.5, 1.0, 2.0] and len(joint_rows) == 2 * 5
     # the end points reproduce the jobs they stand for, seed by seed
     for seed in (0, 1):
-        plain = rows[(rows["seed"] == seed) & (rows["tau"] == 0.0)].set_index("alpha")["test/acc_overall"]
         mine = jobs[jobs["seed"] == seed].set_index("stage_order")["test/acc_overall"]
+        plain = rows[(rows["seed"] == seed) & (rows["tau"] == 0.0)].set_index(["method", "alpha"])["test/acc_overall"]
         # (the Makefile scores at batch 8, the jobs at their own batch: up to 3 test samples apart, --drift-samples)
         tolerance = 3 / jobs["n_test"].iloc[0] + 1e-9
-        assert plain[1.0] == pytest.approx(mine["progressive"], abs=tolerance)
-        assert plain[0.0] == pytest.approx(mine["anchor_only"], abs=tolerance)
+        assert plain[("progressive", 1.0)] == pytest.approx(mine["progressive"], abs=tolerance)
+        assert plain[("progressive", 0.0)] == pytest.approx(mine["anchor_only"], abs=tolerance)
+        assert plain[(faster, 0.0)] == pytest.approx(mine["anchor_only"], abs=tolerance)  # the same A-Tuning
+        assert plain[("joint", 1.0)] == pytest.approx(mine["joint"], abs=tolerance)
     table = (tmp_path / "ablation-tradeoff" / "table.md").read_text()
-    assert "Adapter interpolation" in table and "Chosen on validation" in table and "WiSE-FT" in table
-    # WiSE-FT for every tuned order: w = 1 is each job (checked by the script), w = 0 the untuned model, the same
-    # function whatever the order was tuned to, so all three rank alike there, as the seed's zero_shot job does
+    assert "Adapter interpolation" in table and "WiSE-FT" in table
+    assert "operating point chosen on validation" in table
+    assert "## The frontier" in table and ("**Yes, by means**" in table or "**No**" in table)
+    # WiSE-FT for every tuned job: w = 1 is each job (checked by the script), w = 0 the untuned model, the same
+    # function whatever the order was tuned to, so all rank alike there, as the seed's zero_shot job does
     wise = pd.read_csv(tmp_path / "ablation-tradeoff" / "wise_ft.csv")
-    assert set(wise["stage_order"]) == {"progressive", "joint", "anchor_only"}
-    assert sorted(set(wise["wise_alpha"])) == [0.0, 0.25, 0.5, 0.75, 1.0] and len(wise) == 3 * 2 * 5
+    assert set(wise["method"]) == {"progressive", faster, slower, "joint", "anchor_only"}
+    assert sorted(set(wise["wise_alpha"])) == [0.0, 0.25, 0.5, 0.75, 1.0] and len(wise) == 5 * 2 * 5
     for seed in (0, 1):
         untuned = wise[(wise["seed"] == seed) & (wise["wise_alpha"] == 0.0)]["test/acc_overall"]
         assert untuned.nunique() == 1

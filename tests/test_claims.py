@@ -165,7 +165,7 @@ def test_gpu_paper_main_driver_runs_on_cpu_with_a_tiny_model(tmp_path):
     for alpha, order in ((1.0, "progressive"), (0.0, "anchor_only")):
         assert plain[alpha] == jobs.loc[jobs["stage_order"] == order, "test/acc_overall"].item(), order
     table = (trade / "table.md").read_text()
-    assert (trade / "anchor_vs_tail.png").exists() and "Chosen on validation" in table
+    assert (trade / "anchor_vs_tail.png").exists() and "operating point chosen on validation" in table
     assert "Adapter interpolation" in table and "Logit adjustment" in table
 
 

@@ -32,6 +32,30 @@ def test_tuning_on_the_training_prior_needs_no_adjustment():
     assert np.allclose(logit_adjustment(VOCAB, trained_on, tau=1.0), 0.0)
 
 
+
+def test_uniform_target_is_menons_adjustment_and_moves_joint_towards_the_tail():
+    trained_on = ["Home"] * 60 + ["Office"] * 30 + ["Gym"] * 9  # joint: tuned on the training distribution
+    offset = logit_adjustment(VOCAB, trained_on, tau=1.0, target_prior="uniform")
+    home, office, gym, zoo = offset
+    assert zoo > gym > 0 > office > home  # the rarer the behavior, the larger the lift
+    # -tau * log p_train up to a constant (which does not change a ranking): p_train (61, 31, 10, 1) / 103
+    assert np.allclose(offset - offset.mean(), -np.log(np.array([61, 31, 10, 1])) + np.log([61, 31, 10, 1]).mean())
+    assert np.allclose(logit_adjustment(VOCAB, trained_on, tau=0.5, target_prior="uniform"), offset / 2)
+    with pytest.raises(ValueError, match="target_prior 'flat'"):
+        logit_adjustment(VOCAB, trained_on, tau=1.0, target_prior="flat")
+
+
+def test_tau_towards_the_training_prior_on_joint_is_refused_as_a_no_op(compose):
+    from behaviorlm.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match="scoring.logit_adjustment.target_prior' = 'train'.*stage_order=joint"):
+        validate_config(compose("stage_order=joint", "scoring.logit_adjustment.tau=0.5"))
+    validate_config(compose("stage_order=joint", "scoring.logit_adjustment.tau=0.5",
+                            "scoring.logit_adjustment.target_prior=uniform"))
+    validate_config(compose("stage_order=progressive", "scoring.logit_adjustment.tau=0.5"))
+    with pytest.raises(ConfigError, match="target_prior' = 'prior'.*train \\| uniform"):
+        validate_config(compose("scoring.logit_adjustment.target_prior=prior"))
+
 def test_a_behavior_missing_from_the_training_counts_gets_a_finite_add_one_offset():
     # train_counts of a loaded vocab lists only behaviors that were training targets: 'Zoo' has no entry at all
     vocab = BehaviorVocab(names=["Home", "Office", "Zoo"], train_counts={"Home": 7, "Office": 2}, categories={},

@@ -1,0 +1,69 @@
+"""The frontier question of `make ablation-tradeoff`: does any BehaviorLM operating point beat every joint one?"""
+
+import json
+
+import pandas as pd
+
+from experiments.tradeoff import beats, frontier_section, pooled_jobs
+
+
+def points(rows: list[tuple[str, str, list[float], list[float]]]) -> pd.DataFrame:
+    """(point, side, anchor per seed, tail per seed) -> one row per seed, as operating_points gives them."""
+    return pd.DataFrame([{"point": point, "side": side, "seed": seed, "anchor": anchor[seed], "tail": tail[seed]}
+                         for point, side, anchor, tail in rows for seed in range(len(anchor))])
+
+
+JOINT = [("joint, alpha 1, tau 0", "joint", [0.30, 0.31, 0.29], [0.05, 0.04, 0.06]),
+         ("joint, alpha 1, tau 1", "joint", [0.25, 0.26, 0.24], [0.08, 0.07, 0.09])]
+
+
+def test_a_point_above_both_of_joints_on_both_axes_answers_yes_with_its_interval_count():
+    frame = points([*JOINT, ("progressive, alpha 1, tau 0", "BehaviorLM", [0.32, 0.33, 0.31], [0.10, 0.09, 0.11]),
+                    ("progressive, alpha 0, tau 0", "BehaviorLM", [0.35, 0.36, 0.34], [0.00, 0.01, 0.00])])
+    text = frontier_section(frame)
+    assert "**Yes, by means**: 1 of 2 BehaviorLM operating points" in text
+    # +0.02 anchor and +0.05 tail over the first with no spread over seeds: both intervals clear zero; likewise the
+    # second (+0.07, +0.02)
+    assert "progressive, alpha 1, tau 0 (with both paired 95% intervals above zero against 2 of them)" in text
+    # the frontier: the winner and the anchor-heavy A-tuned point; both joint points lie under the winner
+    assert "2 BehaviorLM" in text and "| joint" not in text
+
+
+def test_a_joint_point_with_more_tail_makes_the_answer_no_and_is_named():
+    tail_heavy = ("joint, WiSE-FT w 0.5", "joint", [0.20, 0.21, 0.19], [0.15, 0.14, 0.16])
+    frame = points([*JOINT, tail_heavy,
+                    ("progressive, alpha 1, tau 0", "BehaviorLM", [0.32, 0.33, 0.31], [0.10, 0.09, 0.11])])
+    text = frontier_section(frame)
+    assert "**No**" in text and "beats 2 of them by means" in text and "it does not beat: joint, WiSE-FT w 0.5" in text
+    assert "1 BehaviorLM, 1 joint" in text or "1 joint, 1 BehaviorLM" in text
+
+
+def test_a_lead_in_the_means_that_flips_across_seeds_is_not_a_lead_by_interval():
+    mine = points([("p", "BehaviorLM", [0.40, 0.20, 0.36], [0.10, 0.10, 0.10])])
+    theirs = points([("j", "joint", [0.30, 0.30, 0.30], [0.05, 0.05, 0.05])])
+    assert beats(mine, theirs) == (True, False)  # anchor +0.10, -0.10, +0.06: mean +0.02, interval spans zero
+    # +0.020, +0.025, +0.015 anchor and +0.05, +0.04, +0.06 tail: t(2) half-widths 0.012 and 0.025 leave both > 0
+    steady = points([("p", "BehaviorLM", [0.32, 0.325, 0.315], [0.10, 0.09, 0.11])])
+    assert beats(steady, theirs) == (True, True)
+    wider = points([("p", "BehaviorLM", [0.32, 0.33, 0.31], [0.10, 0.09, 0.11])])  # anchor half-width 0.025 > 0.02
+    assert beats(wider, theirs) == (True, False)
+    assert beats(theirs, steady) == (False, False)
+
+
+def test_sweeps_are_pooled_by_method_and_seed_and_a_repeated_rate_is_taken_once(tmp_path):
+    def job(sweep: str, number: int, order: str, seed: int, rate: float) -> None:
+        folder = tmp_path / sweep / "runs" / str(number)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"status": "completed", "stage_order": order, "seed": seed}))
+        (folder / ".hydra" / "config.yaml").write_text(f"train:\n  b_tuning:\n    learning_rate: {rate}\n")
+
+    for seed in (0, 1):  # paper-main: progressive and joint at the preset's 1e-4
+        job("paper-main", 2 * seed, "progressive", seed, 1e-4)
+        job("paper-main", 2 * seed + 1, "joint", seed, 1e-4)
+    for number, (seed, rate) in enumerate([(0, 1e-4), (0, 5e-4), (1, 1e-4), (1, 5e-4)]):  # ablation-b-rate
+        job("b-rate", number, "progressive", seed, rate)
+    pooled = pooled_jobs([tmp_path / "paper-main", tmp_path / "b-rate"])
+    methods = sorted((m["method"], m["seed"], folder.parent.parent.name) for folder, m in pooled.items())
+    assert methods == [("joint", 0, "paper-main"), ("joint", 1, "paper-main"),
+                       ("progressive", 0, "paper-main"), ("progressive", 1, "paper-main"),
+                       ("progressive, B lr 0.0005", 0, "b-rate"), ("progressive, B lr 0.0005", 1, "b-rate")]
