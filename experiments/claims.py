@@ -18,6 +18,11 @@ differences (seed-to-seed variation; two seeds or more).
   level (statsmodels `ttost_paired`) and on the sample level (normal TOST with the clustered standard error):
   **equivalent within ±m** when both reject, **not equivalent** when the difference is significant and beyond
   the margin, **inconclusive** otherwise.
+- The sample-efficiency claim ("100x") compares curves, not two values of one key: BehaviorLM's tail accuracy at
+  F = 20 against each sequence model's at every training-set size, paired by seed (`efficiency_verdict`). **does
+  not hold** when a sequence model beats it (seed interval above 0) with under 100x BehaviorLM's samples; **holds**
+  when every sequence model stays below it (interval under 0) at every size up to 100x and the data reach 100x;
+  **inconclusive at this scale** otherwise, with the largest ratio the training set allows.
 Claims whose sweep has not been run say so, with the command that would run it.
 """
 
@@ -171,6 +176,68 @@ def verdict(claim: Claim, row: pd.Series, ref_mean: Optional[float], mine=None, 
     return "inconclusive at this scale", "; ".join(reasons)
 
 
+EFFICIENCY_FACTOR = 100.0  # the paper's "about 100x more sample-efficient"
+EFFICIENCY_F = 20  # BehaviorLM's F the ratio is measured at (the paper's F; `experiments.sample_efficiency` too)
+
+
+def efficiency_verdict(folder: Path) -> Optional[dict]:
+    """The sample-efficiency row from `make sample-efficiency`'s jobs (None when it has not run): per sequence model
+    and training-set size, the per-seed difference in tail accuracy to BehaviorLM at F = EFFICIENCY_F, with its
+    Student-t 95% interval over seeds."""
+    from behaviorlm.stats import t_interval
+    from experiments.sample_efficiency import load
+
+    try:
+        jobs = load(folder)
+    except SystemExit:
+        return None
+    if jobs["test/samples_digest"].nunique() != 1:
+        raise SystemExit(f"error: {folder}: the jobs were tested on {jobs['test/samples_digest'].nunique()} "
+                         "different test sets (column test/samples_digest); their accuracies cannot be compared")
+    ours = jobs[(jobs["method"] == "behaviorlm") & (jobs["samples_per_behavior"] == EFFICIENCY_F)]
+    if ours.empty:
+        return None
+    ours_tail = ours.set_index("seed")["test/acc_tail"]
+    n_ours = float(ours["n_train_examples_used"].mean())
+    sizes = []  # (method, k per behavior, samples, ratio, mean difference, low, high, seeds)
+    sequence = jobs[jobs["method"] != "behaviorlm"].copy()
+    sequence["k"] = sequence["max_train_per_behavior"].map(lambda k: "all" if pd.isna(k) else str(int(k)))
+    for (method, k), group in sequence.groupby(["method", "k"]):
+        mine = group.set_index("seed")["test/acc_tail"]
+        seeds = sorted(set(mine.index) & set(ours_tail.index))
+        diffs = mine.loc[seeds].to_numpy(dtype=float) - ours_tail.loc[seeds].to_numpy(dtype=float)
+        n = float(group["n_train_examples_used"].mean())
+        sizes.append((method, k, n, n / n_ours, float(diffs.mean()), *t_interval(diffs), len(seeds)))
+    table = pd.DataFrame(sizes, columns=["method", "k", "samples", "ratio", "delta", "low", "high", "seeds"])
+    within = table[table["ratio"] <= EFFICIENCY_FACTOR]
+    beaten = within[within["low"] > 0]
+    largest = table.groupby("method")["ratio"].max()
+    ours_mean = float(ours_tail.mean())
+
+    def cell(row) -> str:
+        return (f"{row.method} k={row.k} ({row.samples:,.0f} samples, {row.ratio:.1f}x): Δ tail {row.delta:+.3f} "
+                f"[{row.low:+.3f}, {row.high:+.3f}]")
+
+    base = {"measured": f"largest ratio here {largest.min():.1f}x", "mix": "tail",
+            "seeds": str(int(table["seeds"].min())), "reference_mean": ours_mean}
+    if len(beaten):
+        row = beaten.sort_values("ratio").iloc[0]
+        return {**base, "measured": f"{row.ratio:.1f}x", "verdict": "does not hold",
+                "why": f"BehaviorLM (F={EFFICIENCY_F}, {n_ours:,.0f} samples) tail {ours_mean:.3f}; " + cell(row)
+                + f": matched with under {EFFICIENCY_FACTOR:g}x the samples"}
+    below = len(within) and (within["high"] < 0).all()
+    if below and (largest >= EFFICIENCY_FACTOR).all():
+        return {**base, "verdict": "holds", "why": f"every sequence model stays below BehaviorLM's tail accuracy "
+                f"{ours_mean:.3f} up to {EFFICIENCY_FACTOR:g}x its {n_ours:,.0f} samples (seed intervals under 0)"}
+    best = table.loc[table.groupby("method")["delta"].idxmax()]
+    return {**base, "verdict": "inconclusive at this scale",
+            "why": f"BehaviorLM (F={EFFICIENCY_F}, {n_ours:,.0f} samples) tail {ours_mean:.3f}; closest: "
+            + "; ".join(cell(row) for row in best.itertuples())
+            + f"; the training set here allows at most {largest.min():.1f}x BehaviorLM's samples, so a "
+            f"{EFFICIENCY_FACTOR:g}x gap cannot be measured" + ("" if below else
+                                                                 " (and not every size is below it)")}
+
+
 def claims_table(results: Path) -> pd.DataFrame:
     from statsmodels.stats.multitest import multipletests
 
@@ -190,10 +257,13 @@ def claims_table(results: Path) -> pd.DataFrame:
             row["p_adjusted"] = float(p)
     for claim in CLAIMS:
         base = {"claim": claim.text, "command": f"make {claim.target} EXPERIMENT=nyc_cpu"}
+        if not claim.metric:  # the sample-efficiency curves
+            row = efficiency_verdict(results / claim.target)
+            rows.append({**base, **(row or {"verdict": "not run yet", "why": f"no completed jobs with "
+                                             f"F={EFFICIENCY_F} under {results / claim.target}"})})
+            continue
         if claim not in found:
-            why = f"no {results / claim.target / 'paired.csv'}" if claim.metric else \
-                f"no paired test yet ({results / claim.target}/ has no paired.csv)"
-            rows.append({**base, "verdict": "not run yet", "why": why})
+            rows.append({**base, "verdict": "not run yet", "why": f"no {results / claim.target / 'paired.csv'}"})
             continue
         row = found[claim]
         jobs = pd.read_csv(results / claim.target / "jobs.csv")

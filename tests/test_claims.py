@@ -190,3 +190,52 @@ def test_defaults_shift_pairs_the_same_job_of_two_sweeps_sample_by_sample(tmp_pa
     assert table.loc["acc_tail", ["old", "new", "only new right", "only old right"]].tolist() == [0.25, 0.5, 2, 1]
     assert table.loc["acc_overall", "diff"] == pytest.approx(round(0.7 * (1 / 6) + 0.3 * 0.25, 4))
     assert (table["stage_order"] == "joint").all() and table["p_permutation"].between(0, 1).all()
+
+
+def write_efficiency_jobs(folder, ours_tail, sequence, n_ours=1000, digest="d"):
+    """`make sample-efficiency`'s layout: behaviorlm/runs/N and sequence/runs/N, one metrics.json per job.
+    sequence: {(method, k or None): (samples, tail accuracy per seed)}."""
+    jobs = [("behaviorlm", {"method": "behaviorlm", "samples_per_behavior": 20, "n_train_examples_used": n_ours,
+                            "test/acc_tail": tail, "seed": seed}) for seed, tail in enumerate(ours_tail)]
+    jobs += [("sequence", {"method": method, "max_train_per_behavior": k, "n_train_examples_used": samples,
+                           "test/acc_tail": tail, "seed": seed})
+             for (method, k), (samples, tails) in sequence.items() for seed, tail in enumerate(tails)]
+    for number, (side, metrics) in enumerate(jobs):
+        job = folder / side / "runs" / str(number)
+        job.mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({**metrics, "status": "completed", "test/acc_overall": 0.2,
+                                                      "test/samples_digest": digest}))
+
+
+def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
+    from experiments.claims import efficiency_verdict
+
+    ours = [0.050, 0.055, 0.045]
+    # nyc_cpu-like: the whole training set is 2x BehaviorLM's samples and SASRec stays below: not measurable
+    small = tmp_path / "small"
+    write_efficiency_jobs(small, ours, {("sasrec", 10): (500, [0.01, 0.012, 0.008]),
+                                        ("sasrec", None): (2000, [0.028, 0.03, 0.026])})
+    row = efficiency_verdict(small)
+    assert row["verdict"] == "inconclusive at this scale" and row["measured"] == "largest ratio here 2.0x"
+    # per-seed differences -0.022, -0.025, -0.019: sd 0.003, t(2) half-width 0.0075
+    assert "sasrec k=all (2,000 samples, 2.0x): Δ tail -0.022 [-0.029, -0.015]" in row["why"]
+    assert "a 100x gap cannot be measured" in row["why"]
+    # a sequence model that beats BehaviorLM's tail with 5x its samples refutes 100x
+    refuted = tmp_path / "refuted"
+    write_efficiency_jobs(refuted, ours, {("bert4rec", 50): (5000, [0.07, 0.08, 0.075]),
+                                          ("bert4rec", None): (200000, [0.09, 0.1, 0.095])})
+    row = efficiency_verdict(refuted)
+    assert row["verdict"] == "does not hold" and row["measured"] == "5.0x" and "bert4rec k=50" in row["why"]
+    # below at every size up to 100x, and the data reach 100x: holds
+    holds = tmp_path / "holds"
+    write_efficiency_jobs(holds, ours, {("sasrec", 100): (50000, [0.02, 0.021, 0.019]),
+                                        ("sasrec", None): (100000, [0.03, 0.031, 0.029])})
+    assert efficiency_verdict(holds)["verdict"] == "holds"
+    # jobs scored on different test sets are refused, not compared
+    mixed = tmp_path / "mixed"
+    write_efficiency_jobs(mixed, ours, {("sasrec", None): (2000, [0.02, 0.02, 0.02])})
+    job = mixed / "sequence" / "runs" / "3" / "metrics.json"
+    job.write_text(job.read_text().replace('"test/samples_digest": "d"', '"test/samples_digest": "other"'))
+    with pytest.raises(SystemExit, match="2 different test sets"):
+        efficiency_verdict(mixed)
+    assert efficiency_verdict(tmp_path / "absent") is None
