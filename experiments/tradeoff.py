@@ -374,6 +374,10 @@ def pooled_jobs(sweep_dirs: list[Path]) -> dict[Path, dict]:
     pooled, seen, reference_rate = {}, set(), None
     for sweep_dir in sweep_dirs:
         for job_dir, metrics in completed_jobs(sweep_dir).items():
+            if not (job_dir / ".hydra" / "config.yaml").is_file():
+                raise SystemExit(f"error: {job_dir} has no .hydra/config.yaml: a committed results folder keeps the "
+                                 "metrics only, and this study re-scores the sweep's own folders (config and "
+                                 "adapter), on the machine that ran them")
             method = metrics["stage_order"]
             if method == "progressive":
                 rate = float(OmegaConf.load(job_dir / ".hydra" / "config.yaml").train.b_tuning.learning_rate)

@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from experiments.tradeoff import beats, frontier_section, pooled_jobs
 
@@ -67,3 +68,7 @@ def test_sweeps_are_pooled_by_method_and_seed_and_a_repeated_rate_is_taken_once(
     assert methods == [("joint", 0, "paper-main"), ("joint", 1, "paper-main"),
                        ("progressive", 0, "paper-main"), ("progressive", 1, "paper-main"),
                        ("progressive, B lr 0.0005", 0, "b-rate"), ("progressive, B lr 0.0005", 1, "b-rate")]
+
+    (tmp_path / "b-rate" / "runs" / "0" / ".hydra" / "config.yaml").unlink()  # a committed folder: metrics only
+    with pytest.raises(SystemExit, match="b-rate/runs/0 has no .hydra/config.yaml"):
+        pooled_jobs([tmp_path / "b-rate"])
