@@ -8,7 +8,9 @@ For every (stage_order, seed) completed in both sweeps and tested on the same sa
 accuracy reweighted to the test period's mix, anchor and tail accuracy in each, their difference (new - old), the
 samples only the new run got right and only the old one did, and the sign-flip permutation test of the difference
 (behaviorlm.stats; samples flipped, so the test asks whether the two runs' hits differ beyond what swapping them
-per sample gives). One seed per job: this tells whether a job's outcome moved, not how a method's mean moved.
+per sample gives), Holm-adjusted over every job and metric. One seed per job tells whether a job's outcome moved;
+the mean shift of a stage order over seeds, with its Student-t interval, whether a method's mean moved. The first
+line of the output says in one line whether anything moved beyond noise (`verdict`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.collect import markdown_table, sample_weights
-from behaviorlm.stats import sign_flip_test
+from behaviorlm.stats import sign_flip_test, t_interval
 from behaviorlm.sweeps import completed_jobs
 from behaviorlm.utils import atomic_write_text
 
@@ -56,7 +58,31 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
                          "only old right": int(((after < before) & chosen).sum()), "p_permutation": round(p, 4)})
     if not rows:
         raise SystemExit(f"error: no (stage_order, seed) job completed in both {old_dir} and {new_dir}")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    from statsmodels.stats.multitest import multipletests
+
+    table["p_holm"] = multipletests(table["p_permutation"], method="holm")[1].round(4)  # every job x metric at once
+    return table
+
+
+def verdict(table: pd.DataFrame) -> str:
+    """One line: did anything move beyond noise? A job x metric difference significant after Holm over all of them
+    (noise of the test samples), or a stage order whose mean shift over seeds has a Student-t 95% interval that
+    excludes 0 (noise of the seeds)."""
+    moved = [f"{r.stage_order} seed {r.seed} {r.metric} {r.diff:+.3f} (Holm p = {r.p_holm:.2g})"
+             for r in table.itertuples() if r.p_holm < 0.05]
+    shifts = []
+    for (order, metric), group in table.groupby(["stage_order", "metric"]):
+        low, high = t_interval(group["diff"].to_numpy())
+        if low > 0 or high < 0:
+            shifts.append(f"{order} {metric} {group['diff'].mean():+.3f} [{low:+.3f}, {high:+.3f}] over "
+                          f"{len(group)} seeds")
+    seeds = table.groupby("stage_order")["seed"].nunique().min()
+    if not moved and not shifts:
+        return (f"**Nothing moved beyond noise**: no job x metric difference is significant after Holm over the "
+                f"{len(table)} tests, and no stage order's mean shift has a seed interval excluding 0"
+                + (" (one seed per stage order: no seed interval yet)" if seeds < 2 else "") + ".")
+    return "**Moved beyond noise**: " + "; ".join(moved + shifts) + "."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     table = compare(args.old, args.new)
     text = (f"Same jobs, same test samples: {args.new} against {args.old}, paired sample by sample "
-            "(sign-flip permutation test of the difference; overall reweighted to the test period's mix).\n\n"
-            + markdown_table(table) + "\n")
+            "(sign-flip permutation test of the difference, Holm-adjusted over every row; overall reweighted to the "
+            "test period's mix).\n\n" + verdict(table) + "\n\n" + markdown_table(table) + "\n")
     atomic_write_text(args.out, text)
     print(text)
 

@@ -192,6 +192,24 @@ def test_defaults_shift_pairs_the_same_job_of_two_sweeps_sample_by_sample(tmp_pa
     assert (table["stage_order"] == "joint").all() and table["p_permutation"].between(0, 1).all()
 
 
+
+def test_defaults_shift_says_in_one_line_whether_anything_moved_beyond_noise():
+    from experiments.defaults_shift import verdict
+
+    def table(diffs, p_holm):
+        return pd.DataFrame([{"stage_order": "joint", "seed": seed, "metric": "acc_tail", "diff": d, "p_holm": p}
+                             for seed, (d, p) in enumerate(zip(diffs, p_holm))])
+
+    quiet = verdict(table([0.01, -0.02, 0.005], [1.0, 0.6, 1.0]))
+    assert quiet.startswith("**Nothing moved beyond noise**") and "Holm over the 3 tests" in quiet
+    assert "no seed interval yet" in verdict(table([0.01], [1.0]))
+    # one job significant on its samples
+    assert "joint seed 1 acc_tail -0.060 (Holm p = 0.003)" in verdict(table([0.0, -0.06, 0.01], [1.0, 0.003, 1.0]))
+    # no single job significant, but all three seeds moved the same way: the seed interval excludes 0
+    steady = verdict(table([0.030, 0.031, 0.029], [0.2, 0.2, 0.2]))
+    assert steady.startswith("**Moved beyond noise**")
+    assert "joint acc_tail +0.030 [+0.028, +0.032] over 3 seeds" in steady
+
 def write_efficiency_jobs(folder, ours_tail, sequence, n_ours=1000, digest="d"):
     """`make sample-efficiency`'s layout: behaviorlm/runs/N and sequence/runs/N, one metrics.json per job.
     sequence: {(method, k or None): (samples, tail accuracy per seed)}."""
