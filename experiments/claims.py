@@ -195,8 +195,11 @@ def efficiency_verdict(folder: Path) -> Optional[dict]:
         raise SystemExit(f"error: {folder}: the jobs were tested on {jobs['test/samples_digest'].nunique()} "
                          "different test sets (column test/samples_digest); their accuracies cannot be compared")
     ours = jobs[(jobs["method"] == "behaviorlm") & (jobs["samples_per_behavior"] == EFFICIENCY_F)]
-    if ours.empty:
-        return None
+    if ours.empty:  # the sequence half alone answers nothing: say what is there and what is missing
+        sequence = jobs[jobs["method"] != "behaviorlm"]
+        return {"verdict": "not run yet", "why": f"{len(sequence)} sequence-model jobs over "
+                f"{sequence['seed'].nunique()} seeds, but no completed BehaviorLM job with F={EFFICIENCY_F} "
+                f"under {folder}"}
     ours_tail = ours.set_index("seed")["test/acc_tail"]
     n_ours = float(ours["n_train_examples_used"].mean())
     sizes = []  # (method, k per behavior, samples, ratio, mean difference, low, high, seeds)

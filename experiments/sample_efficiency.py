@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
             ratio = "not reached" if needed is None else f"{needed / ref['n_samples']:.1f}x"
             lines.append(f"{method} needs {ratio} BehaviorLM's samples (F={args.reference_f}, "
                          f"{ref['n_samples']:.0f} samples) to match its tail accuracy {ref['test/acc_tail']:.3f}")
+    else:
+        # Say so rather than print a table a reader could take for the comparison.
+        lines.append(f"no ratio: BehaviorLM at F={args.reference_f} has no completed job under "
+                     f"{args.folder}/behaviorlm/runs (run `make sample-efficiency` or `make ablation-few-shot`)")
     report = "\n".join(lines)
     (args.folder / "report.txt").write_text(report + "\n")
 

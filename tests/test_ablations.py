@@ -120,3 +120,19 @@ def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(tmp_path):
         zero_shot = jobs[(jobs["seed"] == seed) & (jobs["stage_order"] == "zero_shot")]["test/acc_overall"].iloc[0]
         assert untuned.iloc[0] == pytest.approx(zero_shot, abs=3 / jobs["n_test"].iloc[0] + 1e-9)
     assert (tmp_path / "ablation-tradeoff" / "anchor_vs_tail.png").exists()
+
+
+def test_sample_efficiency_says_there_is_no_ratio_without_the_behaviorlm_half(tmp_path):
+    from experiments import sample_efficiency
+
+    for index, (method, k, tail) in enumerate([("sasrec", 5, 0.01), ("sasrec", 50, 0.05), ("bert4rec", 5, 0.02)]):
+        job = tmp_path / "sequence" / "runs" / str(index)
+        job.mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({
+            "status": "completed", "method": method, "max_train_per_behavior": k, "samples_per_behavior": 10,
+            "n_train_examples_used": 10 * k, "test/acc_tail": tail, "test/acc_overall": 0.2}))
+    sample_efficiency.main([str(tmp_path)])
+    report = (tmp_path / "report.txt").read_text()
+    assert "no ratio: BehaviorLM at F=20 has no completed job" in report
+    assert "BehaviorLM's samples" not in report  # no comparison line without the reference
+    assert set(pd.read_csv(tmp_path / "curves.csv")["method"]) == {"sasrec", "bert4rec"}

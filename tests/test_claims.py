@@ -257,3 +257,9 @@ def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
     with pytest.raises(SystemExit, match="2 different test sets"):
         efficiency_verdict(mixed)
     assert efficiency_verdict(tmp_path / "absent") is None
+    # the sequence half alone: not run yet, saying what is there
+    half = tmp_path / "half"
+    write_efficiency_jobs(half, [], {("sasrec", None): (2000, [0.02, 0.02, 0.02])})
+    row = efficiency_verdict(half)
+    assert row["verdict"] == "not run yet" and "3 sequence-model jobs over 3 seeds" in row["why"]
+    assert "no completed BehaviorLM job with F=20" in row["why"]
