@@ -370,7 +370,9 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
     if key is None:
         stages = [s for s in STAGE_PLANS.get(cfg.stage_order, ()) if f"{s}/val/acc_overall" in metrics]
         key = f"{stages[-1]}/val/acc_overall" if stages else None
-    value = metrics.get(key) if key else None
+    if key is None:  # nothing validated (zero_shot, a sequence model): only a sweeper that optimises would care
+        return float("nan")
+    value = metrics.get(key)
     if value is None:
         log.warning("optimized_metric %s is not in this job's metrics: returning NaN to the sweeper", key)
         return float("nan")

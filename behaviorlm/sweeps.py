@@ -44,7 +44,9 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     found = sorted((path.parent for path in root.glob("*/metrics.json")),
                    key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
     summary = root / "sweep_summary.json"
-    planned = json.loads(summary.read_text()).get("planned") if summary.is_file() else None
+    content = json.loads(summary.read_text()) if summary.is_file() else None
+    # sweeps written before the summary counted its jobs (results/paper-main) kept a bare list: no plan to check
+    planned = content.get("planned") if isinstance(content, dict) else None
     if isinstance(planned, int):
         stale = [p for p in found if p.name.isdigit() and int(p.name) >= planned]
         if stale:

@@ -46,6 +46,40 @@ def curves(jobs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["method", "n_samples"])
 
 
+PAIRED_METRICS = ("test/acc_tail", "test/acc_anchor", "test/acc_overall")
+
+
+def paired_with(sequence: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
+    """Each sequence model and size against each stage order of another sweep on the same test set (paper-main's
+    BehaviorLM at its own F, say): the per-seed difference sequence - order, mean and Student-t 95% over the seeds
+    both ran. Refuses jobs scored on different test samples."""
+    from behaviorlm.sweeps import completed_jobs
+
+    other = pd.DataFrame(list(completed_jobs(sweep_dir).values()))
+    if other.empty or "stage_order" not in other:
+        raise SystemExit(f"error: {sweep_dir}: no completed job with a stage_order to pair with")
+    digests = set(sequence["test/samples_digest"]) | set(other["test/samples_digest"])
+    if len(digests) != 1:
+        raise SystemExit(f"error: {sweep_dir}: its jobs and the sequence models' were tested on {len(digests)} "
+                         f"different test sets (test/samples_digest {sorted(digests)}): no paired difference")
+    sequence = sequence.assign(k=sequence["max_train_per_behavior"].map(
+        lambda k: "all" if pd.isna(k) else str(int(k))))
+    rows = []
+    for (method, k), group in sequence.groupby(["method", "k"]):
+        for order, reference in other.groupby("stage_order"):
+            mine, theirs = group.set_index("seed"), reference.set_index("seed")
+            seeds = sorted(set(mine.index) & set(theirs.index))
+            row = {"method": method, "k": k, "samples": float(group["n_train_examples_used"].mean()),
+                   "versus": order, "versus_samples": float(reference["n_train_examples_used"].mean()),
+                   "seeds": len(seeds)}
+            for metric in PAIRED_METRICS:
+                diffs = mine.loc[seeds, metric].to_numpy(dtype=float) - theirs.loc[seeds, metric].to_numpy(dtype=float)
+                low, high = t_interval(diffs)
+                row.update({f"{metric}_delta": float(diffs.mean()), f"{metric}_low": low, f"{metric}_high": high})
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values(["method", "samples", "versus"], ignore_index=True)
+
+
 def samples_to_match(curve: pd.DataFrame, target: float, metric: str) -> float | None:
     """Smallest (log-interpolated) sample count at which the curve reaches `target`."""
     xs, ys = np.log(curve["n_samples"].to_numpy()), curve[metric].to_numpy()
@@ -62,8 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--reference-f", type=int, default=20)
+    parser.add_argument("--paired-with", type=Path, default=None, metavar="SWEEP",
+                        help="also pair every sequence job with each stage order of this sweep by seed, on the same "
+                             "test set (for example results/paper-main) -> paired_with.csv")
     args = parser.parse_args(argv)
-    table = curves(load(args.folder))
+    jobs = load(args.folder)
+    table = curves(jobs)
     table.to_csv(args.folder / "curves.csv", index=False)
     reference = table[(table["method"] == "behaviorlm") & (table["setting"] == args.reference_f)]
     lines = [table.to_string(index=False), ""]
@@ -79,6 +117,15 @@ def main(argv: list[str] | None = None) -> None:
         # Say so rather than print a table a reader could take for the comparison.
         lines.append(f"no ratio: BehaviorLM at F={args.reference_f} has no completed job under "
                      f"{args.folder}/behaviorlm/runs (run `make sample-efficiency` or `make ablation-few-shot`)")
+    if args.paired_with is not None:
+        paired = paired_with(jobs[jobs["method"] != "behaviorlm"], args.paired_with)
+        paired.to_csv(args.folder / "paired_with.csv", index=False)
+        lines += ["", f"sequence - {args.paired_with} by seed, mean [Student-t 95%] (paired_with.csv):"]
+        for row in paired.to_dict("records"):
+            cells = [f"{metric.split('_')[-1]} {row[f'{metric}_delta']:+.3f} "
+                     f"[{row[f'{metric}_low']:+.3f}, {row[f'{metric}_high']:+.3f}]" for metric in PAIRED_METRICS]
+            lines.append(f"{row['method']} k={row['k']} ({row['samples']:,.0f} samples) vs {row['versus']} "
+                         f"({row['versus_samples']:,.0f}), {row['seeds']} seeds: " + ", ".join(cells))
     report = "\n".join(lines)
     (args.folder / "report.txt").write_text(report + "\n")
 

@@ -136,3 +136,32 @@ def test_sample_efficiency_says_there_is_no_ratio_without_the_behaviorlm_half(tm
     assert "no ratio: BehaviorLM at F=20 has no completed job" in report
     assert "BehaviorLM's samples" not in report  # no comparison line without the reference
     assert set(pd.read_csv(tmp_path / "curves.csv")["method"]) == {"sasrec", "bert4rec"}
+
+
+def test_sample_efficiency_pairs_the_sequence_models_with_another_sweep_by_seed(tmp_path):
+    from experiments import sample_efficiency
+
+    def job(folder, **metrics):
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"status": "completed", "test/samples_digest": "d",
+                                                         "test/acc_overall": 0.2, "test/acc_anchor": 0.3,
+                                                         **metrics}))
+
+    for seed, tail in enumerate([0.05, 0.06, 0.07]):
+        job(tmp_path / "se" / "sequence" / "runs" / str(seed), method="sasrec", max_train_per_behavior=10,
+            samples_per_behavior=10, n_train_examples_used=700, seed=seed, **{"test/acc_tail": tail})
+        job(tmp_path / "main" / "runs" / str(seed), stage_order="progressive", n_train_examples_used=2100, seed=seed,
+            **{"test/acc_tail": 0.02})
+    sample_efficiency.main([str(tmp_path / "se"), "--paired-with", str(tmp_path / "main")])
+    paired = pd.read_csv(tmp_path / "se" / "paired_with.csv")
+    row = paired.iloc[0]
+    assert (row["method"], row["versus"], row["seeds"]) == ("sasrec", "progressive", 3)
+    # per-seed differences 0.03, 0.04, 0.05: mean 0.04, sd 0.01, t(2) half-width 0.0248
+    assert abs(row["test/acc_tail_delta"] - 0.04) < 1e-9 and abs(row["test/acc_tail_low"] - 0.0152) < 1e-3
+    assert "sasrec k=10 (700 samples) vs progressive (2,100), 3 seeds: tail +0.040" in \
+        (tmp_path / "se" / "report.txt").read_text()
+    # a sweep scored on other test samples is refused, not paired
+    job(tmp_path / "other" / "runs" / "0", stage_order="joint", seed=0, n_train_examples_used=1,
+        **{"test/acc_tail": 0.1, "test/samples_digest": "e"})
+    with pytest.raises(SystemExit, match="2 different test sets"):
+        sample_efficiency.main([str(tmp_path / "se"), "--paired-with", str(tmp_path / "other")])

@@ -1,6 +1,7 @@
 """Sweep dashboards (definitions checked offline), readable W&B runs, and a validation objective for sweepers."""
 
 import json
+import logging
 
 import pytest
 from omegaconf import OmegaConf
@@ -73,12 +74,18 @@ def test_runs_have_readable_names_and_carry_the_hydra_choices(compose):
     assert run_config(compose(), {})["variant"] == "full"
 
 
-def test_run_returns_a_validation_metric_and_refuses_a_test_one(compose):
+def test_run_returns_a_validation_metric_and_refuses_a_test_one(compose, caplog):
     metrics = {"a_tuning/val/acc_overall": 0.2, "b_tuning/val/acc_overall": 0.25, "test/acc_overall": 0.9}
     assert optimized_value(compose("stage_order=progressive"), metrics) == 0.25
     assert optimized_value(compose("stage_order=anchor_only"), metrics) == 0.2
     assert optimized_value(compose("optimized_metric=a_tuning/val/acc_overall"), metrics) == 0.2
     assert optimized_value(compose("stage_order=zero_shot"), metrics) != optimized_value(
         compose("stage_order=zero_shot"), metrics)  # NaN: no tuning stage, nothing to optimise
+    # a named metric the job lacks is a mistake worth a warning; no metric to optimise is not
+    with caplog.at_level(logging.WARNING, logger="behaviorlm.pipeline"):
+        optimized_value(compose("stage_order=zero_shot"), metrics)
+        assert not caplog.records
+        optimized_value(compose("optimized_metric=b_tuning/val/acc_tail"), metrics)
+        assert "optimized_metric b_tuning/val/acc_tail is not in this job's metrics" in caplog.text
     with pytest.raises(ConfigError, match="optimized_metric' = 'test/acc_overall'"):
         validate_config(compose("optimized_metric=test/acc_overall"))

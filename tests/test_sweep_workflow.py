@@ -55,6 +55,9 @@ def test_folders_beyond_the_last_sweeps_plan_are_left_out(tmp_path, capsys):
     (tmp_path / "sweep_summary.json").write_text(json.dumps({"planned": 2, "jobs": []}))
     assert [d.name for d in sweeps.job_dirs(tmp_path)] == ["0", "1"]
     assert "2 job folders beyond the 2 its last sweep planned" in capsys.readouterr().err
+    # an older sweep's summary (a bare list of jobs, as results/paper-main keeps) plans nothing: every folder counts
+    (tmp_path / "sweep_summary.json").write_text(json.dumps([{"job": 0, "status": "COMPLETED"}]))
+    assert [d.name for d in sweeps.job_dirs(tmp_path)] == ["0", "1", "2", "3"]
 
 
 def test_collect_without_a_varying_override_asks_for_the_key(tmp_path):
