@@ -71,6 +71,29 @@ def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return jobs, keys
 
 
+COMPUTE = "compute"  # device/dtype of a job's matrix products (metrics.json device_type, compute_dtype)
+
+
+def add_compute(jobs: pd.DataFrame) -> pd.DataFrame:
+    """A `compute` column ("cpu/bfloat16"), empty for jobs that predate the record."""
+    if {"device_type", "compute_dtype"} <= set(jobs.columns):
+        known = jobs["device_type"].notna() & jobs["compute_dtype"].notna()
+        jobs[COMPUTE] = (jobs["device_type"].astype(str) + "/" + jobs["compute_dtype"].astype(str)).where(known)
+    return jobs
+
+
+def compute_note(jobs: pd.DataFrame) -> str | None:
+    """One line when the jobs of a sweep ran in different precisions (a bf16 machine and an fp32 one, say), or some
+    record none: their differences are the machines' as well as the swept key's."""
+    if COMPUTE not in jobs or jobs[COMPUTE].nunique() < 2 and jobs[COMPUTE].notna().all():
+        return None
+    kinds = jobs[COMPUTE].fillna("not recorded")
+    parts = [f"{kind} (seeds {', '.join(str(s) for s in sorted(set(jobs.loc[kinds == kind, 'seed'])))})"
+             for kind in sorted(set(kinds))]
+    return (f"**Mixed compute**: the jobs ran as {'; '.join(parts)}: a difference across these is the machine's as "
+            "well as the swept key's (paired seeds must match)")
+
+
 def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
     if key not in jobs.columns:
         raise SystemExit(f"error: --key {key!r} is not a metrics.json field; fields include "
@@ -157,6 +180,13 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
             if different:
                 raise SystemExit(f"error: {key}={value} and the reference {reference} were scored on different test "
                                  f"samples (test/samples_digest differs for seeds {different}); pair identical sets")
+        if COMPUTE in jobs:  # a pair computed in bf16 against one in fp32 measures the machines too
+            different = [s for s in seeds if pd.notna(group.loc[s, COMPUTE]) and pd.notna(ref_jobs.loc[s, COMPUTE])
+                         and group.loc[s, COMPUTE] != ref_jobs.loc[s, COMPUTE]]
+            if different:
+                raise SystemExit(f"error: {key}={value} and the reference {reference} ran in different precisions "
+                                 f"for seeds {different} (column compute: {group.loc[different[0], COMPUTE]} against "
+                                 f"{ref_jobs.loc[different[0], COMPUTE]}); rerun one of them on the other's machine kind")
         pairs = {s: _predictions(jobs_dir, group.loc[s, "job"]).join(
             _predictions(jobs_dir, ref_jobs.loc[s, "job"]).add_suffix("_ref"), how="inner") for s in seeds}
         weight_anchor = float(group["test/weight_anchor"].iloc[0]) if "test/weight_anchor" in group else None
@@ -307,10 +337,14 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             raise SystemExit(f"error: --key fields {missing} are not metrics.json fields")
         jobs[key] = jobs[fields].astype(str).agg(" ".join, axis=1)
+    jobs = add_compute(jobs)
     jobs.to_csv(args.sweep_dir / "jobs.csv", index=False)
     completed = jobs[jobs["status"] == "completed"] if "status" in jobs else jobs
     if len(completed) < len(jobs):
         print(f"warning: {len(jobs) - len(completed)} failed jobs are left out of the table (see jobs.csv)")
+    mixed = compute_note(completed)
+    if mixed:
+        print(f"warning: {mixed}")
     table = summarise(completed, key)
     table.to_csv(args.sweep_dir / "table.csv", index=False)
     pairs = None
@@ -318,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         pairs = paired(completed, key, coerce_reference(completed, key, args.reference), jobs_root(args.sweep_dir))
         pairs.to_csv(args.sweep_dir / "paired.csv", index=False)
     markdown = to_markdown(table, key, pairs)
+    if mixed:
+        markdown = f"{mixed}\n\n{markdown}"
     (args.sweep_dir / "table.md").write_text(markdown + "\n")
     images = plot(table, key, args.sweep_dir)
     if args.wandb:

@@ -63,6 +63,13 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return torch.bfloat16
 
 
+def compute_dtype(precision: str, device: torch.device) -> str:
+    """What a job's matrix products ran in on this machine ("bfloat16", "float32"...): the autocast dtype, else the
+    weights'. The same config computes in bf16 on a Zen 4 and in fp32 on an AVX2-only CPU, so a job records it and
+    `collect` flags a sweep whose jobs differ in it."""
+    return str(autocast_dtype(precision, device) or weight_dtype_for(precision, device)).removeprefix("torch.")
+
+
 def weight_dtype_for(precision: str, device: torch.device) -> torch.dtype:
     """The dtype the frozen weights are stored in: bf16 on a GPU (half the memory), fp32 on CPU, where bf16 storage
     was slower (docs/speed.md), and under `mixed`, whose fp32 weights keep updates finite where bf16 ones did not."""

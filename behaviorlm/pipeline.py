@@ -30,8 +30,8 @@ from behaviorlm.data.dataset import BehaviorDataset, load_dataset
 from behaviorlm.data.samples import subsample
 from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.metrics import evaluate_rankings, format_results_table, write_test_outputs
-from behaviorlm.models import (adopt_as_default, add_lora, autocast_dtype, interpolate_lora, load_backbone,
-                               resolve_device, scale_lora_update)
+from behaviorlm.models import (adopt_as_default, add_lora, autocast_dtype, compute_dtype, interpolate_lora,
+                               load_backbone, resolve_device, scale_lora_update)
 from behaviorlm.prompts import PromptBuilder, render_instruction
 from behaviorlm.selection import Selection
 from behaviorlm.stage_io import (cached_selection_scores, cached_test_rankings, restore_stage, save_run_artifacts,
@@ -310,7 +310,8 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
     seed_everything(cfg.seed)
     started = time.perf_counter()
     dataset = load_dataset(cfg)
-    key = job_key(cfg, dataset, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    key = job_key(cfg, dataset, device)
     vocab = dataset.vocab
     if cfg.method == "behaviorlm":
         check_anchors(cfg.stage_order, vocab)
@@ -333,6 +334,9 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
             "variant": variant, "n_processes": dist.world, "engine": dist.engine,
             "eval_seed": cfg.data.eval_seed, "test_sampling": cfg.data.test_sampling,
             "include_target_time": cfg.prompt.include_target_time, "lora_dropout": cfg.model.lora.dropout,
+            # the sequence baselines train in fp32 whatever model.precision says
+            "device_type": device.type, "compute_dtype": compute_dtype(cfg.model.precision, device)
+            if cfg.method == "behaviorlm" else "float32",
         })
         if torch.cuda.is_available():
             metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9

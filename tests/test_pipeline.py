@@ -5,8 +5,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from behaviorlm.data.dataset import load_dataset
+from behaviorlm.models import autocast_dtype
 from behaviorlm.pipeline import build_behavior_model, run
 from behaviorlm.stage_plan import STAGE_PLANS
 from behaviorlm.stages import a_tuning_set, aux_example_count
@@ -56,6 +58,9 @@ def test_each_stage_order_runs_the_stages_it_names(compose, tmp_path, stage_orde
     assert stages_run == EXPECTED_STAGES[stage_order]
     for key in REQUIRED_KEYS:
         assert key in metrics
+    # what the forward computed in on this machine, so that collect can tell a bf16 job from an fp32 one
+    assert (metrics["device_type"], metrics["compute_dtype"]) == (
+        "cpu", "bfloat16" if autocast_dtype(cfg.model.precision, torch.device("cpu")) else "float32")
     if "difficulty_selection" in STAGE_PLANS[stage_order]:
         assert metrics["difficulty_selection/n_scored"] > 0
         selection = json.loads((tmp_path / "selection.json").read_text())

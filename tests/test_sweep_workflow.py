@@ -60,6 +60,33 @@ def test_folders_beyond_the_last_sweeps_plan_are_left_out(tmp_path, capsys):
     assert [d.name for d in sweeps.job_dirs(tmp_path)] == ["0", "1", "2", "3"]
 
 
+SCORES = {"test/acc_overall": 0.2, "test/acc_anchor": 0.3, "test/acc_tail": 0.05, "test/macro_f1": 0.1}
+
+
+def test_collect_flags_a_sweep_computed_in_two_precisions_and_refuses_to_pair_across_them(tmp_path, capsys):
+    # seeds 0 and 1 on a bf16 machine, seed 2 on an fp32 one, one job without the record (an older run)
+    computes = {0: ("cpu", "bfloat16"), 1: ("cpu", "bfloat16"), 2: ("cpu", "float32")}
+    for num, (order, seed) in enumerate([(o, s) for s in (0, 1, 2) for o in ("joint", "progressive")]):
+        device, dtype = computes[seed]
+        record = {} if num == 5 else {"device_type": device, "compute_dtype": dtype}
+        fake_job(tmp_path / str(num), [f"stage_order={order}", f"seed={seed}"],
+                 {"stage_order": order, "seed": seed, "test/samples_digest": "d", **SCORES, **record})
+    collect_main([str(tmp_path)])  # no reference: the table is written, with the line that says so
+    note = ("**Mixed compute**: the jobs ran as cpu/bfloat16 (seeds 0, 1); cpu/float32 (seeds 2); not recorded "
+            "(seeds 2)")
+    assert (tmp_path / "table.md").read_text().startswith(note)
+    assert "warning: **Mixed compute**" in capsys.readouterr().out
+    # seed 2's progressive job records nothing, so its pair is not checked; make it fp32 against a bf16 joint
+    job = tmp_path / "4" / "metrics.json"
+    job.write_text(job.read_text().replace('"float32"', '"bfloat16"'))
+    (tmp_path / "5" / "metrics.json").write_text(json.dumps({
+        "status": "completed", "stage_order": "progressive", "seed": 2, "test/samples_digest": "d", **SCORES,
+        "device_type": "cpu", "compute_dtype": "float32"}))
+    with pytest.raises(SystemExit, match=r"ran in different precisions for seeds \[2\] \(column compute: "
+                                         r"cpu/float32 against cpu/bfloat16\)"):
+        collect_main([str(tmp_path), "--reference", "joint"])
+
+
 def test_collect_without_a_varying_override_asks_for_the_key(tmp_path):
     for num in range(2):
         fake_job(tmp_path / str(num), [f"seed={num}"], {"seed": num, "test/acc_overall": 0.2})
