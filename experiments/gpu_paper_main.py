@@ -1,16 +1,23 @@
-"""paper-main at the paper's full NYC scale on one GPU, inside a fixed time budget.
+"""The claims sweeps on one GPU, inside a fixed time budget, in order of value.
 
-    python -m experiments.gpu_paper_main --budget-s 420                  # on the GPU: results/gpu-paper-main/
+    python -m experiments.gpu_paper_main --scale nyc_cpu --budget-s 480 \\
+        --sweeps paper-main ablation-components ablation-aux ablation-few-shot      # on the GPU: results/gpu-nyc_cpu/
+    python -m experiments.gpu_paper_main --budget-s 420                            # paper-main at full NYC scale
     python -m experiments.gpu_paper_main --budget-s 120 --out /tmp/gpm \\
         --set model=tiny_random data=synthetic debug=fast device=cpu     # the same code path on CPU, in seconds
 
-`experiment=paper_nyc`: all 7,236 training samples, the whole test period (9,812 samples), up to 8 epochs a tuning
-stage with early stopping on the validation slice, F = 20. On top of it, for one GPU: batch 32 for training and
-scoring, and beam scoring (as nyc_cpu, so that both scales rank the same way). Seeds run one after another, each
-as one Hydra multirun of the four stage orders (progressive first: anchor_only then reuses its A-Tuning from the
-stage cache). A seed starts only while the budget left exceeds the slowest seed so far; a seed cut by the budget
-keeps the jobs it finished. Then `behaviorlm collect` writes table.md, table.csv, jobs.csv and paired.csv (against
-joint) and `gpu_run.json` records the card, the budget and each seed's wall time.
+Scales: `paper_nyc` (the default: all 7,236 training samples, the whole test period, up to 8 epochs a tuning stage,
+F = 20) and `nyc_cpu` (the preset the claims table is measured at). On top of either, for one GPU: batch 32 for
+training and scoring, fp32 weights under bf16 autocast (`model.precision=mixed`; bf16 weights once trained on NaN
+on an H100), and beam scoring as the CPU runs rank. So a GPU sweep is its own sweep: batch 32 takes other steps
+than nyc_cpu's batch 8 and every job records `compute_dtype`, and `collect` refuses to pair it with a CPU job.
+
+Each sweep is the ablation config its make target runs (`ablation=paper_main`, `ablation=components`, ...), one
+Hydra multirun per seed, seeds one after another, each sweep in its own folder OUT/<target>/ as `make` leaves it.
+A seed starts only while the budget left exceeds the slowest seed of that sweep so far; a seed cut by the budget
+keeps the jobs it finished, and the next sweeps do not start. Then `behaviorlm collect` writes each sweep's
+table.md, table.csv, jobs.csv and paired.csv (against the make target's reference), and `gpu_run.json` records the
+card, the budget and each seed's wall time.
 """
 
 from __future__ import annotations
@@ -25,15 +32,24 @@ from pathlib import Path
 
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
 
-ORDERS = ("progressive", "joint", "anchor_only", "zero_shot")
-FULL_SCALE = ("experiment=paper_nyc", "logger=none", "train.batch_size=32", "scoring.batch_size=32",
-              "scoring.mode=beam", "scoring.beam_seed=none")  # the width beam its results were scored with
+# make target -> (ablation config, swept key, reference): what `make <target>` runs and collects
+SWEEPS = {
+    "paper-main": ("paper_main", "stage_order", "joint"),
+    "ablation-components": ("components", "variant", "full"),
+    "ablation-aux": ("aux_ratio", "aux_ratio", "0.05"),
+    "ablation-few-shot": ("few_shot", "samples_per_behavior", "20"),
+    "ablation-b-rate": ("b_rate", "train.b_tuning.learning_rate", "1e-4"),
+}
+ONE_GPU = ("logger=none", "train.batch_size=32", "scoring.batch_size=32", "model.precision=mixed",
+           "scoring.mode=beam", "scoring.beam_seed=none")  # the width beam the CPU results were scored with
+SCALES = {"paper_nyc": ("experiment=paper_nyc", *ONE_GPU), "nyc_cpu": ("experiment=nyc_cpu", *ONE_GPU)}
 
 
-def seed_command(seed: int, runs: Path, overrides: list[str]) -> list[str]:
-    return [sys.executable, str(PROJECT_ROOT / "run.py"), "-m", *FULL_SCALE, *overrides, f"seed={seed}",
-            f"stage_order={','.join(ORDERS)}", f"hydra.sweep.dir={runs}",
-            "hydra.sweep.subdir=seed${seed}_${stage_order}"]
+def seed_command(sweep: str, seed: int, runs: Path, overrides: list[str]) -> list[str]:
+    ablation = SWEEPS[sweep][0]
+    # seed=<n> on the command line replaces the ablation's seed list; the job number restarts with every seed
+    return [sys.executable, str(PROJECT_ROOT / "run.py"), "-m", f"ablation={ablation}", *overrides, f"seed={seed}",
+            f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=seed${seed}_${hydra.job.num}"]
 
 
 def device_name() -> str:
@@ -42,49 +58,69 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget-s", type=float, default=420, help="wall seconds for all seeds together")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "gpu-paper-main")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra Hydra overrides after the full-scale ones (a CPU dry run: model=tiny_random ...)")
-    args = parser.parse_args()
-
-    runs = args.out / "runs"
+def run_sweep(sweep: str, seeds: list[int], folder: Path, overrides: list[str], deadline: float) -> list[dict]:
+    """The sweep's seeds one after another until the deadline; one record per seed started."""
+    runs = folder / "runs"
     shutil.rmtree(runs, ignore_errors=True)
-    started = time.monotonic()
-    seeds: list[dict] = []
-    for seed in args.seeds:
-        left = args.budget_s - (time.monotonic() - started)
-        slowest = max((s["seconds"] for s in seeds), default=0.0)
+    records: list[dict] = []
+    for seed in seeds:
+        left = deadline - time.monotonic()
+        slowest = max((r["seconds"] for r in records), default=0.0)
         if left <= slowest or left <= 0:
-            print(f"gpu_paper_main: seed {seed} not started: {left:.0f} s left, the slowest seed took "
+            print(f"gpu_paper_main: {sweep} seed {seed} not started: {left:.0f} s left, the slowest seed took "
                   f"{slowest:.0f} s", flush=True)
             break
-        command = seed_command(seed, runs, args.set)
+        command = seed_command(sweep, seed, runs, overrides)
         print("+", " ".join(command), flush=True)
-        seed_started = time.monotonic()
+        started = time.monotonic()
         try:
             status = subprocess.run(command, cwd=PROJECT_ROOT, timeout=left).returncode
         except subprocess.TimeoutExpired:
             status = "cut by the budget"
-        seeds.append({"seed": seed, "seconds": time.monotonic() - seed_started, "status": status,
-                      "jobs_done": sorted(p.parent.name for p in runs.glob(f"seed{seed}_*/metrics.json"))})
-        print(json.dumps(seeds[-1]), flush=True)
+        records.append({"sweep": sweep, "seed": seed, "seconds": time.monotonic() - started, "status": status,
+                        "jobs_done": len(list(runs.glob(f"seed{seed}_*/metrics.json")))})
+        print(json.dumps(records[-1]), flush=True)
         if status != 0:
             break
+    return records
 
-    done = sorted(runs.glob("*/metrics.json"))
-    if done:
-        subprocess.run([sys.executable, "-m", "behaviorlm.collect", str(args.out), "--key", "stage_order",
-                        "--reference", "joint"], cwd=PROJECT_ROOT, check=True)
-    atomic_write_json(args.out / "gpu_run.json", {
-        "device": device_name(), "budget_s": args.budget_s, "wall_s": time.monotonic() - started,
-        "overrides": [*FULL_SCALE, *args.set], "seeds": seeds, "jobs_completed": len(done),
-        "command": " ".join(["python -m experiments.gpu_paper_main", *sys.argv[1:]])})
-    print(f"gpu_paper_main: {len(done)} jobs completed in {time.monotonic() - started:.0f} s -> {args.out}")
-    if not done:
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-s", type=float, default=420, help="wall seconds for all sweeps together")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="paper_nyc")
+    parser.add_argument("--sweeps", nargs="+", choices=list(SWEEPS), default=["paper-main"],
+                        help="make targets to run, most valuable first")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=None, help="default: results/gpu-<scale>")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra Hydra overrides after the scale's (a CPU dry run: model=tiny_random ...)")
+    args = parser.parse_args(argv)
+    out = args.out or PROJECT_ROOT / "results" / f"gpu-{args.scale}"
+    overrides = [*SCALES[args.scale], *args.set]
+
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    records: list[dict] = []
+    completed = {}
+    for sweep in args.sweeps:
+        sweep_records = run_sweep(sweep, args.seeds, out / sweep, overrides, deadline)
+        records += sweep_records
+        done = sorted((out / sweep / "runs").glob("*/metrics.json"))
+        completed[sweep] = len(done)
+        if done:
+            _, key, reference = SWEEPS[sweep]
+            subprocess.run([sys.executable, "-m", "behaviorlm.collect", str(out / sweep), "--key", key,
+                            "--reference", reference], cwd=PROJECT_ROOT, check=True)
+        if len(sweep_records) < len(args.seeds) or any(r["status"] != 0 for r in sweep_records):
+            break  # the budget is spent: a later sweep would start without time to finish a seed
+    atomic_write_json(out / "gpu_run.json", {
+        "device": device_name(), "scale": args.scale, "budget_s": args.budget_s,
+        "wall_s": time.monotonic() - started, "overrides": overrides, "seeds": records,
+        "jobs_completed": completed,
+        "command": " ".join(["python -m experiments.gpu_paper_main", *(argv if argv is not None else sys.argv[1:])])})
+    print(f"gpu_paper_main: {sum(completed.values())} jobs completed in {time.monotonic() - started:.0f} s -> {out}")
+    if not any(completed.values()):
         sys.exit(1)
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -137,20 +138,26 @@ def test_claims_table_adjusts_the_family_with_holm_and_marks_missing_sweeps(tmp_
 
 @pytest.mark.slow
 def test_gpu_paper_main_driver_runs_on_cpu_with_a_tiny_model(tmp_path):
-    out = tmp_path / "gpu-paper-main"
+    out = tmp_path / "gpu"
     env = {**os.environ, "BEHAVIORLM_STAGE_CACHE": str(tmp_path / "stage-cache")}
     result = subprocess.run([sys.executable, "-m", "experiments.gpu_paper_main", "--budget-s", "600", "--seeds", "0",
-                             "--out", str(out), "--set", "model=tiny_random", "data=synthetic", "debug=fast",
-                             "device=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+                             "--scale", "nyc_cpu", "--sweeps", "paper-main", "ablation-b-rate", "--out", str(out),
+                             "--set", "model=tiny_random", "data=synthetic", "debug=fast", "device=cpu"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "gpu_run.json").read_text())
-    assert run["jobs_completed"] == 4 and run["seeds"][0]["status"] == 0
-    assert "experiment=paper_nyc" in run["overrides"]
-    jobs = pd.read_csv(out / "jobs.csv")
+    assert run["jobs_completed"] == {"paper-main": 4, "ablation-b-rate": 2}
+    assert [(r["sweep"], r["seed"], r["status"]) for r in run["seeds"]] == [("paper-main", 0, 0),
+                                                                           ("ablation-b-rate", 0, 0)]
+    assert "experiment=nyc_cpu" in run["overrides"] and "model.precision=mixed" in run["overrides"]
+    jobs = pd.read_csv(out / "paper-main" / "jobs.csv")
     assert sorted(jobs["stage_order"]) == ["anchor_only", "joint", "progressive", "zero_shot"]
+    assert set(jobs["seed"]) == {0}  # seed=0 replaced the ablation's seed list
     assert jobs["test/samples_digest"].nunique() == 1
-    paired = pd.read_csv(out / "paired.csv")
-    assert set(paired["reference"]) == {"joint"}
+    assert set(pd.read_csv(out / "paper-main" / "paired.csv")["reference"]) == {"joint"}
+    rates = pd.read_csv(out / "ablation-b-rate" / "paired.csv")
+    assert set(rates["reference"].astype(float)) == {1e-4} and set(rates["method"].astype(float)) == {5e-4}
+    out = out / "paper-main"
     # the logit-adjustment trade-off re-ranks the progressive job's own scores: tau = 0 reproduces its accuracy
     trade = tmp_path / "tradeoff"
     # and interpolates its adapter towards the A-tuned one (the anchor_only job's): alpha = 0 reproduces that job
@@ -167,6 +174,27 @@ def test_gpu_paper_main_driver_runs_on_cpu_with_a_tiny_model(tmp_path):
     table = (trade / "table.md").read_text()
     assert (trade / "anchor_vs_tail.png").exists() and "operating point chosen on validation" in table
     assert "Adapter interpolation" in table and "Logit adjustment" in table
+
+
+def test_gpu_driver_starts_a_seed_only_while_the_budget_can_hold_it(tmp_path, monkeypatch):
+    from experiments import gpu_paper_main
+
+    def fake_seed(sweep, seed, runs, overrides):  # seed 0 takes 2 s and finishes; any other would take 30 s
+        job = runs / f"seed{seed}_0"
+        return [sys.executable, "-c", f"import pathlib, time; time.sleep({2 if seed == 0 else 30}); "
+                f"p = pathlib.Path({str(job)!r}); p.mkdir(parents=True); (p / 'metrics.json').write_text('{{}}')"]
+
+    monkeypatch.setattr(gpu_paper_main, "seed_command", fake_seed)
+    # about 4 s left after seed 0's 2 s: seed 1 starts, and is cut at the deadline instead of running on
+    started = time.monotonic()
+    records = gpu_paper_main.run_sweep("paper-main", [0, 1], tmp_path / "a", [], deadline=started + 6.5)
+    assert [(r["seed"], r["status"], r["jobs_done"]) for r in records] == [(0, 0, 1), (1, "cut by the budget", 0)]
+    assert time.monotonic() - started < 9
+    # about 1 s left after seed 0's 2 s: less than the slowest seed so far, so seed 1 does not start
+    records = gpu_paper_main.run_sweep("paper-main", [0, 1], tmp_path / "b", [], deadline=time.monotonic() + 3.5)
+    assert [(r["seed"], r["status"]) for r in records] == [(0, 0)]
+    # no time left: nothing starts
+    assert gpu_paper_main.run_sweep("paper-main", [0], tmp_path / "c", [], deadline=time.monotonic() - 1) == []
 
 
 def test_defaults_shift_pairs_the_same_job_of_two_sweeps_sample_by_sample(tmp_path):

