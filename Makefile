@@ -117,15 +117,14 @@ ablation-tradeoff: $(SETUP) ## head/tail frontiers: progressive (tau, alpha at b
 	$(PY) -m experiments.tradeoff $(RESULTS)/paper-main $(RESULTS)/ablation-b-rate $(TRADEOFF_ARGS) \
 		--out $(RESULTS)/ablation-tradeoff $(ARGS)
 
-sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F -> results/sample-efficiency/
-	$(if $(filter 1,$(FRESH)),rm -rf $(RESULTS)/sample-efficiency/sequence/runs $(RESULTS)/sample-efficiency/behaviorlm/runs)
+sample-efficiency: $(SETUP) ## SASRec/BERT4Rec with k per behavior vs BehaviorLM with F (the few-shot sweep's jobs) -> results/sample-efficiency/
+	$(if $(filter 1,$(FRESH)),rm -rf $(RESULTS)/sample-efficiency/sequence/runs)
 	mkdir -p $(RESULTS)/sample-efficiency
 	test -s $(RESULTS)/sample-efficiency/.wandb_group || echo sample-efficiency-$(RUN_ID) > $(RESULTS)/sample-efficiency/.wandb_group
 	$(PY) run.py ablation=sample_efficiency_sequence $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/sample-efficiency/sequence/runs \
 		logger.group=$$(cat $(RESULTS)/sample-efficiency/.wandb_group) $(ARGS)
-	$(PY) run.py ablation=few_shot $(SWEEP_ARGS) hydra.sweep.dir=$(RESULTS)/sample-efficiency/behaviorlm/runs \
-		logger.group=$$(cat $(RESULTS)/sample-efficiency/.wandb_group) $(ARGS)
-	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency
+	@test -n "$$(ls $(RESULTS)/ablation-few-shot/runs/*/metrics.json 2>/dev/null)" || $(MAKE) ablation-few-shot
+	$(PY) -m experiments.sample_efficiency $(RESULTS)/sample-efficiency --behaviorlm $(RESULTS)/ablation-few-shot
 
 paper: paper-main ablation-b-rate ablation-aux ablation-few-shot ablation-stage-order ablation-components ablation-anchor-threshold ablation-model-size sample-efficiency ablation-tradeoff claims ## every table and figure above, then the claims table
 

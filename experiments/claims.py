@@ -180,7 +180,7 @@ EFFICIENCY_FACTOR = 100.0  # the paper's "about 100x more sample-efficient"
 EFFICIENCY_F = 20  # BehaviorLM's F the ratio is measured at (the paper's F; `experiments.sample_efficiency` too)
 
 
-def efficiency_verdict(folder: Path) -> Optional[dict]:
+def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optional[dict]:
     """The sample-efficiency row from `make sample-efficiency`'s jobs (None when it has not run): per sequence model
     and training-set size, the per-seed difference in tail accuracy to BehaviorLM at F = EFFICIENCY_F, with its
     Student-t 95% interval over seeds."""
@@ -188,7 +188,7 @@ def efficiency_verdict(folder: Path) -> Optional[dict]:
     from experiments.sample_efficiency import load
 
     try:
-        jobs = load(folder)
+        jobs = load(folder, behaviorlm)
     except SystemExit:
         return None
     if jobs["test/samples_digest"].nunique() != 1:
@@ -200,7 +200,7 @@ def efficiency_verdict(folder: Path) -> Optional[dict]:
         sequence = jobs[jobs["method"] != "behaviorlm"]
         return {"verdict": "not run yet", "why": f"{len(sequence)} sequence-model jobs over "
                 f"{sequence['seed'].nunique()} seeds, but no completed BehaviorLM job with F={EFFICIENCY_F} "
-                f"under {folder}"}
+                f"under {behaviorlm or folder}"}
     ours_tail = ours.set_index("seed")["test/acc_tail"]
     n_ours = float(ours["n_train_examples_used"].mean())
     sizes = []  # (method, k per behavior, samples, ratio, mean difference, low, high, seeds)
@@ -262,7 +262,8 @@ def claims_table(results: Path) -> pd.DataFrame:
     for claim in CLAIMS:
         base = {"claim": claim.text, "command": f"make {claim.target} EXPERIMENT=nyc_cpu"}
         if not claim.metric:  # the sample-efficiency curves
-            row = efficiency_verdict(results / claim.target)
+            # BehaviorLM's half is the few-shot sweep's (make sample-efficiency runs it there)
+            row = efficiency_verdict(results / claim.target, results / "ablation-few-shot")
             rows.append({**base, **(row or {"verdict": "not run yet", "why": f"no completed jobs with "
                                              f"F={EFFICIENCY_F} under {results / claim.target}"})})
             continue

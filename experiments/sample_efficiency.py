@@ -1,9 +1,10 @@
 """Sample efficiency: accuracy against the number of training samples, BehaviorLM vs SASRec / BERT4Rec.
 
-    python -m experiments.sample_efficiency results/sample-efficiency
+    python -m experiments.sample_efficiency results/sample-efficiency --behaviorlm results/ablation-few-shot
 
-Reads the jobs of results/sample-efficiency/{sequence,behaviorlm}/runs/*/metrics.json (written by
-`make sample-efficiency`), plots tail and overall test accuracy against the behavior samples each model was
+Reads the sequence models' jobs from results/sample-efficiency/sequence/runs/ and BehaviorLM's from the few-shot
+sweep (`--behaviorlm`, which `make sample-efficiency` points at results/ablation-few-shot, so the costly half runs
+once for both tables; without it, results/sample-efficiency/behaviorlm/runs/), plots tail and overall test accuracy against the behavior samples each model was
 tuned on (log x), and reports how many times more samples each sequence model needs to reach BehaviorLM's tail
 accuracy at F = 20 (log-linear interpolation; "not reached" when its best stays below).
 """
@@ -21,11 +22,20 @@ import pandas as pd
 from behaviorlm.stats import t_interval
 
 
-def load(folder: Path) -> pd.DataFrame:
-    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*/runs/*/metrics.json"))]
+def load(folder: Path, behaviorlm: Path | None = None) -> pd.DataFrame:
+    """The completed jobs of both halves: folder/*/runs/ (the sequence models, and BehaviorLM unless `behaviorlm`
+    names the few-shot sweep that holds it)."""
+    from behaviorlm.sweeps import job_dirs
+
+    paths = sorted(folder.glob("*/runs/*/metrics.json"))
+    if behaviorlm is not None:
+        paths = [p for p in paths if p.parent.parent.parent.name != "behaviorlm"]
+        paths += [job / "metrics.json" for job in job_dirs(behaviorlm)] if behaviorlm.is_dir() else []
+    rows = [json.loads(p.read_text()) for p in paths]
     rows = [r for r in rows if r.get("status") == "completed"]
     if not rows:
-        raise SystemExit(f"error: no completed metrics.json under {folder}/*/runs/")
+        raise SystemExit(f"error: no completed metrics.json under {folder}/*/runs/"
+                         + (f" or {behaviorlm}/runs/" if behaviorlm is not None else ""))
     return pd.DataFrame(rows)
 
 
@@ -96,11 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--reference-f", type=int, default=20)
+    parser.add_argument("--behaviorlm", type=Path, default=None, metavar="SWEEP",
+                        help="the few-shot sweep that holds BehaviorLM's half (results/ablation-few-shot)")
     parser.add_argument("--paired-with", type=Path, default=None, metavar="SWEEP",
                         help="also pair every sequence job with each stage order of this sweep by seed, on the same "
                              "test set (for example results/paper-main) -> paired_with.csv")
     args = parser.parse_args(argv)
-    jobs = load(args.folder)
+    jobs = load(args.folder, args.behaviorlm)
     table = curves(jobs)
     table.to_csv(args.folder / "curves.csv", index=False)
     reference = table[(table["method"] == "behaviorlm") & (table["setting"] == args.reference_f)]
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         # Say so rather than print a table a reader could take for the comparison.
         lines.append(f"no ratio: BehaviorLM at F={args.reference_f} has no completed job under "
-                     f"{args.folder}/behaviorlm/runs (run `make sample-efficiency` or `make ablation-few-shot`)")
+                     f"{args.behaviorlm or args.folder / 'behaviorlm'}/runs (run `make ablation-few-shot`)")
     if args.paired_with is not None:
         paired = paired_with(jobs[jobs["method"] != "behaviorlm"], args.paired_with)
         paired.to_csv(args.folder / "paired_with.csv", index=False)

@@ -69,6 +69,8 @@ def test_sample_efficiency_smoke(tmp_path):
     result = make("sample-efficiency", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "sample-efficiency"
+    # BehaviorLM's half is the few-shot sweep, run once for both targets
+    assert not (folder / "behaviorlm").exists() and len(list((tmp_path / "ablation-few-shot").glob("runs/*/"))) == 8
     curves = pd.read_csv(folder / "curves.csv")
     assert set(curves["method"]) == {"behaviorlm", "sasrec", "bert4rec"}
     assert (folder / "sample_efficiency.png").exists()

@@ -285,6 +285,13 @@ def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
     with pytest.raises(SystemExit, match="2 different test sets"):
         efficiency_verdict(mixed)
     assert efficiency_verdict(tmp_path / "absent") is None
+    # BehaviorLM's half read from the few-shot sweep (make sample-efficiency's layout), not from folder/behaviorlm
+    shared = tmp_path / "shared"
+    write_efficiency_jobs(shared, ours, {("sasrec", None): (2000, [0.028, 0.03, 0.026])})
+    (shared / "behaviorlm").rename(tmp_path / "ablation-few-shot")
+    assert efficiency_verdict(shared)["verdict"] == "not run yet"
+    row = efficiency_verdict(shared, tmp_path / "ablation-few-shot")
+    assert row["verdict"] == "inconclusive at this scale" and "BehaviorLM (F=20, 1,000 samples) tail 0.050" in row["why"]
     # the sequence half alone: not run yet, saying what is there
     half = tmp_path / "half"
     write_efficiency_jobs(half, [], {("sasrec", None): (2000, [0.02, 0.02, 0.02])})
