@@ -186,7 +186,8 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
             if different:
                 raise SystemExit(f"error: {key}={value} and the reference {reference} ran in different precisions "
                                  f"for seeds {different} (column compute: {group.loc[different[0], COMPUTE]} against "
-                                 f"{ref_jobs.loc[different[0], COMPUTE]}); rerun one of them on the other's machine kind")
+                                 f"{ref_jobs.loc[different[0], COMPUTE]}); rerun one of them on the other's "
+                                 "machine kind")
         pairs = {s: _predictions(jobs_dir, group.loc[s, "job"]).join(
             _predictions(jobs_dir, ref_jobs.loc[s, "job"]).add_suffix("_ref"), how="inner") for s in seeds}
         weight_anchor = float(group["test/weight_anchor"].iloc[0]) if "test/weight_anchor" in group else None

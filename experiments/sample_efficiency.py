@@ -4,9 +4,10 @@
 
 Reads the sequence models' jobs from results/sample-efficiency/sequence/runs/ and BehaviorLM's from the few-shot
 sweep (`--behaviorlm`, which `make sample-efficiency` points at results/ablation-few-shot, so the costly half runs
-once for both tables; without it, results/sample-efficiency/behaviorlm/runs/), plots tail and overall test accuracy against the behavior samples each model was
-tuned on (log x), and reports how many times more samples each sequence model needs to reach BehaviorLM's tail
-accuracy at F = 20 (log-linear interpolation; "not reached" when its best stays below).
+once for both tables; without it, results/sample-efficiency/behaviorlm/runs/), plots tail and overall test
+accuracy against the behavior samples each model was tuned on (log x), and reports how many times more samples
+each sequence model needs to reach BehaviorLM's tail accuracy at F = 20 (log-linear interpolation; "not reached"
+when its best stays below).
 """
 
 from __future__ import annotations

@@ -291,7 +291,8 @@ def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
     (shared / "behaviorlm").rename(tmp_path / "ablation-few-shot")
     assert efficiency_verdict(shared)["verdict"] == "not run yet"
     row = efficiency_verdict(shared, tmp_path / "ablation-few-shot")
-    assert row["verdict"] == "inconclusive at this scale" and "BehaviorLM (F=20, 1,000 samples) tail 0.050" in row["why"]
+    assert row["verdict"] == "inconclusive at this scale"
+    assert "BehaviorLM (F=20, 1,000 samples) tail 0.050" in row["why"]
     # the sequence half alone: not run yet, saying what is there
     half = tmp_path / "half"
     write_efficiency_jobs(half, [], {("sasrec", None): (2000, [0.02, 0.02, 0.02])})
