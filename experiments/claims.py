@@ -185,7 +185,7 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     and training-set size, the per-seed difference in tail accuracy to BehaviorLM at F = EFFICIENCY_F, with its
     Student-t 95% interval over seeds."""
     from behaviorlm.stats import t_interval
-    from experiments.sample_efficiency import load
+    from experiments.sample_efficiency import load, seed_deltas, with_size_label
 
     try:
         jobs = load(folder, behaviorlm)
@@ -201,22 +201,18 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
         return {"verdict": "not run yet", "why": f"{len(sequence)} sequence-model jobs over "
                 f"{sequence['seed'].nunique()} seeds, but no completed BehaviorLM job with F={EFFICIENCY_F} "
                 f"under {behaviorlm or folder}"}
-    ours_tail = ours.set_index("seed")["test/acc_tail"]
+    ours_by_seed = ours.set_index("seed")
     n_ours = float(ours["n_train_examples_used"].mean())
     sizes = []  # (method, k per behavior, samples, ratio, mean difference, low, high, seeds)
-    sequence = jobs[jobs["method"] != "behaviorlm"].copy()
-    sequence["k"] = sequence["max_train_per_behavior"].map(lambda k: "all" if pd.isna(k) else str(int(k)))
-    for (method, k), group in sequence.groupby(["method", "k"]):
-        mine = group.set_index("seed")["test/acc_tail"]
-        seeds = sorted(set(mine.index) & set(ours_tail.index))
-        diffs = mine.loc[seeds].to_numpy(dtype=float) - ours_tail.loc[seeds].to_numpy(dtype=float)
+    for (method, k), group in with_size_label(jobs[jobs["method"] != "behaviorlm"]).groupby(["method", "k"]):
+        diffs = seed_deltas(group.set_index("seed"), ours_by_seed, "test/acc_tail")
         n = float(group["n_train_examples_used"].mean())
-        sizes.append((method, k, n, n / n_ours, float(diffs.mean()), *t_interval(diffs), len(seeds)))
+        sizes.append((method, k, n, n / n_ours, float(diffs.mean()), *t_interval(diffs), len(diffs)))
     table = pd.DataFrame(sizes, columns=["method", "k", "samples", "ratio", "delta", "low", "high", "seeds"])
     within = table[table["ratio"] <= EFFICIENCY_FACTOR]
     beaten = within[within["low"] > 0]
     largest = table.groupby("method")["ratio"].max()
-    ours_mean = float(ours_tail.mean())
+    ours_mean = float(ours["test/acc_tail"].mean())
 
     def cell(row) -> str:
         return (f"{row.method} k={row.k} ({row.samples:,.0f} samples, {row.ratio:.1f}x): Δ tail {row.delta:+.3f} "

@@ -60,6 +60,17 @@ def curves(jobs: pd.DataFrame) -> pd.DataFrame:
 PAIRED_METRICS = ("test/acc_tail", "test/acc_anchor", "test/acc_overall")
 
 
+def with_size_label(sequence: pd.DataFrame) -> pd.DataFrame:
+    """A `k` column naming each sequence job's training-set size: samples per behavior, or "all"."""
+    return sequence.assign(k=sequence["max_train_per_behavior"].map(lambda k: "all" if pd.isna(k) else str(int(k))))
+
+
+def seed_deltas(mine: pd.DataFrame, theirs: pd.DataFrame, metric: str) -> np.ndarray:
+    """mine - theirs in `metric`, seed by seed, over the seeds both ran (frames indexed by seed)."""
+    seeds = sorted(set(mine.index) & set(theirs.index))
+    return mine.loc[seeds, metric].to_numpy(dtype=float) - theirs.loc[seeds, metric].to_numpy(dtype=float)
+
+
 def paired_with(sequence: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
     """Each sequence model and size against each stage order of another sweep on the same test set (paper-main's
     BehaviorLM at its own F, say): the per-seed difference sequence - order, mean and Student-t 95% over the seeds
@@ -73,18 +84,15 @@ def paired_with(sequence: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
     if len(digests) != 1:
         raise SystemExit(f"error: {sweep_dir}: its jobs and the sequence models' were tested on {len(digests)} "
                          f"different test sets (test/samples_digest {sorted(digests)}): no paired difference")
-    sequence = sequence.assign(k=sequence["max_train_per_behavior"].map(
-        lambda k: "all" if pd.isna(k) else str(int(k))))
     rows = []
-    for (method, k), group in sequence.groupby(["method", "k"]):
+    for (method, k), group in with_size_label(sequence).groupby(["method", "k"]):
         for order, reference in other.groupby("stage_order"):
             mine, theirs = group.set_index("seed"), reference.set_index("seed")
-            seeds = sorted(set(mine.index) & set(theirs.index))
             row = {"method": method, "k": k, "samples": float(group["n_train_examples_used"].mean()),
                    "versus": order, "versus_samples": float(reference["n_train_examples_used"].mean()),
-                   "seeds": len(seeds)}
+                   "seeds": len(set(mine.index) & set(theirs.index))}
             for metric in PAIRED_METRICS:
-                diffs = mine.loc[seeds, metric].to_numpy(dtype=float) - theirs.loc[seeds, metric].to_numpy(dtype=float)
+                diffs = seed_deltas(mine, theirs, metric)
                 low, high = t_interval(diffs)
                 row.update({f"{metric}_delta": float(diffs.mean()), f"{metric}_low": low, f"{metric}_high": high})
             rows.append(row)
