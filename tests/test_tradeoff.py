@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from experiments.tradeoff import beats, frontier_section, pooled_jobs
+from experiments.tradeoff import pooled_jobs
+from experiments.tradeoff_report import beats, frontier_section
 
 
 def points(rows: list[tuple[str, str, list[float], list[float]]]) -> pd.DataFrame:
