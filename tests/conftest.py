@@ -10,6 +10,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist (make test) the workers split the cores instead of each running an OpenMP thread on every core:
+# two torch processes that oversubscribe 2 cores slow each other 5-10x. Set before torch is imported, so the worker
+# and every run it starts (they inherit the environment) keep to their share.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _workers))
 # Tests never share stage-cache entries with the user's runs (or with an earlier test session).
 os.environ["BEHAVIORLM_STAGE_CACHE"] = tempfile.mkdtemp(prefix="behaviorlm-stage-cache-")
 
@@ -48,3 +54,4 @@ def run_entrypoint(args, cwd=ROOT, timeout=600, env=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+

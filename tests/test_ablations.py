@@ -24,50 +24,37 @@ TARGETS = {  # target -> (jobs in the SMOKE sweep, key)
 
 
 def make(target: str, results: Path) -> subprocess.CompletedProcess:
-    # a cache of its own; and not the outer make's MAKEFLAGS, which would hand `make test ARGS=...` to the sweep
-    env = {**{k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
-           "BEHAVIORLM_STAGE_CACHE": str(results / "stage-cache")}
+    # a cache of its own; and not the outer make's variables: `make test ARGS=...` puts ARGS in the environment and
+    # in MAKEFLAGS, and the sweep would hand pytest's arguments to run.py
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")},
+           "BEHAVIORLM_STAGE_CACHE": str(results / f"stage-cache-{target}")}
     return subprocess.run(["make", "-s", target, "SMOKE=1", "SETUP=", f"PY={sys.executable}", f"RESULTS={results}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("target", sorted(TARGETS))
-def test_smoke_target_writes_table_rows_and_plots(tmp_path, target):
-    jobs, key = TARGETS[target]
-    result = make(target, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    folder = tmp_path / target
-    assert len(pd.read_csv(folder / "jobs.csv")) == jobs
-    table = pd.read_csv(folder / "table.csv")
-    assert table["n_seeds"].sum() == jobs and key in table.columns
-    assert (folder / "table.md").read_text().count("\n") == len(table) + 2
-    assert list(folder.glob("*.png"))
-    assert "jobs" in result.stdout  # the table is printed
-    # every sweep with a reference is paired against it; the anchor threshold redefines the strata (not pairable)
-    if target not in ("ablation-model-size", "ablation-anchor-threshold"):
-        paired = pd.read_csv(folder / "paired.csv")
-        assert list(paired.columns[:8]) == ["method", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
-                                            "ci_high", "mix"]
-        assert {"p_permutation", "p_permutation_mc_error", "se_sample_level", "p_mcnemar_seed0",
-                "p_mcnemar_seed1"} <= set(paired.columns) and "p_value" not in paired.columns
-        metrics = {"acc_overall", "acc_anchor", "acc_tail", "acc_at_5"}
-        assert len(paired) == len(metrics) * (len(table) - 1) and set(paired["metric"]) == metrics
-        # the sample-level statistic is the difference the table prints (mean over seeds of the reported metric)
-        assert (paired["diff_sample_level"] - paired["mean_diff"]).abs().max() < 1e-9
-        assert "Δ overall" in (folder / "table.md").read_text()
-        digests = pd.read_csv(folder / "jobs.csv")["test/samples_digest"]
-        assert digests.nunique() == 1  # every job of the sweep scored the same test samples
-    if target == "ablation-few-shot":
-        # A-Tuning and the selection scores are computed once per seed and reused by the other F values.
-        infos = [json.loads(p.read_text()) for p in folder.glob("runs/*/run_info.json")]
-        assert sum(info["a_tuning/cache_hit"] for info in infos) == jobs - 2
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """make <target> SMOKE=1 into one results folder for the module, once per sweep: the composite targets run first
+    (below) and make the sweeps they stand on (paper-main, ablation-b-rate, ablation-few-shot) themselves, so those
+    are checked where they were made instead of being run a second time. Each target keeps its own stage cache, so
+    the cache hits a test counts are the target's own (make names it after the target)."""
+    results = tmp_path_factory.mktemp("smoke-results")
+    outputs = {}
+
+    def _made(target: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if not (results / target).exists():
+            run = make(target, results)
+            assert run.returncode == 0, (target, run.stderr[-3000:])
+            for folder in results.iterdir():  # the sweeps this make left, the prerequisites included
+                outputs.setdefault(folder.name, run)
+        return results, outputs[target]
+
+    return _made
 
 
 @pytest.mark.slow
-def test_sample_efficiency_smoke(tmp_path):
-    result = make("sample-efficiency", tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_sample_efficiency_smoke(made):
+    tmp_path, _ = made("sample-efficiency")
     folder = tmp_path / "sample-efficiency"
     # BehaviorLM's half is the few-shot sweep, run once for both targets
     assert not (folder / "behaviorlm").exists() and len(list((tmp_path / "ablation-few-shot").glob("runs/*/"))) == 8
@@ -78,9 +65,9 @@ def test_sample_efficiency_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(tmp_path):
-    result = make("ablation-tradeoff", tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(made):
+    tmp_path, result = made("ablation-tradeoff")
+    assert result is made("paper-main")[1] is made("ablation-b-rate")[1]  # the sweeps it stands on: made by it
     jobs = pd.read_csv(tmp_path / "paper-main" / "jobs.csv")  # the tuned runs it stands on
     assert len(jobs) == 4 * 2
     rows = pd.read_csv(tmp_path / "ablation-tradeoff" / "jobs.csv")
@@ -122,6 +109,38 @@ def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(tmp_path):
         zero_shot = jobs[(jobs["seed"] == seed) & (jobs["stage_order"] == "zero_shot")]["test/acc_overall"].iloc[0]
         assert untuned.iloc[0] == pytest.approx(zero_shot, abs=3 / jobs["n_test"].iloc[0] + 1e-9)
     assert (tmp_path / "ablation-tradeoff" / "anchor_vs_tail.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_smoke_target_writes_table_rows_and_plots(made, target):
+    jobs, key = TARGETS[target]
+    results, result = made(target)
+    folder = results / target
+    assert len(pd.read_csv(folder / "jobs.csv")) == jobs
+    table = pd.read_csv(folder / "table.csv")
+    assert table["n_seeds"].sum() == jobs and key in table.columns
+    assert (folder / "table.md").read_text().count("\n") == len(table) + 2
+    assert list(folder.glob("*.png"))
+    assert "jobs" in result.stdout  # the table is printed
+    # every sweep with a reference is paired against it; the anchor threshold redefines the strata (not pairable)
+    if target not in ("ablation-model-size", "ablation-anchor-threshold"):
+        paired = pd.read_csv(folder / "paired.csv")
+        assert list(paired.columns[:8]) == ["method", "reference", "metric", "n_seeds", "mean_diff", "ci_low",
+                                            "ci_high", "mix"]
+        assert {"p_permutation", "p_permutation_mc_error", "se_sample_level", "p_mcnemar_seed0",
+                "p_mcnemar_seed1"} <= set(paired.columns) and "p_value" not in paired.columns
+        metrics = {"acc_overall", "acc_anchor", "acc_tail", "acc_at_5"}
+        assert len(paired) == len(metrics) * (len(table) - 1) and set(paired["metric"]) == metrics
+        # the sample-level statistic is the difference the table prints (mean over seeds of the reported metric)
+        assert (paired["diff_sample_level"] - paired["mean_diff"]).abs().max() < 1e-9
+        assert "Δ overall" in (folder / "table.md").read_text()
+        digests = pd.read_csv(folder / "jobs.csv")["test/samples_digest"]
+        assert digests.nunique() == 1  # every job of the sweep scored the same test samples
+    if target == "ablation-few-shot":
+        # A-Tuning and the selection scores are computed once per seed and reused by the other F values.
+        infos = [json.loads(p.read_text()) for p in folder.glob("runs/*/run_info.json")]
+        assert sum(info["a_tuning/cache_hit"] for info in infos) == jobs - 2
 
 
 def test_sample_efficiency_says_there_is_no_ratio_without_the_behaviorlm_half(tmp_path):

@@ -86,8 +86,8 @@ def test_aux_share_hits_the_requested_ratio(compose, tmp_path, ratio):
 
 @pytest.mark.slow
 def test_aux_ratio_sweep_writes_three_metrics_files_and_three_wandb_runs(tmp_path):
-    result = run_entrypoint(["-m", "aux_ratio=0,0.05,0.2", "model=tiny_random", "data=synthetic", "logger=wandb",
-                             f"hydra.sweep.dir={tmp_path}"], env={"WANDB_MODE": "offline"})
+    result = run_entrypoint(["-m", "aux_ratio=0,0.05,0.2", "model=tiny_random", "data=synthetic", "debug=fast",
+                             "logger=wandb", f"hydra.sweep.dir={tmp_path}"], env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(Path(tmp_path).glob("*/metrics.json"))
     assert len(files) == 3
