@@ -54,4 +54,3 @@ def run_entrypoint(args, cwd=ROOT, timeout=600, env=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
-

@@ -54,10 +54,10 @@ def made(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sample_efficiency_smoke(made):
-    tmp_path, _ = made("sample-efficiency")
-    folder = tmp_path / "sample-efficiency"
+    results, _ = made("sample-efficiency")
+    folder = results / "sample-efficiency"
     # BehaviorLM's half is the few-shot sweep, run once for both targets
-    assert not (folder / "behaviorlm").exists() and len(list((tmp_path / "ablation-few-shot").glob("runs/*/"))) == 8
+    assert not (folder / "behaviorlm").exists() and len(list((results / "ablation-few-shot").glob("runs/*/"))) == 8
     curves = pd.read_csv(folder / "curves.csv")
     assert set(curves["method"]) == {"behaviorlm", "sasrec", "bert4rec"}
     assert (folder / "sample_efficiency.png").exists()
@@ -66,12 +66,12 @@ def test_sample_efficiency_smoke(made):
 
 @pytest.mark.slow
 def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(made):
-    tmp_path, result = made("ablation-tradeoff")
+    results, result = made("ablation-tradeoff")
     assert result is made("paper-main")[1] is made("ablation-b-rate")[1]  # the sweeps it stands on: made by it
-    jobs = pd.read_csv(tmp_path / "paper-main" / "jobs.csv")  # the tuned runs it stands on
+    jobs = pd.read_csv(results / "paper-main" / "jobs.csv")  # the tuned runs it stands on
     assert len(jobs) == 4 * 2
-    rows = pd.read_csv(tmp_path / "ablation-tradeoff" / "jobs.csv")
-    b_rate = pd.read_csv(tmp_path / "ablation-b-rate" / "jobs.csv")  # run first too: B-Tuning at 1e-4 and 5e-4
+    rows = pd.read_csv(results / "ablation-tradeoff" / "jobs.csv")
+    b_rate = pd.read_csv(results / "ablation-b-rate" / "jobs.csv")  # run first too: B-Tuning at 1e-4 and 5e-4
     assert len(b_rate) == 2 * 2
     # tiny_random B-tunes at 2e-3: paper-main's jobs are "progressive", the b-rate sweep's rates are methods of their
     # own (at nyc_cpu, whose rate is 1e-4, the b-rate sweep's 1e-4 jobs are paper-main's: tests/test_tradeoff.py)
@@ -94,13 +94,13 @@ def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(made):
         assert plain[("progressive", 0.0)] == pytest.approx(mine["anchor_only"], abs=tolerance)
         assert plain[(faster, 0.0)] == pytest.approx(mine["anchor_only"], abs=tolerance)  # the same A-Tuning
         assert plain[("joint", 1.0)] == pytest.approx(mine["joint"], abs=tolerance)
-    table = (tmp_path / "ablation-tradeoff" / "table.md").read_text()
+    table = (results / "ablation-tradeoff" / "table.md").read_text()
     assert "Adapter interpolation" in table and "WiSE-FT" in table
     assert "operating point chosen on validation" in table
     assert "## The frontier" in table and ("**Yes, by means**" in table or "**No**" in table)
     # WiSE-FT for every tuned job: w = 1 is each job (checked by the script), w = 0 the untuned model, the same
     # function whatever the order was tuned to, so all rank alike there, as the seed's zero_shot job does
-    wise = pd.read_csv(tmp_path / "ablation-tradeoff" / "wise_ft.csv")
+    wise = pd.read_csv(results / "ablation-tradeoff" / "wise_ft.csv")
     assert set(wise["method"]) == {"progressive", faster, slower, "joint", "anchor_only"}
     assert sorted(set(wise["wise_alpha"])) == [0.0, 0.25, 0.5, 0.75, 1.0] and len(wise) == 5 * 2 * 5
     for seed in (0, 1):
@@ -108,7 +108,7 @@ def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(made):
         assert untuned.nunique() == 1
         zero_shot = jobs[(jobs["seed"] == seed) & (jobs["stage_order"] == "zero_shot")]["test/acc_overall"].iloc[0]
         assert untuned.iloc[0] == pytest.approx(zero_shot, abs=3 / jobs["n_test"].iloc[0] + 1e-9)
-    assert (tmp_path / "ablation-tradeoff" / "anchor_vs_tail.png").exists()
+    assert (results / "ablation-tradeoff" / "anchor_vs_tail.png").exists()
 
 
 @pytest.mark.slow
