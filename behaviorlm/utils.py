@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -96,7 +97,9 @@ def file_stem(path: str | None, default: str = "csv") -> str:
 def compose_config(overrides: list[str] | None = None, config_name: str = "config"):
     """Compose the project config as `run.py` would, for tools and tests that do not go through @hydra.main.
 
-    Outside @hydra.main there is no Hydra output folder, so `paths.output_dir` defaults to a fresh temporary one.
+    Outside @hydra.main there is no Hydra output folder, so `paths.output_dir` defaults to a fresh temporary one,
+    removed at exit if nothing was written there (`behaviorlm predict` and `evaluate` compose a config per call and
+    left an empty folder in the temporary directory each time).
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -107,10 +110,17 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     register_resolvers()
     overrides = list(overrides or [])
     if not any(o.startswith("paths.output_dir=") for o in overrides):
-        overrides.append(f"paths.output_dir={tempfile.mkdtemp(prefix='behaviorlm-')}")
+        output_dir = tempfile.mkdtemp(prefix="behaviorlm-")
+        atexit.register(_remove_if_empty, output_dir)
+        overrides.append(f"paths.output_dir={output_dir}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
+
+
+def _remove_if_empty(folder: str) -> None:
+    with contextlib.suppress(OSError):  # not empty (a job wrote its outputs there) or already gone: keep it
+        os.rmdir(folder)
 
 
 def seed_everything(seed: int) -> None:

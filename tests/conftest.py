@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,8 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _workers))
-# Tests never share stage-cache entries with the user's runs (or with an earlier test session).
+# Tests never share stage-cache entries with the user's runs (or with an earlier test session), and leave none behind.
 os.environ["BEHAVIORLM_STAGE_CACHE"] = tempfile.mkdtemp(prefix="behaviorlm-stage-cache-")
+atexit.register(shutil.rmtree, os.environ["BEHAVIORLM_STAGE_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

@@ -113,3 +113,19 @@ def test_sweep_values_come_from_overrides_and_sweeper_params():
     assert found["scoring.mode"] == ["exact", "beam"] and found["seed"] == ["0", "1"]
     with pytest.raises(ConfigError, match="selection.strategy.*randon"):
         check_sweep_values(found)
+
+
+def test_a_config_composed_outside_hydra_leaves_no_empty_output_folder_behind(tmp_path):
+    """`behaviorlm predict` and `evaluate` compose a config per call with a temporary output folder: one that nothing
+    was written to is removed at exit, one that holds a job's outputs is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from behaviorlm.utils import compose_config; "
+            "compose_config(); used = Path(compose_config().paths.output_dir); (used / 'metrics.json').write_text('{}')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    left = sorted(p.name for p in tmp_path.glob("behaviorlm-*"))
+    assert len(left) == 1 and (tmp_path / left[0] / "metrics.json").is_file(), left
