@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The claims sweeps of #33 at nyc_cpu on a CPU, run in the background across sessions on a machine that is kept
+# (the GPU path is tools/gpu/gpu_lease.sh). Everything lives under SWEEPS_HOME (default ~/sweeps), outside the work
+# tree, which a new session lays anew:
+#   src-<commit>/   a clone of the commit the sweeps run (a sweep re-composes its config from disk, and a job is
+#                   reused only under the same code), made by the first `start`, kept by every later one
+#   results/<target>/runs   the sweep folders as `make <target> RESULTS=...` leaves them; finished jobs are reused
+# and the caches in BEHAVIORLM_CACHE (default ~/.cache/behaviorlm; stages/ below it): models, tuned stages, test
+# predictions, epoch checkpoints.
+#
+#   bash tools/sweeps/cpu_claims.sh start     # start, or resume after the last finished epoch (nice, setsid)
+#   bash tools/sweeps/cpu_claims.sh status    # completed jobs per target and seed, and the log's last line
+#   bash tools/sweeps/cpu_claims.sh pause     # SIGSTOP the sweep, e.g. for `make test` (two torch processes on 2
+#   bash tools/sweeps/cpu_claims.sh resume    # cores slow each other 5-10x); SIGCONT it afterwards
+#   bash tools/sweeps/cpu_claims.sh stop
+# CLAIMS_SWEEPS picks the make targets, in order of value (make -k: a failed job does not stop the next target).
+# Copy a target's folder into the work tree's results/ and commit it once its seeds are complete: a session ends
+# its background commands with it, and only a kept machine keeps SWEEPS_HOME.
+set -euo pipefail
+SWEEPS_HOME=${SWEEPS_HOME:-$HOME/sweeps}
+CLAIMS_SWEEPS=${CLAIMS_SWEEPS:-paper-main ablation-components ablation-aux ablation-few-shot ablation-b-rate}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+PIDFILE=$SWEEPS_HOME/claims.pgid
+LOG=$SWEEPS_HOME/claims.log
+
+running() { [[ -s $PIDFILE ]] && kill -0 -- "-$(cat "$PIDFILE")" 2>/dev/null; }
+signal() { running || { echo "cpu_claims: no sweep is running"; exit 1; }; kill "-$1" -- "-$(cat "$PIDFILE")"; }
+
+case ${1:?usage: cpu_claims.sh start|status|pause|resume|stop} in
+start)
+  if running; then echo "cpu_claims: already running (process group $(cat "$PIDFILE"))"; exit 0; fi
+  mkdir -p "$SWEEPS_HOME"
+  src=$(ls -d "$SWEEPS_HOME"/src-* 2>/dev/null | head -1 || true)
+  if [[ -z $src ]]; then
+    src=$SWEEPS_HOME/src-$(git -C "$REPO" rev-parse --short HEAD)
+    git clone -q "$REPO" "$src"
+  fi
+  echo "cpu_claims: sweeps from $src (commit $(git -C "$src" rev-parse --short HEAD)), log $LOG"
+  # the clone's own environment: the work tree's editable install would import the work tree's code
+  (cd "$src" && make install >> "$LOG" 2>&1)
+  cache=${BEHAVIORLM_CACHE:-$HOME/.cache/behaviorlm}
+  setsid nohup env BEHAVIORLM_CACHE="$cache" BEHAVIORLM_STAGE_CACHE="$cache/stages" \
+    nice -n 10 make -k -C "$src" $CLAIMS_SWEEPS EXPERIMENT=nyc_cpu RESULTS="$SWEEPS_HOME/results" \
+    >> "$LOG" 2>&1 < /dev/null &
+  echo $! > "$PIDFILE"
+  echo "cpu_claims: started $CLAIMS_SWEEPS (process group $!)"
+  ;;
+status)
+  for target in $CLAIMS_SWEEPS; do
+    runs=$SWEEPS_HOME/results/$target/runs
+    [[ -d $runs ]] || continue
+    done_jobs=$(grep -l '"status": "completed"' "$runs"/*/metrics.json 2>/dev/null || true)
+    echo "$target: $(echo -n "$done_jobs" | grep -c . || true) completed jobs"
+    [[ -z $done_jobs ]] || grep -h -o '"seed": [0-9]*' $done_jobs | sort | uniq -c | sed 's/^/  /'
+  done
+  running && echo "running (process group $(cat "$PIDFILE"))" || echo "not running"
+  [[ -s $LOG ]] && tr '\r' '\n' < "$LOG" | grep -v '^\s*$' | tail -1 | cut -c1-200
+  ;;
+pause) signal STOP ;;
+resume) signal CONT ;;
+stop) signal TERM ;;
+*) echo "cpu_claims: unknown command '$1' (start | status | pause | resume | stop)"; exit 2 ;;
+esac
