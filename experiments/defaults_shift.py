@@ -10,7 +10,9 @@ samples only the new run got right and only the old one did, and the sign-flip p
 (behaviorlm.stats; samples flipped, so the test asks whether the two runs' hits differ beyond what swapping them
 per sample gives), Holm-adjusted over every job and metric. One seed per job tells whether a job's outcome moved;
 the mean shift of a stage order over seeds, with its Student-t interval, whether a method's mean moved. The first
-line of the output says in one line whether anything moved beyond noise (`verdict`).
+line of the output says in one line whether anything moved beyond noise (`verdict`), and whether the two sweeps may
+also differ in precision (jobs that predate the compute record, or bf16 beside fp32), which the pairing cannot
+separate from the defaults.
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
     return table
 
 
+def compute_of(sweep_dir: Path) -> str:
+    """The device and precision of a sweep's matrix products ("cpu/float32"), as its jobs recorded them; "not
+    recorded" for jobs that predate the record."""
+    kinds = {f"{m['device_type']}/{m['compute_dtype']}" if m.get("device_type") and m.get("compute_dtype")
+             else "not recorded" for m in completed_jobs(sweep_dir).values()}
+    return ", ".join(sorted(kinds))
+
+
+def compute_caveat(old: str, new: str) -> str:
+    """Half a line when the two sweeps may not have run in the same precision: then a shift is the new defaults' and
+    the machine's together (bf16 and fp32 round differently), and the comparison cannot tell them apart."""
+    if old == new and "not recorded" not in old:
+        return ""
+    return (f" The compute differs or is unknown (old: {old}; new: {new}): a shift is the new defaults' and the "
+            "precision's together.")
+
+
 def verdict(table: pd.DataFrame) -> str:
     """One line: did anything move beyond noise? A job x metric difference significant after Holm over all of them
     (noise of the test samples), or a stage order whose mean shift over seeds has a Student-t 95% interval that
@@ -92,9 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the markdown table to write")
     args = parser.parse_args(argv)
     table = compare(args.old, args.new)
+    caveat = compute_caveat(compute_of(args.old), compute_of(args.new))
     text = (f"Same jobs, same test samples: {args.new} against {args.old}, paired sample by sample "
             "(sign-flip permutation test of the difference, Holm-adjusted over every row; overall reweighted to the "
-            "test period's mix).\n\n" + verdict(table) + "\n\n" + markdown_table(table) + "\n")
+            "test period's mix).\n\n" + verdict(table) + caveat + "\n\n" + markdown_table(table) + "\n")
     atomic_write_text(args.out, text)
     print(text)
 

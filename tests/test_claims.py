@@ -220,6 +220,26 @@ def test_defaults_shift_pairs_the_same_job_of_two_sweeps_sample_by_sample(tmp_pa
     assert (table["stage_order"] == "joint").all() and table["p_permutation"].between(0, 1).all()
 
 
+def test_defaults_shift_says_when_the_two_sweeps_may_differ_in_precision_too(tmp_path):
+    """The old paper-main runs predate the compute record (bf16 on Zen 4); a rerun on an AVX2-only CPU trains in
+    fp32: a shift between them is not the defaults' alone, and the verdict line says so."""
+    from experiments.defaults_shift import compute_caveat, main
+
+    for sweep, compute in (("old", {}), ("new", {"device_type": "cpu", "compute_dtype": "float32"})):
+        folder = tmp_path / sweep / "runs" / "0"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"status": "completed", "stage_order": "joint", "seed": 0,
+                                                         "test/samples_digest": "d", "test/weight_anchor": 0.5,
+                                                         **compute}))
+        pd.DataFrame({"sample_id": ["a", "b"], "role": ["anchor", "tail"], "correct": [1, 0]}).to_csv(
+            folder / "test_predictions.csv", index=False)
+    main([str(tmp_path / "old"), str(tmp_path / "new"), "--out", str(tmp_path / "shift.md")])
+    verdict_line = (tmp_path / "shift.md").read_text().split("\n\n")[1]
+    assert verdict_line.startswith("**Nothing moved beyond noise**")
+    assert "The compute differs or is unknown (old: not recorded; new: cpu/float32)" in verdict_line
+    assert compute_caveat("cpu/float32", "cpu/float32") == ""
+    assert "old: cpu/bfloat16; new: cpu/float32" in compute_caveat("cpu/bfloat16", "cpu/float32")
+
 
 def test_defaults_shift_says_in_one_line_whether_anything_moved_beyond_noise():
     from experiments.defaults_shift import verdict
@@ -237,6 +257,7 @@ def test_defaults_shift_says_in_one_line_whether_anything_moved_beyond_noise():
     steady = verdict(table([0.030, 0.031, 0.029], [0.2, 0.2, 0.2]))
     assert steady.startswith("**Moved beyond noise**")
     assert "joint acc_tail +0.030 [+0.028, +0.032] over 3 seeds" in steady
+
 
 def write_efficiency_jobs(folder, ours_tail, sequence, n_ours=1000, digest="d"):
     """`make sample-efficiency`'s layout: behaviorlm/runs/N and sequence/runs/N, one metrics.json per job.
