@@ -54,7 +54,10 @@ status)
     [[ -z $done_jobs ]] || grep -h -o '"seed": [0-9]*' $done_jobs | sort | uniq -c | sed 's/^/  /'
   done
   running && echo "running (process group $(cat "$PIDFILE"))" || echo "not running"
-  [[ -s $LOG ]] && tr '\r' '\n' < "$LOG" | grep -v '^\s*$' | tail -1 | cut -c1-200
+  if [[ -s $LOG ]]; then  # the sweep's own count and estimate after its last job, then where the job is now
+    grep -a -o '\[sweep\] .*' "$LOG" | tail -1 || true
+    tr '\r' '\n' < "$LOG" | grep -v '^\s*$' | tail -1 | cut -c1-200
+  fi
   ;;
 pause) signal STOP ;;
 resume) signal CONT ;;
