@@ -2,8 +2,9 @@
 # The claims sweeps of #33 at nyc_cpu on a CPU, run in the background across sessions on a machine that is kept
 # (the GPU path is tools/gpu/gpu_lease.sh). Everything lives under SWEEPS_HOME (default ~/sweeps), outside the work
 # tree, which a new session lays anew:
-#   src-<commit>/   a clone of the commit the sweeps run (a sweep re-composes its config from disk, and a job is
-#                   reused only under the same code), made by the first `start`, kept by every later one
+#   src-<commit>/   a clone at SWEEP_COMMIT, the commit every seed of these sweeps runs (a sweep re-composes its
+#                   config from disk, a job is reused only under the same code, and seeds run by different code
+#                   would not be one sweep); set it anew only to start the sweeps over
 #   results/<target>/runs   the sweep folders as `make <target> RESULTS=...` leaves them; finished jobs are reused
 # and the caches in BEHAVIORLM_CACHE (default ~/.cache/behaviorlm; stages/ below it): models, tuned stages, test
 # predictions, epoch checkpoints.
@@ -19,6 +20,7 @@
 set -euo pipefail
 SWEEPS_HOME=${SWEEPS_HOME:-$HOME/sweeps}
 CLAIMS_SWEEPS=${CLAIMS_SWEEPS:-paper-main ablation-components ablation-aux ablation-few-shot ablation-b-rate}
+SWEEP_COMMIT=${SWEEP_COMMIT:-e8122e5c003818479f5a32812759ae587ed3a4d9}  # started 2026-12-06 on an AVX2-only EPYC
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PIDFILE=$SWEEPS_HOME/claims.pgid
 LOG=$SWEEPS_HOME/claims.log
@@ -30,10 +32,13 @@ case ${1:?usage: cpu_claims.sh start|status|pause|resume|stop} in
 start)
   if running; then echo "cpu_claims: already running (process group $(cat "$PIDFILE"))"; exit 0; fi
   mkdir -p "$SWEEPS_HOME"
-  src=$(ls -d "$SWEEPS_HOME"/src-* 2>/dev/null | head -1 || true)
-  if [[ -z $src ]]; then
-    src=$SWEEPS_HOME/src-$(git -C "$REPO" rev-parse --short HEAD)
+  src=$SWEEPS_HOME/src-${SWEEP_COMMIT:0:7}
+  if [[ ! -d $src ]]; then
     git clone -q "$REPO" "$src"
+    git -C "$src" checkout -q "$SWEEP_COMMIT"
+  fi
+  if [[ $(git -C "$src" rev-parse HEAD) != "$SWEEP_COMMIT"* ]]; then
+    echo "cpu_claims: $src is not at SWEEP_COMMIT $SWEEP_COMMIT"; exit 2
   fi
   echo "cpu_claims: sweeps from $src (commit $(git -C "$src" rev-parse --short HEAD)), log $LOG"
   # the clone's own environment: the work tree's editable install would import the work tree's code
