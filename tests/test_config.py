@@ -122,8 +122,8 @@ def test_a_config_composed_outside_hydra_leaves_no_empty_output_folder_behind(tm
     import subprocess
     import sys
 
-    code = ("from pathlib import Path; from behaviorlm.utils import compose_config; "
-            "compose_config(); used = Path(compose_config().paths.output_dir); (used / 'metrics.json').write_text('{}')")
+    code = ("from pathlib import Path; from behaviorlm.utils import compose_config; compose_config(); "
+            "used = Path(compose_config().paths.output_dir); (used / 'metrics.json').write_text('{}')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
