@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.collect import markdown_table, sample_weights
+from behaviorlm.collect import COMPUTE, add_compute, markdown_table, sample_weights
 from behaviorlm.stats import sign_flip_test, t_interval
 from behaviorlm.sweeps import completed_jobs
 from behaviorlm.utils import atomic_write_text
@@ -68,11 +68,11 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
 
 
 def compute_of(sweep_dir: Path) -> str:
-    """The device and precision of a sweep's matrix products ("cpu/float32"), as its jobs recorded them; "not
+    """The device and precision of a sweep's matrix products ("cpu/float32"), in collect's own terms; "not
     recorded" for jobs that predate the record."""
-    kinds = {f"{m['device_type']}/{m['compute_dtype']}" if m.get("device_type") and m.get("compute_dtype")
-             else "not recorded" for m in completed_jobs(sweep_dir).values()}
-    return ", ".join(sorted(kinds))
+    jobs = add_compute(pd.DataFrame(list(completed_jobs(sweep_dir).values())))
+    kinds = jobs[COMPUTE].fillna("not recorded") if COMPUTE in jobs else ["not recorded"]
+    return ", ".join(sorted(set(kinds)))
 
 
 def compute_caveat(old: str, new: str) -> str:
