@@ -51,13 +51,19 @@ start)
   echo "cpu_claims: started $CLAIMS_SWEEPS (process group $!)"
   ;;
 status)
-  for target in $CLAIMS_SWEEPS; do
-    runs=$SWEEPS_HOME/results/$target/runs
-    [[ -d $runs ]] || continue
-    done_jobs=$(grep -l '"status": "completed"' "$runs"/*/metrics.json 2>/dev/null || true)
-    echo "$target: $(echo -n "$done_jobs" | grep -c . || true) completed jobs"
-    [[ -z $done_jobs ]] || grep -h -o '"seed": [0-9]*' $done_jobs | sort | uniq -c | sed 's/^/  /'
-  done
+  # what collect counts as a sweep's completed jobs (behaviorlm.sweeps.completed_jobs: an earlier sweep's extra
+  # folders left out), from the work tree's environment
+  "$REPO/.venv/bin/python" - "$SWEEPS_HOME/results" $CLAIMS_SWEEPS <<'PY'
+import collections, sys
+from pathlib import Path
+from behaviorlm.sweeps import completed_jobs
+for target in sys.argv[2:]:
+    if (Path(sys.argv[1]) / target / "runs").is_dir():
+        jobs = completed_jobs(Path(sys.argv[1]) / target)
+        print(f"{target}: {len(jobs)} completed jobs")
+        for seed, n in sorted(collections.Counter(m.get("seed") for m in jobs.values()).items()):
+            print(f"  seed {seed}: {n}")
+PY
   running && echo "running (process group $(cat "$PIDFILE"))" || echo "not running"
   if [[ -s $LOG ]]; then  # the sweep's own count and estimate after its last job, then where the job is now
     grep -a -o '\[sweep\] .*' "$LOG" | tail -1 || true
