@@ -24,13 +24,15 @@ def check_sweep_values(values_by_key: dict[str, list[Any]]) -> None:
 
 
 def sweep_overrides(config: DictConfig) -> list:
-    """A multirun's overrides, parsed: the command line's and the sweeper's `params`."""
+    """A multirun's overrides, parsed, one per key, as the basic sweeper reads them: the sweeper's `params`, then
+    the command line's, whose value replaces a `params` entry of the same key (`make paper-main ARGS=seed=0` runs
+    one seed, not the three of `params`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    lines = list(config.hydra.overrides.task)
     params = config.hydra.sweeper.get("params") or {}
-    lines += [f"{key}={value}" for key, value in params.items()]
-    return OverridesParser.create().parse_overrides(lines)
+    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    by_key = {override.get_key_element(): override for override in OverridesParser.create().parse_overrides(lines)}
+    return list(by_key.values())
 
 
 def sweep_values(config: DictConfig) -> dict[str, list[Any]]:

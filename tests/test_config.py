@@ -115,6 +115,21 @@ def test_sweep_values_come_from_overrides_and_sweeper_params():
         check_sweep_values(found)
 
 
+def test_a_command_line_value_replaces_the_sweepers_params_entry_of_the_same_key():
+    """As Hydra's basic sweeper runs it: `ablation=paper_main seed=0` is 4 jobs of seed 0, not 12 (the progress
+    line's count, and which job folders count as an earlier sweep's, depend on it)."""
+    from omegaconf import OmegaConf
+
+    from behaviorlm.sweep_checks import sweep_values
+    from behaviorlm.sweeps import planned_jobs
+
+    config = OmegaConf.create({"hydra": {"overrides": {"task": ["+ablation=paper_main", "seed=0"]},
+                                         "sweeper": {"params": {"seed": "0,1,2", "stage_order": "a,b,c,d"}}}})
+    assert sweep_values(config)["seed"] == [0] and planned_jobs(config) == 4
+    config.hydra.overrides.task = ["seed=3,4"]
+    assert sweep_values(config)["seed"] == ["3", "4"] and planned_jobs(config) == 8
+
+
 def test_a_config_composed_outside_hydra_leaves_no_empty_output_folder_behind(tmp_path):
     """`behaviorlm predict` and `evaluate` compose a config per call with a temporary output folder: one that nothing
     was written to is removed at exit, one that holds a job's outputs is kept."""
