@@ -14,9 +14,10 @@
 #   bash tools/sweeps/cpu_claims.sh pause     # SIGSTOP the sweep, e.g. for `make test` (two torch processes on 2
 #   bash tools/sweeps/cpu_claims.sh resume    # cores slow each other 5-10x); SIGCONT it afterwards
 #   bash tools/sweeps/cpu_claims.sh stop
+#   bash tools/sweeps/cpu_claims.sh harvest   # complete seeds -> results/<target> (or <target>-rerun), collected
 # CLAIMS_SWEEPS picks the make targets, in order of value (make -k: a failed job does not stop the next target).
-# Copy a target's folder into the work tree's results/ and commit it once its seeds are complete: a session ends
-# its background commands with it, and only a kept machine keeps SWEEPS_HOME.
+# Harvest and commit each seed as soon as it is complete (tools/sweeps/harvest.py): a session ends its background
+# commands with it, and only a kept machine keeps SWEEPS_HOME.
 set -euo pipefail
 SWEEPS_HOME=${SWEEPS_HOME:-$HOME/sweeps}
 CLAIMS_SWEEPS=${CLAIMS_SWEEPS:-paper-main ablation-components ablation-aux ablation-few-shot ablation-b-rate}
@@ -28,7 +29,7 @@ LOG=$SWEEPS_HOME/claims.log
 running() { [[ -s $PIDFILE ]] && kill -0 -- "-$(cat "$PIDFILE")" 2>/dev/null; }
 signal() { running || { echo "cpu_claims: no sweep is running"; exit 1; }; kill "-$1" -- "-$(cat "$PIDFILE")"; }
 
-case ${1:?usage: cpu_claims.sh start|status|pause|resume|stop} in
+case ${1:?usage: cpu_claims.sh start|status|harvest|pause|resume|stop} in
 start)
   if running; then echo "cpu_claims: already running (process group $(cat "$PIDFILE"))"; exit 0; fi
   mkdir -p "$SWEEPS_HOME"
@@ -70,8 +71,9 @@ PY
     tr '\r' '\n' < "$LOG" | grep -v '^\s*$' | tail -1 | cut -c1-200
   fi
   ;;
+harvest) cd "$REPO" && "$REPO/.venv/bin/python" -m tools.sweeps.harvest "$SWEEPS_HOME/results" $CLAIMS_SWEEPS ;;
 pause) signal STOP ;;
 resume) signal CONT ;;
 stop) signal TERM ;;
-*) echo "cpu_claims: unknown command '$1' (start | status | pause | resume | stop)"; exit 2 ;;
+*) echo "cpu_claims: unknown command '$1' (start | status | harvest | pause | resume | stop)"; exit 2 ;;
 esac

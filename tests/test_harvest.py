@@ -1,0 +1,71 @@
+"""tools.sweeps.harvest: only complete seeds of a background sweep reach the work tree, beside an older sweep."""
+import json
+
+import pytest
+
+from tools.sweeps import harvest as harvest_module
+
+
+def fake_sweep(root, statuses, group="paper-main-1"):
+    """A make-target sweep folder over seeds 0,1 x stage_order progressive,joint; statuses[i]: job i's status
+    (None: not started). Each job folder holds an adapter, which must stay on the machine."""
+    runs = root / "runs"
+    runs.mkdir(parents=True)
+    (runs / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: []\n  sweeper:\n    params:\n"
+        "      seed: 0,1\n      stage_order: progressive,joint\nseed: 0\n")
+    (runs / ".wandb_group").write_text(group + "\n")
+    jobs = [(seed, order) for seed in (0, 1) for order in ("progressive", "joint")]
+    for number, ((seed, order), status) in enumerate(zip(jobs, statuses)):
+        if status is None:
+            continue
+        job = runs / str(number)
+        (job / "adapter").mkdir(parents=True)
+        (job / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+        (job / "metrics.json").write_text(json.dumps({"status": status, "seed": seed, "stage_order": order}))
+        (job / "test_predictions.csv").write_text("sample,hit\n0,1\n")
+    return root
+
+
+def test_only_seeds_whose_every_planned_job_completed_are_harvested(tmp_path):
+    sweep = fake_sweep(tmp_path / "sweeps" / "paper-main", ["completed", "completed", "completed", "failed"])
+    seeds, progress = harvest_module.complete_seeds(sweep)
+    assert {seed: [f.name for f in folders] for seed, folders in seeds.items()} == {0: ["0", "1"]}
+    assert progress == {0: "2/2", 1: "1/2"}
+
+    sweep = fake_sweep(tmp_path / "sweeps" / "other", ["completed", None, None, None])
+    assert harvest_module.complete_seeds(sweep)[0] == {}
+
+
+def test_harvest_copies_complete_seeds_beside_an_older_sweep_and_leaves_weights_behind(tmp_path, monkeypatch):
+    collected = []
+    monkeypatch.setattr(harvest_module.subprocess, "run", lambda command, check: collected.append(command))
+    results = tmp_path / "results"
+    (results / "paper-main" / "runs" / "0").mkdir(parents=True)  # an older sweep of the target, without a group
+    (results / "paper-main" / "runs" / "0" / "metrics.json").write_text("{}")
+    sweep = fake_sweep(tmp_path / "sweeps" / "paper-main", ["completed", "completed", "completed", None])
+
+    dest = harvest_module.harvest(sweep, results, "paper-main")
+
+    assert dest == results / "paper-main-rerun"
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == [".wandb_group", "0", "1", "multirun.yaml"]
+    assert (dest / "runs" / "0" / "test_predictions.csv").is_file()
+    assert not (dest / "runs" / "0" / "adapter").exists()
+    assert (results / "paper-main" / "runs" / "0" / "metrics.json").read_text() == "{}"  # the older one untouched
+    assert collected[0][-5:] == [str(dest), "--key", "stage_order", "--reference", "joint"]
+
+    # the same sweep harvested again once seed 1 completes: into the same folder, now with both seeds
+    job = sweep / "runs" / "3"
+    job.mkdir()
+    (job / "metrics.json").write_text(json.dumps({"status": "completed", "seed": 1, "stage_order": "joint"}))
+    assert harvest_module.harvest(sweep, results, "paper-main") == dest
+    assert sorted(p.name for p in (dest / "runs").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+
+
+def test_a_target_without_results_lands_in_its_own_folder_and_an_unknown_target_is_refused(tmp_path):
+    sweep = fake_sweep(tmp_path / "sweeps" / "ablation-aux", ["completed"] * 4)
+    results = tmp_path / "results"
+    assert harvest_module.destination(sweep, results, "ablation-aux") == results / "ablation-aux"
+    assert harvest_module.collect_arguments("ablation-aux") == ["--key", "aux_ratio", "--reference", "0.05"]
+    with pytest.raises(SystemExit, match="no-such-target"):
+        harvest_module.collect_arguments("no-such-target")

@@ -1,0 +1,109 @@
+"""Copy the complete seeds of a background sweep into the work tree's results/ and collect them there.
+
+A session ends its background commands with it, and only a kept machine keeps the sweep's folders
+(tools/sweeps/cpu_claims.sh), so a seed's jobs are committed as soon as all of them have completed; a seed with a
+job still running or failed is left where it is, since a table that mixes a seed's finished methods with another
+seed's would compare different seed sets.
+
+    python -m tools.sweeps.harvest ~/sweeps/results paper-main ablation-components   # (cpu_claims.sh harvest)
+
+Each target lands in results/<target>, unless that folder holds another sweep (an earlier run of the same target,
+such as the paper-main of before today's defaults: its `.wandb_group` differs or is absent): then in
+results/<target>-rerun, which the old folder stays beside until the rerun replaces it. The job folders keep what
+the committed results keep (metrics, per-sample predictions, selection, Hydra's record); adapters, checkpoints and
+W&B files stay on the machine. `behaviorlm collect` then runs on the copy with the key and reference the target's
+Makefile line gives it, so the tables are the ones `make <target>` would write.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from behaviorlm.sweep_checks import sweep_values
+from behaviorlm.sweeps import completed_jobs, planned_jobs
+
+REPO = Path(__file__).resolve().parents[2]
+# What stays on the machine: the weights and W&B's files (the .gitignore leaves them out of a commit too).
+LEFT_ON_THE_MACHINE = shutil.ignore_patterns("adapter", "base_model", "wandb", "*.pt", "*.safetensors")
+SWEEP_FILES = ("multirun.yaml", "sweep_summary.json", ".wandb_group")
+
+
+def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
+    """({seed: its job folders} for the seeds all of whose planned jobs completed, {seed: completed/planned} for
+    every seed the sweep plans)."""
+    runs = sweep / "runs"
+    config = OmegaConf.load(runs / "multirun.yaml")
+    seeds = [int(seed) for seed in sweep_values(config).get("seed", [config.seed])]
+    per_seed = planned_jobs(config) // len(seeds)
+    by_seed: dict[int, list[Path]] = {}
+    for folder, metrics in completed_jobs(sweep).items():
+        by_seed.setdefault(int(metrics["seed"]), []).append(folder)
+    done = Counter({seed: len(folders) for seed, folders in by_seed.items()})
+    progress = {seed: f"{done[seed]}/{per_seed}" for seed in seeds}
+    return {seed: folders for seed, folders in by_seed.items() if len(folders) == per_seed}, progress
+
+
+def destination(sweep: Path, results: Path, target: str) -> Path:
+    """results/<target>, or results/<target>-rerun when results/<target> holds another sweep's jobs."""
+    dest = results / target
+    group = (sweep / "runs" / ".wandb_group").read_text().strip()
+    held = dest / "runs" / ".wandb_group"
+    holds_another = (dest / "runs").is_dir() and (not held.is_file() or held.read_text().strip() != group)
+    return results / f"{target}-rerun" if holds_another else dest
+
+
+def collect_arguments(target: str, makefile: Path = REPO / "Makefile") -> list[str]:
+    """The --key/--reference `make <target>` hands `behaviorlm collect` (its `$(call sweep,...)` line)."""
+    found = re.search(rf"\$\(call sweep,{re.escape(target)},[^,)]*,([^,)]+)(?:,([^,)]*))?\)", makefile.read_text())
+    if not found:
+        raise SystemExit(f"error: {makefile} has no '$(call sweep,{target},...)' line to take the collect key from")
+    key, reference = found.groups()
+    return ["--key", key] + (["--reference", reference] if reference else [])
+
+
+def harvest(sweep: Path, results: Path, target: str) -> Path | None:
+    """Copy the sweep's complete seeds into their destination and collect it; the destination, or None."""
+    seeds, progress = complete_seeds(sweep)
+    print(f"{target}: seeds complete/planned jobs {progress}")
+    if not seeds:
+        return None
+    dest = destination(sweep, results, target)
+    (dest / "runs").mkdir(parents=True, exist_ok=True)
+    for name in SWEEP_FILES:
+        if (sweep / "runs" / name).is_file():
+            shutil.copy2(sweep / "runs" / name, dest / "runs" / name)
+    for folders in seeds.values():
+        for folder in folders:
+            # copied beside runs/, then swapped in: an interrupted harvest leaves no half-copied job to collect
+            staged = dest / f".harvest-{folder.name}"
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(folder, staged, ignore=LEFT_ON_THE_MACHINE)
+            shutil.rmtree(dest / "runs" / folder.name, ignore_errors=True)
+            staged.rename(dest / "runs" / folder.name)
+    print(f"{target}: seeds {sorted(seeds)} -> {dest}")
+    subprocess.run([sys.executable, "-m", "behaviorlm.collect", str(dest), *collect_arguments(target)], check=True)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", type=Path, help="the folder holding the targets' sweeps (<target>/runs)")
+    parser.add_argument("targets", nargs="+", help="make targets, e.g. paper-main ablation-components")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="where they land (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for target in args.targets:
+        if (args.sweeps / target / "runs" / "multirun.yaml").is_file():
+            harvest(args.sweeps / target, args.results, target)
+        else:
+            print(f"{target}: no sweep under {args.sweeps / target} yet")
+
+
+if __name__ == "__main__":
+    main()
