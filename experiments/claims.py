@@ -169,10 +169,16 @@ def verdict(claim: Claim, row: pd.Series, ref_mean: Optional[float], mine=None, 
         effect = claim.relative_effect * ref_mean
         seeds = seeds_needed(row, effect) if seed_interval else None
         samples = samples_needed(float(row.se_sample_level), int(row.n_samples), effect)
-        wants = [f"about {seeds} seeds" if seeds else "", f"about {samples:,} test samples" if samples else ""]
+        n_seeds, n_samples = int(row.n_seeds), int(row.n_samples)
+        # more test samples are only named when they would help: with enough already, the seeds are what is short
+        wants = [f"about {seeds} seeds (now {n_seeds})" if seeds else "",
+                 f"about {samples:,} test samples (now {n_samples:,})" if samples and samples > n_samples else ""]
         if any(wants):
             reasons.append(f"detecting the paper's difference ({effect:+.3f}) with 80% power needs "
-                           f"{' or '.join(w for w in wants if w)} (now {int(row.n_seeds)} and {int(row.n_samples)})")
+                           f"{' or '.join(w for w in wants if w)}")
+        if samples and samples <= n_samples:
+            reasons.append(f"the {n_samples:,} test samples already give the sample-level test 80% power for the "
+                           f"paper's difference (it needs about {samples:,})")
     return "inconclusive at this scale", "; ".join(reasons)
 
 
@@ -300,7 +306,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or args.results
     table = claims_table(args.results)
-    table.to_csv(out / "claims.csv", index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "claims.csv", table.to_csv(index=False))
     atomic_write_text(out / "claims.md", to_markdown(table))
     print(to_markdown(table))
 

@@ -48,7 +48,13 @@ def test_power_at_80_percent_by_the_named_formulas():
     assert seeds_needed(row, 0.046) == 5
     decision, why = verdict(Claim("overall up", "paper-main", "progressive", "joint", "acc_overall", +1, 0.204),
                             row, 0.226)
-    assert decision == "inconclusive at this scale" and "about 5 seeds" in why and "80% power" in why
+    assert decision == "inconclusive at this scale" and "needs about 5 seeds (now 3)" in why
+    # 264 samples would do at the sample level, and 600 are there: more samples are not what it needs
+    assert "or about" not in why and "600 test samples already give the sample-level test 80% power" in why
+    # one seed, a noisier sample-level difference: no seed count to name, and the samples now fall short
+    _, why = verdict(Claim("overall up", "paper-main", "progressive", "joint", "acc_overall", +1, 0.204),
+                     paired_row(-0.013, float("nan"), float("nan"), 0.22, seeds=1, se=0.03), 0.226)
+    assert "needs about 1,9" in why and "test samples (now 600)" in why and "seeds (now" not in why
 
 
 def test_sign_flip_test_equals_the_exact_enumeration_on_ten_samples_and_two_seeds():
