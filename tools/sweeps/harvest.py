@@ -41,7 +41,11 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
     runs = sweep / "runs"
     config = OmegaConf.load(runs / "multirun.yaml")
     seeds = [int(seed) for seed in sweep_values(config).get("seed", [config.seed])]
-    per_seed = planned_jobs(config) // len(seeds)
+    planned = planned_jobs(config)
+    if planned is None:
+        raise SystemExit(f"error: {runs / 'multirun.yaml'}: the sweep's job count cannot be told in advance (not the "
+                         "basic sweeper's grid), so neither can a complete seed")
+    per_seed = planned // len(seeds)
     by_seed: dict[int, list[Path]] = {}
     for folder, metrics in completed_jobs(sweep).items():
         by_seed.setdefault(int(metrics["seed"]), []).append(folder)
@@ -53,6 +57,8 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
 def destination(sweep: Path, results: Path, target: str) -> Path:
     """results/<target>, or results/<target>-rerun when results/<target> holds another sweep's jobs."""
     dest = results / target
+    if not (sweep / "runs" / ".wandb_group").is_file():
+        raise SystemExit(f"error: {sweep / 'runs'} has no .wandb_group: not a sweep a make target started")
     group = (sweep / "runs" / ".wandb_group").read_text().strip()
     held = dest / "runs" / ".wandb_group"
     holds_another = (dest / "runs").is_dir() and (not held.is_file() or held.read_text().strip() != group)
