@@ -31,7 +31,7 @@ def test_only_seeds_whose_every_planned_job_completed_are_harvested(tmp_path):
     sweep = fake_sweep(tmp_path / "sweeps" / "paper-main", ["completed", "completed", "completed", "failed"])
     seeds, progress = harvest_module.complete_seeds(sweep)
     assert {seed: [f.name for f in folders] for seed, folders in seeds.items()} == {0: ["0", "1"]}
-    assert progress == {0: "2/2", 1: "1/2"}
+    assert progress == {0: "2/2 jobs", 1: "1/2 jobs"}
 
     sweep = fake_sweep(tmp_path / "sweeps" / "other", ["completed", None, None, None])
     assert harvest_module.complete_seeds(sweep)[0] == {}
@@ -45,6 +45,8 @@ def test_harvest_copies_complete_seeds_beside_an_older_sweep_and_leaves_weights_
     (results / "paper-main" / "runs" / "0" / "metrics.json").write_text("{}")
     sweep = fake_sweep(tmp_path / "sweeps" / "paper-main", ["completed", "completed", "completed", None])
 
+    assert harvest_module.harvest(sweep, results, "paper-main", dry_run=True) is None
+    assert not (results / "paper-main-rerun").exists() and not collected
     dest = harvest_module.harvest(sweep, results, "paper-main")
 
     assert dest == results / "paper-main-rerun"

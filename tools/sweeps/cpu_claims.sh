@@ -52,19 +52,8 @@ start)
   echo "cpu_claims: started $CLAIMS_SWEEPS (process group $!)"
   ;;
 status)
-  # what collect counts as a sweep's completed jobs (behaviorlm.sweeps.completed_jobs: an earlier sweep's extra
-  # folders left out), from the work tree's environment
-  "$REPO/.venv/bin/python" - "$SWEEPS_HOME/results" $CLAIMS_SWEEPS <<'PY'
-import collections, sys
-from pathlib import Path
-from behaviorlm.sweeps import completed_jobs
-for target in sys.argv[2:]:
-    if (Path(sys.argv[1]) / target / "runs").is_dir():
-        jobs = completed_jobs(Path(sys.argv[1]) / target)
-        print(f"{target}: {len(jobs)} completed jobs")
-        for seed, n in sorted(collections.Counter(m.get("seed") for m in jobs.values()).items()):
-            print(f"  seed {seed}: {n}")
-PY
+  # how far each seed of each target is: what `harvest` counts (behaviorlm.sweeps.completed_jobs, as collect does)
+  (cd "$REPO" && "$REPO/.venv/bin/python" -m tools.sweeps.harvest --dry-run "$SWEEPS_HOME/results" $CLAIMS_SWEEPS)
   running && echo "running (process group $(cat "$PIDFILE"))" || echo "not running"
   if [[ -s $LOG ]]; then  # the sweep's own count and estimate after its last job, then where the job is now
     grep -a -o '\[sweep\] .*' "$LOG" | tail -1 || true

@@ -50,7 +50,7 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
     for folder, metrics in completed_jobs(sweep).items():
         by_seed.setdefault(int(metrics["seed"]), []).append(folder)
     done = Counter({seed: len(folders) for seed, folders in by_seed.items()})
-    progress = {seed: f"{done[seed]}/{per_seed}" for seed in seeds}
+    progress = {seed: f"{done[seed]}/{per_seed} jobs" for seed in seeds}
     return {seed: folders for seed, folders in by_seed.items() if len(folders) == per_seed}, progress
 
 
@@ -74,11 +74,12 @@ def collect_arguments(target: str, makefile: Path = REPO / "Makefile") -> list[s
     return ["--key", key] + (["--reference", reference] if reference else [])
 
 
-def harvest(sweep: Path, results: Path, target: str) -> Path | None:
-    """Copy the sweep's complete seeds into their destination and collect it; the destination, or None."""
+def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> Path | None:
+    """Copy the sweep's complete seeds into their destination and collect it; the destination, or None. With
+    dry_run, only say how far each seed is."""
     seeds, progress = complete_seeds(sweep)
-    print(f"{target}: seeds complete/planned jobs {progress}")
-    if not seeds:
+    print(f"{target}: " + ", ".join(f"seed {seed} {done}" for seed, done in progress.items()))
+    if not seeds or dry_run:
         return None
     dest = destination(sweep, results, target)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
@@ -103,10 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweeps", type=Path, help="the folder holding the targets' sweeps (<target>/runs)")
     parser.add_argument("targets", nargs="+", help="make targets, e.g. paper-main ablation-components")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where they land (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="only say how far each seed is (completed/planned "
+                        "jobs); copy nothing")
     args = parser.parse_args(argv)
     for target in args.targets:
         if (args.sweeps / target / "runs" / "multirun.yaml").is_file():
-            harvest(args.sweeps / target, args.results, target)
+            harvest(args.sweeps / target, args.results, target, args.dry_run)
         else:
             print(f"{target}: no sweep under {args.sweeps / target} yet")
 
