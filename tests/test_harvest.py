@@ -39,7 +39,7 @@ def test_only_seeds_whose_every_planned_job_completed_are_harvested(tmp_path):
 
 def test_harvest_copies_complete_seeds_beside_an_older_sweep_and_leaves_weights_behind(tmp_path, monkeypatch):
     collected = []
-    monkeypatch.setattr(harvest_module.subprocess, "run", lambda command, check: collected.append(command))
+    monkeypatch.setattr(harvest_module.collect, "main", collected.append)
     results = tmp_path / "results"
     (results / "paper-main" / "runs" / "0").mkdir(parents=True)  # an older sweep of the target, without a group
     (results / "paper-main" / "runs" / "0" / "metrics.json").write_text("{}")
@@ -54,7 +54,7 @@ def test_harvest_copies_complete_seeds_beside_an_older_sweep_and_leaves_weights_
     assert (dest / "runs" / "0" / "test_predictions.csv").is_file()
     assert not (dest / "runs" / "0" / "adapter").exists()
     assert (results / "paper-main" / "runs" / "0" / "metrics.json").read_text() == "{}"  # the older one untouched
-    assert collected[0][-5:] == [str(dest), "--key", "stage_order", "--reference", "joint"]
+    assert collected[0] == [str(dest), "--key", "stage_order", "--reference", "joint"]
 
     # the same sweep harvested again once seed 1 completes: into the same folder, now with both seeds
     job = sweep / "runs" / "3"

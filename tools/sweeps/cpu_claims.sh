@@ -28,6 +28,10 @@ LOG=$SWEEPS_HOME/claims.log
 
 running() { [[ -s $PIDFILE ]] && kill -0 -- "-$(cat "$PIDFILE")" 2>/dev/null; }
 signal() { running || { echo "cpu_claims: no sweep is running"; exit 1; }; kill "-$1" -- "-$(cat "$PIDFILE")"; }
+# tools/sweeps/harvest.py over every target, from the work tree's environment (the clone's would import its code)
+harvest() {
+  (cd "$REPO" && "$REPO/.venv/bin/python" -m tools.sweeps.harvest "$@" "$SWEEPS_HOME/results" $CLAIMS_SWEEPS)
+}
 
 case ${1:?usage: cpu_claims.sh start|status|harvest|pause|resume|stop} in
 start)
@@ -53,14 +57,14 @@ start)
   ;;
 status)
   # how far each seed of each target is: what `harvest` counts (behaviorlm.sweeps.completed_jobs, as collect does)
-  (cd "$REPO" && "$REPO/.venv/bin/python" -m tools.sweeps.harvest --dry-run "$SWEEPS_HOME/results" $CLAIMS_SWEEPS)
+  harvest --dry-run
   running && echo "running (process group $(cat "$PIDFILE"))" || echo "not running"
   if [[ -s $LOG ]]; then  # the sweep's own count and estimate after its last job, then where the job is now
     grep -a -o '\[sweep\] .*' "$LOG" | tail -1 || true
     tr '\r' '\n' < "$LOG" | grep -v '^\s*$' | tail -1 | cut -c1-200
   fi
   ;;
-harvest) cd "$REPO" && "$REPO/.venv/bin/python" -m tools.sweeps.harvest "$SWEEPS_HOME/results" $CLAIMS_SWEEPS ;;
+harvest) harvest ;;
 pause) signal STOP ;;
 resume) signal CONT ;;
 stop) signal TERM ;;

@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import subprocess
-import sys
-from collections import Counter
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from behaviorlm import collect
 from behaviorlm.sweep_checks import sweep_values
 from behaviorlm.sweeps import completed_jobs, planned_jobs
 
@@ -49,8 +47,7 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
     by_seed: dict[int, list[Path]] = {}
     for folder, metrics in completed_jobs(sweep).items():
         by_seed.setdefault(int(metrics["seed"]), []).append(folder)
-    done = Counter({seed: len(folders) for seed, folders in by_seed.items()})
-    progress = {seed: f"{done[seed]}/{per_seed} jobs" for seed in seeds}
+    progress = {seed: f"{len(by_seed.get(seed, []))}/{per_seed} jobs" for seed in seeds}
     return {seed: folders for seed, folders in by_seed.items() if len(folders) == per_seed}, progress
 
 
@@ -95,7 +92,7 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
             shutil.rmtree(dest / "runs" / folder.name, ignore_errors=True)
             staged.rename(dest / "runs" / folder.name)
     print(f"{target}: seeds {sorted(seeds)} -> {dest}")
-    subprocess.run([sys.executable, "-m", "behaviorlm.collect", str(dest), *collect_arguments(target)], check=True)
+    collect.main([str(dest), *collect_arguments(target)])
     return dest
 
 
