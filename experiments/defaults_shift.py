@@ -46,7 +46,8 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
                              f"{old_metrics['test/samples_digest']} vs {new_metrics['test/samples_digest']})")
         old, new = (pd.read_csv(folder / "test_predictions.csv").set_index("sample_id")
                     for folder in (old_folder, new_folder))
-        both = old[["role", "correct"]].join(new[["correct"]], rsuffix="_new", how="inner")
+        both = old[["role", "correct"]].merge(new[["correct"]].add_suffix("_new"), left_index=True,
+                                              right_index=True)
         for metric in METRICS:
             weights = sample_weights(both["role"], new_metrics.get("test/weight_anchor"), metric)
             chosen = weights > 0
@@ -57,13 +58,16 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
                          "new": round(float(np.sum(weights * after)), 4),
                          "diff": round(float(np.sum(weights * (after - before))), 4),
                          "only new right": int(((after > before) & chosen).sum()),
-                         "only old right": int(((after < before) & chosen).sum()), "p_permutation": round(p, 4)})
+                         "only old right": int(((after < before) & chosen).sum()), "p_permutation": p})
     if not rows:
         raise SystemExit(f"error: no (stage_order, seed) job completed in both {old_dir} and {new_dir}")
     table = pd.DataFrame(rows)
     from statsmodels.stats.multitest import multipletests
 
-    table["p_holm"] = multipletests(table["p_permutation"], method="holm")[1].round(4)  # every job x metric at once
+    table["p_holm"] = multipletests(table["p_permutation"], method="holm")[1]  # every job x metric at once
+    # Two significant digits, after the adjustment: rounded to decimals first, a Monte-Carlo p of 1e-5 read as 0.
+    for column in ("p_permutation", "p_holm"):
+        table[column] = table[column].map(lambda p: float(f"{p:.2g}"))
     return table
 
 

@@ -112,8 +112,8 @@ def operating_points(jobs: pd.DataFrame, wise: pd.DataFrame | None) -> pd.DataFr
 def beats(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, bool]:
     """(higher mean on both axes; and the Student-t 95% interval of the per-seed paired difference above zero on
     both axes) of one operating point over another, on the seeds both have."""
-    pair = mine.set_index("seed")[["anchor", "tail"]].join(theirs.set_index("seed")[["anchor", "tail"]],
-                                                            rsuffix="_other", how="inner")
+    pair = mine.set_index("seed")[["anchor", "tail"]].merge(
+        theirs.set_index("seed")[["anchor", "tail"]].add_suffix("_other"), left_index=True, right_index=True)
     by_mean = all(pair[axis].mean() > pair[f"{axis}_other"].mean() for axis in ("anchor", "tail"))
     by_interval = by_mean and all(t_interval((pair[axis] - pair[f"{axis}_other"]).to_numpy())[0] > 0
                                   for axis in ("anchor", "tail"))

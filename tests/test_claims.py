@@ -226,6 +226,26 @@ def test_defaults_shift_pairs_the_same_job_of_two_sweeps_sample_by_sample(tmp_pa
     assert (table["stage_order"] == "joint").all() and table["p_permutation"].between(0, 1).all()
 
 
+def test_defaults_shift_never_prints_a_p_value_of_zero(tmp_path):
+    # 30 of 40 samples right only in the new run: the Monte-Carlo p is about 1e-5, which rounding to four
+    # decimals before Holm's adjustment turned into "Holm p = 0".
+    from experiments.defaults_shift import compare, verdict
+
+    for sweep, correct in (("old", [0] * 40), ("new", [1] * 30 + [0] * 10)):
+        folder = tmp_path / sweep / "runs" / "0"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"status": "completed", "stage_order": "zero_shot",
+                                                         "seed": 0, "test/samples_digest": "d",
+                                                         "test/weight_anchor": 0.5}))
+        pd.DataFrame({"sample_id": [f"s{i}" for i in range(40)], "role": ["anchor", "tail"] * 20,
+                      "correct": correct}).to_csv(folder / "test_predictions.csv", index=False)
+    table = compare(tmp_path / "old", tmp_path / "new")
+    assert (table["p_permutation"] > 0).all() and (table["p_holm"] > 0).all()
+    assert table["p_holm"].max() < 0.001
+    line = verdict(table)
+    assert line.startswith("**Moved beyond noise**") and "Holm p = 0)" not in line and "Holm p = 0.0)" not in line
+
+
 def test_defaults_shift_says_when_the_two_sweeps_may_differ_in_precision_too(tmp_path):
     """The old paper-main runs predate the compute record (bf16 on Zen 4); a rerun on an AVX2-only CPU trains in
     fp32: a shift between them is not the defaults' alone, and the verdict line says so."""
