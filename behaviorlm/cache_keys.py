@@ -47,6 +47,7 @@ GLOBAL_IGNORES: dict[str, str] = {
     "scoring.logit_adjustment": "test-time re-ranking after the stages",
     "train.b_tuning.merge_alpha": "test-time adapter interpolation after the stages",
     "scoring.wise_ft_alpha": "test-time scaling of the tuned update after the stages",
+    "train.checkpoint_interval_s": "when a checkpoint is written; a resumed stage ends as an uninterrupted one",
 }
 
 CACHE_VERSION = 2  # bump when an entry's layout changes

@@ -175,6 +175,7 @@ class TrainConfig:
     attn_implementation: str = "auto"  # (str) training forward's attention: auto (eager on CPU) | eager | sdpa
     compile: str = "auto"  # (str) compile the decoder layers while training: auto (CPU, 100+ steps) | always | never
     max_steps_per_epoch: Optional[int] = None  # (int|null) cap optimizer steps per epoch (smoke runs)
+    checkpoint_interval_s: Optional[float] = 600.0  # (float|null) also checkpoint inside an epoch this often
     early_stopping: bool = True  # (bool) stop on validation accuracy and keep the best epoch's adapter
     val_samples_for_early_stopping: Optional[int] = 200  # (int|null) validation samples scored after each epoch
 

@@ -4,8 +4,8 @@ Why our own loop rather than HF Trainer: the loss is on answer tokens only and t
 sequence, so with left padding every answer sits in the last columns and the model computes vocabulary logits for
 just those columns (`logits_to_keep`) — the 49k-way LM head over the whole prompt is most of a small model's
 training cost. Batches are grouped by length to avoid padding, early stopping scores real validation accuracy
-with the candidate scorer, and each epoch leaves a checkpoint to resume from. None of this needs Trainer's
-machinery, and a loop this size is easy to audit.
+with the candidate scorer, and each epoch (and every `checkpoint_interval_s` inside one) leaves a checkpoint to
+resume from. None of this needs Trainer's machinery, and a loop this size is easy to audit.
 """
 
 from __future__ import annotations
@@ -172,10 +172,15 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
     loss_sum) defaults to the answer tokens' cross-entropy, its forward attending with `train_cfg.attn_implementation`;
     `stages.CandidateSoftmaxLoss` is the balanced-softmax one. `train_cfg.compile` (`layer_compilation`): the
     batches run through compiled decoder layers, validation between epochs eagerly.
+
+    With `checkpoint_dir`, each epoch's end leaves a checkpoint, and so does the first optimizer step after every
+    `train_cfg.checkpoint_interval_s` seconds inside an epoch (null: epoch ends only; 0: every step): a killed run
+    resumes from the last one and ends exactly as an uninterrupted run would.
     """
     max_epochs, learning_rate, patience = stage_cfg.max_epochs, stage_cfg.learning_rate, stage_cfg.patience
     batch_size, grad_accum = train_cfg.batch_size, train_cfg.grad_accum
     max_steps_per_epoch = train_cfg.max_steps_per_epoch
+    checkpoint_interval_s = train_cfg.checkpoint_interval_s
     objective = objective or AnswerTokenLoss(pad_id, device, amp_dtype,
                                              training_attention(train_cfg.attn_implementation, device))
     if not examples:
@@ -208,6 +213,7 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
 
     history: list[EpochResult] = []
     best_accuracy, best_state, stale, step, first_epoch, stopped = -1.0, None, 0, 0, 1, False
+    unfinished_epoch = None  # a mid-epoch checkpoint's place in its epoch and the epoch's running totals
     resumed = latest_checkpoint(checkpoint_dir)
     if resumed is not None:
         # Everything the remaining epochs depend on, so that a resumed run ends exactly as an uninterrupted one.
@@ -220,16 +226,41 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
         best_accuracy, best_state, stale, step = (resumed["best_accuracy"], resumed["best_state"], resumed["stale"],
                                                   resumed["step"])
         first_epoch, stopped = resumed["epoch"] + 1, resumed["stopped"]
-        log.info("%s: resuming after epoch %d from %s", desc, resumed["epoch"], checkpoint_dir)
+        unfinished_epoch = resumed.get("unfinished_epoch")
+        if unfinished_epoch is None:
+            log.info("%s: resuming after epoch %d from %s", desc, resumed["epoch"], checkpoint_dir)
+        else:
+            log.info("%s: resuming in epoch %d after batch %d of %d from %s", desc, first_epoch,
+                     unfinished_epoch["next_batch"], unfinished_epoch["batches"], checkpoint_dir)
+
+    def resume_state() -> dict:
+        """Everything the rest of the stage depends on, so that a resumed run ends exactly as an uninterrupted one."""
+        return {"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "history": [vars(h) for h in history],
+                "best_accuracy": best_accuracy, "best_state": best_state, "stale": stale, "step": step,
+                "stopped": stopped}
+
+    last_checkpoint = time.perf_counter()
     for epoch in range(first_epoch, max_epochs + 1):
         if stopped:
             break
         train_model.train()
-        started, seen, loss_total, token_total, skipped = time.perf_counter(), 0, 0.0, 0, 0
+        if unfinished_epoch is not None:
+            # The epoch's batches drawn again from the generator's state at the epoch's start, those already trained
+            # skipped: the generator ends where the uninterrupted epoch left it.
+            rng.bit_generator.state = unfinished_epoch["epoch_start_rng"]
+            seen, loss_total, token_total, skipped = (unfinished_epoch[name] for name in
+                                                      ("seen", "loss_total", "token_total", "skipped"))
+            first_batch, started = unfinished_epoch["next_batch"], time.perf_counter() - unfinished_epoch["seconds"]
+            unfinished_epoch = None
+        else:
+            started, seen, loss_total, token_total, skipped, first_batch = time.perf_counter(), 0, 0.0, 0, 0, 0
+        epoch_start_rng = rng.bit_generator.state
         batches = length_grouped_batches(lengths, batch_size, rng)[:steps_per_epoch * grad_accum]
-        bar = tqdm(total=len(batches), desc=f"{desc} epoch {epoch}/{max_epochs}", unit="batch", leave=False,
-                   mininterval=2.0, disable=not dist.is_main)
-        for group_start in range(0, len(batches), grad_accum):
+        bar = tqdm(total=len(batches), initial=first_batch, desc=f"{desc} epoch {epoch}/{max_epochs}",
+                   unit="batch", leave=False, mininterval=2.0, disable=not dist.is_main)
+        for group_start in range(first_batch, len(batches), grad_accum):
             group = batches[group_start:group_start + grad_accum]
             collated, weights = [], []
             for global_batch in group:
@@ -272,6 +303,16 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
             bar.set_postfix(loss=f"{loss_total / max(1, token_total):.3f}", samples_s=f"{rate:.1f}", refresh=False)
             if on_step is not None:
                 on_step({"step": step, "loss": loss_total / max(1, token_total), "lr": scheduler.get_last_lr()[0]})
+            next_batch = group_start + grad_accum
+            if (checkpoint_dir is not None and checkpoint_interval_s is not None and next_batch < len(batches)
+                    and time.perf_counter() - last_checkpoint >= checkpoint_interval_s):
+                if dist.is_main:
+                    save_checkpoint(checkpoint_dir, {"epoch": epoch - 1, **resume_state(), "unfinished_epoch": {
+                        "epoch_start_rng": epoch_start_rng, "next_batch": next_batch, "batches": len(batches),
+                        "seen": seen, "loss_total": loss_total, "token_total": token_total, "skipped": skipped,
+                        "seconds": time.perf_counter() - started}})
+                last_checkpoint = time.perf_counter()
+                kill_point(f"{desc}:epoch_{epoch}_batch_{next_batch}")
         bar.close()
         if skipped > max(1, MAX_SKIPPED_STEP_SHARE * len(batches) / grad_accum):
             raise NonFiniteTrainingError(
@@ -296,12 +337,8 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
                 if stopped:
                     log.info("%s: early stop after epoch %d (best val acc %.4f)", desc, epoch, best_accuracy)
         if checkpoint_dir is not None and dist.is_main:
-            save_checkpoint(checkpoint_dir, {
-                "epoch": epoch, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "history": [vars(h) for h in history],
-                "best_accuracy": best_accuracy, "best_state": best_state, "stale": stale, "step": step,
-                "stopped": stopped})
+            save_checkpoint(checkpoint_dir, {"epoch": epoch, **resume_state()})
+        last_checkpoint = time.perf_counter()
         kill_point(f"{desc}:epoch_{epoch}")
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
@@ -310,7 +347,8 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
 
 
 def save_checkpoint(folder: Path, state: dict) -> None:
-    """Write epoch_N.pt atomically, then drop older epochs: a kill at any moment leaves one whole checkpoint."""
+    """Write epoch_N.pt (N: the epochs completed; a mid-epoch checkpoint replaces its epoch's start) atomically,
+    then drop older ones: a kill at any moment leaves one whole checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch_{state['epoch']}.pt"
     tmp = path.with_suffix(".pt.tmp")
