@@ -11,6 +11,7 @@ and bf16 weights on CPU hit slow kernels on non-contiguous slices); on CUDA the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -74,6 +75,15 @@ def weight_dtype_for(precision: str, device: torch.device) -> torch.dtype:
     """The dtype the frozen weights are stored in: bf16 on a GPU (half the memory), fp32 on CPU, where bf16 storage
     was slower (docs/speed.md), and under `mixed`, whose fp32 weights keep updates finite where bf16 ones did not."""
     return torch.bfloat16 if device.type == "cuda" and precision not in ("fp32", "mixed") else torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def kv_cache_field() -> str:
+    """The name of a causal LM's KV-cache argument and output field in the installed transformers: `cache` since
+    the 5.x rename (the old name warns on every forward and goes in 5.40), `past_key_values` before it."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):

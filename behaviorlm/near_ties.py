@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 
-from behaviorlm.models import autocast, fp32_output_layer
+from behaviorlm.models import autocast, fp32_output_layer, kv_cache_field
 
 if TYPE_CHECKING:
     from behaviorlm.scoring import CandidateTrie
@@ -51,7 +51,7 @@ def canonical_scores(model, prompt: Sequence[int], candidates: Sequence[int], tr
     n = len(prompt)
     with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
         step = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
-    cache = step.past_key_values
+    cache = getattr(step, kv_cache_field())
     first = torch.log_softmax(step.logits[0, -1].float(), dim=-1)
     depth = trie.score_tokens.shape[1] - 1  # tokens fed per name: all but its last
     scores = np.empty(len(candidates), dtype=np.float32)
@@ -67,8 +67,8 @@ def canonical_scores(model, prompt: Sequence[int], candidates: Sequence[int], tr
         tokens = trie.score_tokens[rows].to(device)  # (rows, depth + 1), padded past each name's end
         mask = trie.score_mask[rows].to(device)
         with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
-            logits = model(input_ids=tokens[:, :-1], past_key_values=cache, use_cache=True,
-                           position_ids=positions).logits
+            logits = model(input_ids=tokens[:, :-1], use_cache=True, position_ids=positions,
+                           **{kv_cache_field(): cache}).logits
         cache.crop(-depth)  # the prompt alone again, for the next group
         logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
         totals = first[tokens[:, 0]] + (logprobs * mask[:, 1:]).sum(-1)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from behaviorlm.models import autocast, fp32_output_layer
+from behaviorlm.models import autocast, fp32_output_layer, kv_cache_field
 from behaviorlm.near_ties import rescore_near_ties
 
 
@@ -293,8 +293,8 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             prompts alone again afterwards, for another round."""
             kept, rows, valid, tokens, node_positions, mask = subtrees(keep_rows)
             with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
-                logits = model(input_ids=tokens, past_key_values=cache, attention_mask=mask[:, None],
-                               position_ids=node_positions, use_cache=True).logits
+                logits = model(input_ids=tokens, attention_mask=mask[:, None], position_ids=node_positions,
+                               use_cache=True, **{kv_cache_field(): cache}).logits
             cache.crop(-rows.shape[1])
             write_scores(first_logprobs, logits, kept, rows, valid)
 
@@ -302,7 +302,7 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
             with fp32_output_layer(model, fp32_logits), autocast(device, amp_dtype):
                 step = model(input_ids=ids, attention_mask=real.long(), position_ids=positions, use_cache=True,
                              logits_to_keep=1)
-            cache = step.past_key_values
+            cache = getattr(step, kv_cache_field())
             first_logprobs = torch.log_softmax(step.logits[:, -1].float(), dim=-1)  # (batch, vocab)
             keep = torch.topk(first_logprobs[:, first_tokens], min(width, len(first)), dim=1).indices.tolist()
             score_subtrees(keep, cache, first_logprobs)
@@ -317,7 +317,7 @@ def beam_scores(model, prompts: Sequence[Sequence[int]], trie: CandidateTrie, de
                 step = model(input_ids=torch.cat([ids, tokens], 1), attention_mask=mask,
                              position_ids=torch.cat([positions, node_positions], 1), use_cache=True,
                              logits_to_keep=span + 1)
-            cache = step.past_key_values
+            cache = getattr(step, kv_cache_field())
             cache.crop(-span)
             first_logprobs = torch.log_softmax(step.logits[:, 0].float(), dim=-1)
             write_scores(first_logprobs, step.logits[:, 1:], kept, rows, valid)

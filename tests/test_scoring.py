@@ -381,3 +381,25 @@ def test_rankings_are_the_top_k_by_score_shifted_by_the_offset_and_one_valid_nam
     assert bm.rankings(samples[:4], k=3) == [[names[0]], [], [names[2]], []]
     longest = max(len(PromptBuilder(tokenizer).answer_ids(n)) for n in names)
     assert calls == [(4, torch.bfloat16, longest)] and bm.dist.gathered == [4]
+
+
+def test_every_kv_cache_forward_uses_the_installed_transformers_name_for_the_cache(recwarn):
+    """transformers renamed the KV cache's argument and output field (`past_key_values` -> `cache`) and warns on
+    every forward given the old name until 5.40 removes it; the width beam, the seeded beam and near-tie rescoring
+    each pass a cache back in, and must use the installed name."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from behaviorlm.models import kv_cache_field
+
+    assert kv_cache_field() in CausalLMOutputWithPast.__dataclass_fields__
+    model, tokenizer, samples, names, _ = tiny_model_and_samples()
+    builder = PromptBuilder(tokenizer)
+    prompts = [builder.sample_prompt_ids(s) for s in samples[:3]]
+    trie = CandidateTrie.build([builder.answer_ids(n) for n in names])
+    cpu = torch.device("cpu")
+    width = beam_scores(model, prompts, trie, cpu, None, width=2, exact_top=1, near_tie_epsilon=50.0)
+    seeded = beam_scores(model, prompts, trie, cpu, None, exact_top=1, seed=[[0]] * len(prompts),
+                         near_tie_epsilon=50.0)
+    assert np.isfinite(width).any(axis=1).all() and np.isfinite(seeded).any(axis=1).all()
+    stale = [str(w.message) for w in recwarn if "past_key_values" in str(w.message)]
+    assert not stale, stale[0]
