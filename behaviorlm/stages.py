@@ -201,7 +201,7 @@ def difficulty_selection(bm: BehaviorModel, train: Sequence[Sample], samples_per
               # slots filled at random because a behavior had no scored sample left: selection did not choose them
               "share_random_fill": tiers.get("unscored", 0) / max(1, len(selection.indices)),
               **{f"tier_{k}": v for k, v in tiers.items()}}
-    if scores is not None:
+    if scores is not None and len(pool):  # nothing scored: no accuracy to report (a mean of none is NaN)
         predicted = np.argmax(scores, axis=1)
         report["train_acc_scored"] = float(np.mean([bm.vocab.names[p] == train[i].target
                                                     for p, i in zip(predicted, pool)]))

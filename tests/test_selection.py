@@ -195,6 +195,7 @@ def test_difficulty_selection_scores_the_capped_pool_and_reports_what_it_chose()
     _, alone = difficulty_selection(cached, samples[:1], 1, selection_config(), seed=0,
                                     scored=([], np.zeros((0, 4), dtype=np.float32)))
     assert alone["n_selected"] == 1 and alone["share_random_fill"] == 1.0
+    assert "train_acc_scored" not in alone  # not a NaN in metrics.json
 
 
 def test_random_and_tail_stages_ignore_scores_follow_the_seed_and_tail_skips_anchors():
