@@ -18,6 +18,13 @@ A seed starts only while the budget left exceeds the slowest seed of that sweep 
 keeps the jobs it finished, and the next sweeps do not start. Then `behaviorlm collect` writes each sweep's
 table.md, table.csv, jobs.csv and paired.csv (against the make target's reference), and `gpu_run.json` records the
 card, the budget and each seed's wall time.
+
+`--parallel` runs lanes at once on the one GPU: a lane is one seed of one group of sweeps (a group is sweeps joined
+by commas, `--sweeps paper-main,ablation-components ablation-b-rate,ablation-few-shot`), its sweeps one after
+another. A SmolLM2 job leaves an H100 idle most of the time (a training step is about 3% of its bf16 peak; scoring
+walks the trie in Python), so lanes fill it. A later group's lane starts once the first group's lane of its seed
+has finished a job (or ended), so the stages they share (A-Tuning, the selection pool) come from the stage cache
+instead of being computed twice at once. Each lane's output goes to OUT/logs/<target>_seed<n>.log.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from behaviorlm.utils import PROJECT_ROOT, atomic_write_json
@@ -85,12 +94,96 @@ def run_sweep(sweep: str, seeds: list[int], folder: Path, overrides: list[str], 
     return records
 
 
+class Lanes:
+    """Seeds x groups of sweeps run at once, sharing the deadline and what each sweep's seeds have taken so far."""
+
+    def __init__(self, groups: list[list[str]], seeds: list[int], out: Path, overrides: list[str], deadline: float):
+        self.groups, self.seeds, self.out, self.overrides, self.deadline = groups, seeds, out, overrides, deadline
+        self.records: list[dict] = []
+        self.lock = threading.Lock()
+        self.ended: set[int] = set()  # seeds whose first-group lane has ended
+
+    def slowest(self, sweep: str) -> float:
+        with self.lock:
+            return max((r["seconds"] for r in self.records if r["sweep"] == sweep and r["status"] == 0), default=0.0)
+
+    def first_group_has_a_job(self, seed: int) -> bool:
+        first = self.groups[0][0]
+        return seed in self.ended or any((self.out / first / "runs").glob(f"seed{seed}_*/metrics.json"))
+
+    def lane(self, group_index: int, seed: int) -> None:
+        if group_index > 0:  # its shared stages come from the first group's lane of this seed
+            while not self.first_group_has_a_job(seed) and time.monotonic() < self.deadline:
+                time.sleep(2)
+        logs = self.out / "logs"
+        for sweep in self.groups[group_index]:
+            left = self.deadline - time.monotonic()
+            if left <= self.slowest(sweep) or left <= 0:
+                print(f"gpu_paper_main: {sweep} seed {seed} not started: {left:.0f} s left, the slowest seed took "
+                      f"{self.slowest(sweep):.0f} s", flush=True)
+                break
+            command = seed_command(sweep, seed, self.out / sweep / "runs", self.overrides)
+            started = time.monotonic()
+            with open(logs / f"{sweep}_seed{seed}.log", "w") as log:
+                try:
+                    status = subprocess.run(command, cwd=PROJECT_ROOT, timeout=left, stdout=log,
+                                            stderr=subprocess.STDOUT).returncode
+                except subprocess.TimeoutExpired:
+                    status = "cut by the budget"
+            record = {"sweep": sweep, "seed": seed, "seconds": time.monotonic() - started, "status": status,
+                      "jobs_done": len(list((self.out / sweep / "runs").glob(f"seed{seed}_*/metrics.json")))}
+            with self.lock:
+                self.records.append(record)
+            print(json.dumps(record), flush=True)
+            if status == "cut by the budget":
+                break  # a failed seed (a job raised) does not stop the lane: its other sweeps may still run
+        if group_index == 0:
+            self.ended.add(seed)
+
+    def run(self) -> list[dict]:
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        for group in self.groups:
+            for sweep in group:
+                shutil.rmtree(self.out / sweep / "runs", ignore_errors=True)
+        threads = [threading.Thread(target=self.lane, args=(g, seed), daemon=True)
+                   for g in range(len(self.groups)) for seed in self.seeds]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return self.records
+
+
+def collect(folder: Path, sweep: str) -> int:
+    """`behaviorlm collect` against the make target's reference; the number of completed jobs. A collect that fails
+    (a seed without its reference job, say) is reported and the other sweeps are still collected."""
+    done = sorted((folder / "runs").glob("*/metrics.json"))
+    if done:
+        _, key, reference = SWEEPS[sweep]
+        status = subprocess.run([sys.executable, "-m", "behaviorlm.collect", str(folder), "--key", key,
+                                 "--reference", reference], cwd=PROJECT_ROOT).returncode
+        if status != 0:
+            print(f"gpu_paper_main: collecting {folder} failed (status {status})", flush=True)
+    return len(done)
+
+
+def sweep_groups(items: list[str]) -> list[list[str]]:
+    """`--sweeps` items: a target, or targets joined by commas that one lane runs in order."""
+    groups = [item.split(",") for item in items]
+    unknown = [name for group in groups for name in group if name not in SWEEPS]
+    if unknown:
+        raise SystemExit(f"error: --sweeps: unknown target {unknown[0]!r} (one of {', '.join(SWEEPS)})")
+    return groups
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=420, help="wall seconds for all sweeps together")
     parser.add_argument("--scale", choices=sorted(SCALES), default="paper_nyc")
-    parser.add_argument("--sweeps", nargs="+", choices=list(SWEEPS), default=["paper-main"],
-                        help="make targets to run, most valuable first")
+    parser.add_argument("--sweeps", nargs="+", default=["paper-main"],
+                        help="make targets to run, most valuable first (with --parallel: groups joined by commas)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="one lane per seed and group of sweeps, all at once on the one GPU")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="default: results/gpu-<scale>")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -101,21 +194,22 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     deadline = started + args.budget_s
-    records: list[dict] = []
-    completed = {}
-    for sweep in args.sweeps:
-        sweep_records = run_sweep(sweep, args.seeds, out / sweep, overrides, deadline)
-        records += sweep_records
-        done = sorted((out / sweep / "runs").glob("*/metrics.json"))
-        completed[sweep] = len(done)
-        if done:
-            _, key, reference = SWEEPS[sweep]
-            subprocess.run([sys.executable, "-m", "behaviorlm.collect", str(out / sweep), "--key", key,
-                            "--reference", reference], cwd=PROJECT_ROOT, check=True)
-        if len(sweep_records) < len(args.seeds) or any(r["status"] != 0 for r in sweep_records):
-            break  # the budget is spent: a later sweep would start without time to finish a seed
+    groups = sweep_groups(args.sweeps)
+    names = [name for group in groups for name in group]
+    if args.parallel:
+        records = Lanes(groups, args.seeds, out, overrides, deadline).run()
+        with ThreadPoolExecutor(len(names)) as pool:  # each collect is its own process: all at once
+            completed = dict(zip(names, pool.map(lambda name: collect(out / name, name), names)))
+    else:
+        records, completed = [], {}
+        for sweep in names:
+            sweep_records = run_sweep(sweep, args.seeds, out / sweep, overrides, deadline)
+            records += sweep_records
+            completed[sweep] = collect(out / sweep, sweep)
+            if len(sweep_records) < len(args.seeds) or any(r["status"] != 0 for r in sweep_records):
+                break  # the budget is spent: a later sweep would start without time to finish a seed
     atomic_write_json(out / "gpu_run.json", {
-        "device": device_name(), "scale": args.scale, "budget_s": args.budget_s,
+        "device": device_name(), "scale": args.scale, "budget_s": args.budget_s, "parallel": args.parallel,
         "wall_s": time.monotonic() - started, "overrides": overrides, "seeds": records,
         "jobs_completed": completed,
         "command": " ".join(["python -m experiments.gpu_paper_main", *(argv if argv is not None else sys.argv[1:])])})

@@ -346,3 +346,33 @@ def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
     row = efficiency_verdict(half)
     assert row["verdict"] == "not run yet" and "3 sequence-model jobs over 3 seeds" in row["why"]
     assert "no completed BehaviorLM job with F=20" in row["why"]
+
+
+def test_gpu_driver_lanes_run_at_once_and_a_later_group_waits_for_the_first_groups_job(tmp_path, monkeypatch):
+    from experiments import gpu_paper_main
+
+    starts: dict[tuple[str, int], float] = {}
+
+    def fake_seed(sweep, seed, runs, overrides):  # every seed of every sweep: 1.5 s, then one job's metrics.json
+        starts[(sweep, seed)] = time.monotonic()
+        job = runs / f"seed{seed}_0"
+        return [sys.executable, "-c", f"import pathlib, time; time.sleep(1.5); p = pathlib.Path({str(job)!r}); "
+                "p.mkdir(parents=True); (p / 'metrics.json').write_text('{}')"]
+
+    monkeypatch.setattr(gpu_paper_main, "seed_command", fake_seed)
+    groups = gpu_paper_main.sweep_groups(["paper-main,ablation-aux", "ablation-b-rate"])
+    assert groups == [["paper-main", "ablation-aux"], ["ablation-b-rate"]]
+    began = time.monotonic()
+    lanes = gpu_paper_main.Lanes(groups, [0, 1], tmp_path, [], deadline=began + 60)
+    records = lanes.run()
+    assert sorted((r["sweep"], r["seed"], r["status"], r["jobs_done"]) for r in records) == [
+        ("ablation-aux", 0, 0, 1), ("ablation-aux", 1, 0, 1), ("ablation-b-rate", 0, 0, 1),
+        ("ablation-b-rate", 1, 0, 1), ("paper-main", 0, 0, 1), ("paper-main", 1, 0, 1)]
+    # the two seeds ran side by side (serially: 6 x 1.5 s), and b-rate started once its seed's paper-main had a job
+    assert time.monotonic() - began < 7
+    assert abs(starts[("paper-main", 0)] - starts[("paper-main", 1)]) < 1
+    for seed in (0, 1):
+        assert starts[("ablation-b-rate", seed)] >= starts[("paper-main", seed)] + 1.4
+    assert (tmp_path / "logs" / "ablation-aux_seed1.log").is_file()
+    with pytest.raises(SystemExit, match="unknown target 'ablation-nope'"):
+        gpu_paper_main.sweep_groups(["paper-main,ablation-nope"])

@@ -107,6 +107,17 @@ def test_accelerate_launcher_on_cpu_matches_one_process(tmp_path):
     _assert_same_training(one, two)
 
 
+def test_gpu_lease_script_works_from_the_repository_root_wherever_it_is_called_from(tmp_path):
+    """The lease script reads .whl/ and .gguf_parts/ and writes results/ at the project root; it moved to tools/gpu
+    once and went on resolving tools/ as the root, which only a lent GPU would have shown."""
+    import subprocess
+
+    result = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "gpu_lease.sh"), "no-such-phase"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "unknown phase 'no-such-phase'" in result.stdout and "not the repository root" not in result.stdout
+
+
 @pytest.mark.slow
 def test_gpu_check_script_runs_its_code_path_on_cpu(tmp_path):
     """The GPU check is only run for real on a lent GPU; its code path must not rot meanwhile."""

