@@ -13,10 +13,10 @@
 #   per prompts-per-forward (SmolLM2's config and tokenizer, random weights) and the MFU of the step as the pipeline
 #   trains it (bf16 autocast), compiled or not
 #   (MFU_VARIANTS="compile+nodropout+graphs compile+nodropout+profile" MFU_SUFFIX=_2 MFU_SMOLLM2=0: a second look)
-# The claims sweeps of #33 at nyc_cpu scale (about 55 s a job on an H100), in order of value, two calls:
-#   run(carry=[".whl", ".gguf_parts/a"], command="bash tools/gpu/gpu_lease.sh stash")      # seconds
-#   run(carry=[".whl", ".gguf_parts/b"], command="bash tools/gpu/gpu_lease.sh claims")     # BUDGET_S (default 480 s)
-#   (CLAIMS_SWEEPS="ablation-components ablation-aux" on a later loan: the sweeps not yet run)
+# The claims sweeps of #33 at nyc_cpu scale (about 55 s a job on an H100), six lanes at once, two calls:
+#   run(carry=[".whl", ".gguf_parts/a"], command="bash tools/gpu/gpu_lease.sh stash", timeout_s=150)  # + CUDA smoke
+#   run(carry=[".whl", ".gguf_parts/b"], command="bash tools/gpu/gpu_lease.sh claims", timeout_s=600)  # BUDGET_S 500
+#   (CLAIMS_SWEEPS="ablation-aux,ablation-few-shot" on a later loan: the groups not yet run; docs/gpu.md)
 # The LoRA-dropout quality gate of #18 (is dropout 0, 1.3-2x faster per step, as accurate?), two calls:
 #   run(carry=[".whl", ".gguf_parts/a"], command="bash tools/gpu/gpu_lease.sh stash")      # seconds
 #   run(carry=[".whl", ".gguf_parts/b"], command="bash tools/gpu/gpu_lease.sh dropout")    # BUDGET_S (default 400 s)
@@ -144,7 +144,7 @@ cfg = compose_config(['model=smollm2_135m']); print(pretrained_folder(cfg.model,
   # share the card's memory, and a freed block of one shape serves the next batch's other shape
   # (CLAIMS_SET="model=tiny_random data=synthetic debug=fast device=cpu": the whole phase as a dry run on a CPU)
   OMP_NUM_THREADS=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m experiments.gpu_paper_main \
-    --scale nyc_cpu --budget-s "${BUDGET_S:-480}" --out results/gpu-nyc_cpu --parallel \
+    --scale nyc_cpu --budget-s "${BUDGET_S:-500}" --out results/gpu-nyc_cpu --parallel \
     --sweeps ${CLAIMS_SWEEPS:-paper-main,ablation-components ablation-b-rate,ablation-aux,ablation-few-shot} \
     ${CLAIMS_SET:+--set $CLAIMS_SET} > "$OUT/gpu-claims.log" 2>&1 \
     || echo "gpu_lease: the claims driver stopped with status $?"
