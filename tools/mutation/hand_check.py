@@ -4,8 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 names = json.load(open('results/mutation.json'))['survived']
 random.seed(0); random.shuffle(names)
 files = ["tests/test_metrics.py", "tests/test_selection.py", "tests/test_cache.py", "tests/test_data.py",
-         "tests/test_scoring.py", "tests/test_logit_adjustment.py", "tests/test_remedies.py",
-         "tests/test_bad_inputs.py", "tests/test_training_guard.py", "tests/test_cache_keys.py", "tests/test_protocol.py"]
+         "tests/test_scoring.py", "tests/test_beam.py", "tests/test_behavior_model.py",
+         "tests/test_logit_adjustment.py", "tests/test_remedies.py", "tests/test_bad_inputs.py",
+         "tests/test_training_guard.py", "tests/test_cache_keys.py", "tests/test_protocol.py"]
 def check(n):
     env = dict(os.environ, MUTANT_UNDER_TEST=n)
     try:
