@@ -91,8 +91,10 @@ class StageCache:
             shareable(tmp)  # mkdtemp's 0700 would make the entry private to whoever wrote it first
             if target.exists():  # another job of a parallel sweep got there first; theirs is as good
                 shutil.rmtree(tmp)
-                return
-            os.replace(tmp, target)
+            else:
+                os.replace(tmp, target)
+            # the stage is finished either way: the checkpoints it wrote while training (shared with the other
+            # job when both trained it) would only fill the disk
             shutil.rmtree(self._dir(stage, key + ".partial"), ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

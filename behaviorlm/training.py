@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,22 +350,36 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
 
 def save_checkpoint(folder: Path, state: dict) -> None:
     """Write epoch_N.pt (N: the epochs completed; a mid-epoch checkpoint replaces its epoch's start) atomically,
-    then drop older ones: a kill at any moment leaves one whole checkpoint."""
+    then drop older ones: a kill at any moment leaves one whole checkpoint. The temporary file is this call's own:
+    two jobs of a parallel sweep that train the same stage (one cache key, one checkpoint folder) write the same
+    checkpoints, and with a shared temporary name one renamed it from under the other's write."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"epoch_{state['epoch']}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     for old in folder.glob("epoch_*.pt"):
         if old != path:
             old.unlink(missing_ok=True)
 
 
 def latest_checkpoint(folder: Optional[Path]) -> Optional[dict]:
-    if folder is None or not folder.exists():
+    if folder is None:
         return None
-    found = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return torch.load(found[-1], weights_only=False) if found else None
+    for _ in range(3):  # another job training the same stage may replace the newest between the glob and the load
+        found = sorted(folder.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        if not found:
+            return None
+        try:
+            return torch.load(found[-1], weights_only=False)
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def trainable_state(model, full: bool = False) -> dict[str, torch.Tensor]:

@@ -101,6 +101,12 @@ def test_a_finished_stage_removes_its_epoch_checkpoints(tmp_path):
     (partial / "epoch_1.pt").write_bytes(b"checkpoint")
     cache.save("b_tuning", "k", write_entry)
     assert not partial.exists() and cache.load("b_tuning", "k") is not None
+    # a second job of a parallel sweep that trained the same stage finds the entry written: its checkpoints go too
+    partial.mkdir(parents=True)
+    (partial / "epoch_2.pt").write_bytes(b"checkpoint")
+    cache.save("b_tuning", "k", write_entry)
+    assert not partial.exists() and cache.load("b_tuning", "k") is not None
+    assert [p.name for p in (tmp_path / "b_tuning").iterdir()] == ["k"]  # and no temporary folder is left
 
 
 def test_a_key_digest_ignores_key_order_and_reads_any_value_as_text(tmp_path):

@@ -61,3 +61,27 @@ def test_checkpoints_inside_an_epoch_follow_the_interval(tmp_path, monkeypatch, 
     inside = [(epoch, unfinished["next_batch"]) for epoch, unfinished in written if unfinished is not None]
     assert ends == [1, 2]
     assert inside == [(epoch, batch) for epoch in (0, 1) for batch in range(1, 1 + mid_epoch_per_epoch)]
+
+
+def test_two_jobs_checkpointing_the_same_stage_at_once_both_leave_a_whole_checkpoint(tmp_path, monkeypatch):
+    """Two jobs of a parallel sweep that train the same stage share its checkpoint folder. Here the second job
+    writes the same checkpoint while the first is in the middle of its write (as two processes can): with one
+    temporary name for both, the second renamed the first's half-written file into place and the first's rename
+    then failed (FileNotFoundError, the job lost); now each write is whole and the last one wins."""
+    real_save = torch.save
+    folder = tmp_path / "a_tuning" / "key.partial"
+    weights = {"lora": torch.arange(6.0)}
+    interleaved = []
+
+    def save_with_the_other_job_in_the_middle(obj, f):
+        real_save(obj, f)
+        if not interleaved:  # once: the other job's whole save runs before this one renames
+            interleaved.append(f)
+            training.save_checkpoint(folder, {"epoch": 1, "weights": {"lora": torch.arange(6.0) * 2}})
+
+    monkeypatch.setattr(torch, "save", save_with_the_other_job_in_the_middle)
+    training.save_checkpoint(folder, {"epoch": 1, "weights": weights})
+    assert [p.name for p in folder.iterdir()] == ["epoch_1.pt"]  # no temporary file left behind
+    loaded = training.latest_checkpoint(folder)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["weights"]["lora"], weights["lora"])  # the last rename
+    assert training.latest_checkpoint(tmp_path / "none") is None
