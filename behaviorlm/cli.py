@@ -26,7 +26,7 @@ import pandas as pd
 
 from behaviorlm.data.logs import DataError, read_behavior_log
 from behaviorlm.data.samples import Sample, build_samples
-from behaviorlm.utils import atomic_write_json, atomic_write_text, shareable
+from behaviorlm.utils import atomic_write, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("behaviorlm")
 
@@ -143,9 +143,7 @@ def write_frame(path: Path, frame: pd.DataFrame) -> None:
     """By suffix: .csv (default), .json (a list of records), .jsonl (one record a line) or .parquet; atomically."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_parquet(tmp, index=False)
-        shareable(tmp).replace(path)
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     elif suffix in (".json", ".jsonl"):
         atomic_write_text(path, frame.to_json(orient="records", lines=suffix == ".jsonl", date_format="iso"))
     else:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from tqdm.auto import tqdm
 from behaviorlm.distributed import LOCAL, Dist
 from behaviorlm.models import (CompiledLayers, attention_implementation, autocast, compile_unavailable,
                                training_attention)
-from behaviorlm.utils import kill_point
+from behaviorlm.utils import atomic_write, kill_point
 
 log = logging.getLogger(__name__)
 
@@ -350,19 +348,11 @@ def train_lora(model, examples: Sequence[TrainExample], train_cfg, stage_cfg, *,
 
 def save_checkpoint(folder: Path, state: dict) -> None:
     """Write epoch_N.pt (N: the epochs completed; a mid-epoch checkpoint replaces its epoch's start) atomically,
-    then drop older ones: a kill at any moment leaves one whole checkpoint. The temporary file is this call's own:
-    two jobs of a parallel sweep that train the same stage (one cache key, one checkpoint folder) write the same
-    checkpoints, and with a shared temporary name one renamed it from under the other's write."""
-    folder.mkdir(parents=True, exist_ok=True)
+    then drop older ones: a kill at any moment leaves one whole checkpoint. Two jobs of a parallel sweep that train
+    the same stage (one cache key, one checkpoint folder) write the same checkpoints, each through its own temporary
+    file (with one name for both, one renamed it from under the other's write)."""
     path = folder / f"epoch_{state['epoch']}.pt"
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     for old in folder.glob("epoch_*.pt"):
         if old != path:
             old.unlink(missing_ok=True)

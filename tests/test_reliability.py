@@ -86,6 +86,23 @@ def test_the_kill_hook_fires_only_at_the_named_point(monkeypatch):
 
 
 @pytest.mark.slow
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from behaviorlm.utils import atomic_write, atomic_write_text
+
+    target = tmp_path / "table.csv"
+    atomic_write_text(target, "old\n")
+
+    def half_then_fail(tmp):
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+    atomic_write(target, lambda tmp: Path(tmp).write_text("new\n"))
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
 def test_same_command_twice_gives_identical_metrics(tmp_path, reference):
     result = run_entrypoint([*SMOKE, "cache=off", f"hydra.run.dir={tmp_path}/again"])
     assert result.returncode == 0, result.stderr[-2000:]
