@@ -6,13 +6,14 @@ import pytest
 from tools.sweeps import harvest as harvest_module
 
 
-def fake_sweep(root, statuses, group="paper-main-1"):
+def fake_sweep(root, statuses, group="paper-main-1", task="[]"):
     """A make-target sweep folder over seeds 0,1 x stage_order progressive,joint; statuses[i]: job i's status
-    (None: not started). Each job folder holds an adapter, which must stay on the machine."""
+    (None: not started). Each job folder holds an adapter, which must stay on the machine. task: the command line's
+    overrides, e.g. '[seed=0]' for a round over seed 0 alone."""
     runs = root / "runs"
-    runs.mkdir(parents=True)
+    runs.mkdir(parents=True, exist_ok=True)
     (runs / "multirun.yaml").write_text(
-        "hydra:\n  overrides:\n    task: []\n  sweeper:\n    params:\n"
+        f"hydra:\n  overrides:\n    task: {task}\n  sweeper:\n    params:\n"
         "      seed: 0,1\n      stage_order: progressive,joint\nseed: 0\n")
     (runs / ".wandb_group").write_text(group + "\n")
     jobs = [(seed, order) for seed in (0, 1) for order in ("progressive", "joint")]
@@ -20,7 +21,7 @@ def fake_sweep(root, statuses, group="paper-main-1"):
         if status is None:
             continue
         job = runs / str(number)
-        (job / "adapter").mkdir(parents=True)
+        (job / "adapter").mkdir(parents=True, exist_ok=True)
         (job / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
         (job / "metrics.json").write_text(json.dumps({"status": status, "seed": seed, "stage_order": order}))
         (job / "test_predictions.csv").write_text("sample,hit\n0,1\n")
@@ -71,3 +72,25 @@ def test_a_target_without_results_lands_in_its_own_folder_and_an_unknown_target_
     assert harvest_module.collect_arguments("ablation-aux") == ["--key", "aux_ratio", "--reference", "0.05"]
     with pytest.raises(SystemExit, match="no-such-target"):
         harvest_module.collect_arguments("no-such-target")
+
+
+def test_a_round_over_fewer_seeds_does_not_replace_the_record_of_the_full_grid(tmp_path, monkeypatch):
+    """cpu_claims.sh runs seed=0, then seed=0,1 ...: a later round over fewer seeds (paper-main's seed=0 round after
+    its seeds 0 and 1 were harvested) must not leave a 2-job multirun.yaml beside 4 job folders, since collect would
+    then drop seed 1's jobs as an earlier sweep's."""
+    monkeypatch.setattr(harvest_module.collect, "main", lambda argv: None)
+    results = tmp_path / "results"
+    sweep = fake_sweep(tmp_path / "sweeps" / "ablation-aux", ["completed"] * 4)
+    dest = harvest_module.harvest(sweep, results, "ablation-aux")
+    assert "seed: 0,1" in (dest / "runs" / "multirun.yaml").read_text()
+
+    fake_sweep(sweep, ["completed"] * 4, task="['seed=0']")  # the seed=0 round rewrites the sweep's record
+    seeds, _ = harvest_module.complete_seeds(sweep)
+    assert sorted(seeds) == [0]
+    assert harvest_module.harvest(sweep, results, "ablation-aux") == dest
+    assert "task: []" in (dest / "runs" / "multirun.yaml").read_text()  # the full grid's record stays
+    assert sorted(p.name for p in (dest / "runs").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+
+    fake_sweep(sweep, ["completed"] * 4, task="['seed=0,1']")  # an equal grid's record replaces it
+    harvest_module.harvest(sweep, results, "ablation-aux")
+    assert "task: ['seed=0,1']" in (dest / "runs" / "multirun.yaml").read_text()

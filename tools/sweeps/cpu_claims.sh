@@ -16,11 +16,15 @@
 #   bash tools/sweeps/cpu_claims.sh stop
 #   bash tools/sweeps/cpu_claims.sh harvest   # complete seeds -> results/<target> (or <target>-rerun), collected
 # CLAIMS_SWEEPS picks the make targets, in order of value (make -k: a failed job does not stop the next target).
+# Seed-major: one round per seed in CLAIMS_SEEDS, round k running every target over the seeds up to the k-th
+# (`seed=0,1`: the sweep's jobs keep the folder numbers of the full grid, which is seed-major too, so the seeds of
+# earlier rounds are reused, not rerun), so each claim gets a first seed before any gets a third.
 # Harvest and commit each seed as soon as it is complete (tools/sweeps/harvest.py): a session ends its background
 # commands with it, and only a kept machine keeps SWEEPS_HOME.
 set -euo pipefail
 SWEEPS_HOME=${SWEEPS_HOME:-$HOME/sweeps}
 CLAIMS_SWEEPS=${CLAIMS_SWEEPS:-paper-main ablation-components ablation-aux ablation-few-shot ablation-b-rate}
+CLAIMS_SEEDS=${CLAIMS_SEEDS:-0 1 2}
 SWEEP_COMMIT=${SWEEP_COMMIT:-e8122e5c003818479f5a32812759ae587ed3a4d9}  # started 2026-12-06 on an AVX2-only EPYC
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PIDFILE=$SWEEPS_HOME/claims.pgid
@@ -49,11 +53,15 @@ start)
   # the clone's own environment: the work tree's editable install would import the work tree's code
   (cd "$src" && make install >> "$LOG" 2>&1)
   cache=${BEHAVIORLM_CACHE:-$HOME/.cache/behaviorlm}
+  # round k: seed=<the first k seeds>, e.g. seed=0, then seed=0,1, then seed=0,1,2
+  rounds=() seeds=""
+  for seed in $CLAIMS_SEEDS; do seeds+=${seeds:+,}$seed; rounds+=("$seeds"); done
   setsid nohup env BEHAVIORLM_CACHE="$cache" BEHAVIORLM_STAGE_CACHE="$cache/stages" \
-    nice -n 10 make -k -C "$src" $CLAIMS_SWEEPS EXPERIMENT=nyc_cpu RESULTS="$SWEEPS_HOME/results" \
-    >> "$LOG" 2>&1 < /dev/null &
+    nice -n 10 bash -c 'src=$1 results=$2 targets=$3; shift 3
+      for seeds; do make -k -C "$src" $targets EXPERIMENT=nyc_cpu RESULTS="$results" ARGS="seed=$seeds"; done' \
+    rounds "$src" "$SWEEPS_HOME/results" "$CLAIMS_SWEEPS" "${rounds[@]}" >> "$LOG" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
-  echo "cpu_claims: started $CLAIMS_SWEEPS (process group $!)"
+  echo "cpu_claims: started $CLAIMS_SWEEPS, rounds seed=${rounds[*]} (process group $!)"
   ;;
 status)
   # how far each seed of each target is: what `harvest` counts (behaviorlm.sweeps.completed_jobs, as collect does)

@@ -48,7 +48,7 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
     for folder, metrics in completed_jobs(sweep).items():
         by_seed.setdefault(int(metrics["seed"]), []).append(folder)
     progress = {seed: f"{len(by_seed.get(seed, []))}/{per_seed} jobs" for seed in seeds}
-    return {seed: folders for seed, folders in by_seed.items() if len(folders) == per_seed}, progress
+    return {seed: by_seed[seed] for seed in seeds if len(by_seed.get(seed, [])) == per_seed}, progress
 
 
 def destination(sweep: Path, results: Path, target: str) -> Path:
@@ -60,6 +60,15 @@ def destination(sweep: Path, results: Path, target: str) -> Path:
     held = dest / "runs" / ".wandb_group"
     holds_another = (dest / "runs").is_dir() and (not held.is_file() or held.read_text().strip() != group)
     return results / f"{target}-rerun" if holds_another else dest
+
+
+def plans_fewer_jobs(sweep: Path, dest: Path) -> bool:
+    """Whether the sweep's grid is smaller than the one the destination's multirun.yaml records."""
+    held = dest / "runs" / "multirun.yaml"
+    if not held.is_file():
+        return False
+    planned, recorded = (planned_jobs(OmegaConf.load(path)) for path in (sweep / "runs" / "multirun.yaml", held))
+    return planned is not None and recorded is not None and planned < recorded
 
 
 def collect_arguments(target: str, makefile: Path = REPO / "Makefile") -> list[str]:
@@ -80,9 +89,14 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
         return None
     dest = destination(sweep, results, target)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
-    for name in SWEEP_FILES:
-        if (sweep / "runs" / name).is_file():
-            shutil.copy2(sweep / "runs" / name, dest / "runs" / name)
+    if plans_fewer_jobs(sweep, dest):
+        # a round over fewer seeds (cpu_claims.sh) records a smaller grid: over the larger one's record, collect
+        # would take the jobs beyond it for an earlier sweep's and leave the later seeds out of every table
+        print(f"{target}: the sweep now plans fewer jobs than {dest / 'runs'} records: its record is kept")
+    else:
+        for name in SWEEP_FILES:
+            if (sweep / "runs" / name).is_file():
+                shutil.copy2(sweep / "runs" / name, dest / "runs" / name)
     for folders in seeds.values():
         for folder in folders:
             # copied beside runs/, then swapped in: an interrupted harvest leaves no half-copied job to collect
