@@ -85,11 +85,13 @@ def test_a_round_over_fewer_seeds_does_not_replace_the_record_of_the_full_grid(t
     assert "seed: 0,1" in (dest / "runs" / "multirun.yaml").read_text()
 
     fake_sweep(sweep, ["completed"] * 4, task="['seed=0']")  # the seed=0 round rewrites the sweep's record
+    (sweep / "runs" / "0" / "run.log").write_text("reused\n")  # and adds to the log of a job it reused
     seeds, _ = harvest_module.complete_seeds(sweep)
     assert sorted(seeds) == [0]
     assert harvest_module.harvest(sweep, results, "ablation-aux") == dest
     assert "task: []" in (dest / "runs" / "multirun.yaml").read_text()  # the full grid's record stays
     assert sorted(p.name for p in (dest / "runs").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+    assert not (dest / "runs" / "0" / "run.log").exists()  # a job harvested before is not copied again
 
     fake_sweep(sweep, ["completed"] * 4, task="['seed=0,1']")  # an equal grid's record replaces it
     harvest_module.harvest(sweep, results, "ablation-aux")

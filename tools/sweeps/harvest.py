@@ -71,6 +71,13 @@ def plans_fewer_jobs(sweep: Path, dest: Path) -> bool:
     return planned is not None and recorded is not None and planned < recorded
 
 
+def already_harvested(job: Path, copy: Path) -> bool:
+    """Whether the copy holds the job's result already: a later round that reuses a finished job leaves its
+    metrics.json as it was and only adds to its log and Hydra record, which need not churn the committed copy."""
+    held = copy / "metrics.json"
+    return held.is_file() and held.read_bytes() == (job / "metrics.json").read_bytes()
+
+
 def collect_arguments(target: str, makefile: Path = REPO / "Makefile") -> list[str]:
     """The --key/--reference `make <target>` hands `behaviorlm collect` (its `$(call sweep,...)` line)."""
     found = re.search(rf"\$\(call sweep,{re.escape(target)},[^,)]*,([^,)]+)(?:,([^,)]*))?\)", makefile.read_text())
@@ -99,6 +106,8 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
                 shutil.copy2(sweep / "runs" / name, dest / "runs" / name)
     for folders in seeds.values():
         for folder in folders:
+            if already_harvested(folder, dest / "runs" / folder.name):
+                continue
             # copied beside runs/, then swapped in: an interrupted harvest leaves no half-copied job to collect
             staged = dest / f".harvest-{folder.name}"
             shutil.rmtree(staged, ignore_errors=True)
