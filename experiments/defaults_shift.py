@@ -9,7 +9,10 @@ accuracy reweighted to the test period's mix, anchor and tail accuracy in each, 
 samples only the new run got right and only the old one did, and the sign-flip permutation test of the difference
 (behaviorlm.stats; samples flipped, so the test asks whether the two runs' hits differ beyond what swapping them
 per sample gives), Holm-adjusted over every job and metric. One seed per job tells whether a job's outcome moved;
-the mean shift of a stage order over seeds, with its Student-t interval, whether a method's mean moved. The first
+the mean shift of a stage order over seeds, with its Student-t interval, whether a method's mean moved. Seeds of a
+stage order whose predictions are identical in both sweeps (zero-shot: the untuned model does not depend on the
+seed) are one computation, not replicates: they make one row ("0, 1"), one test, and no seed interval, which would
+have zero width and call any shift beyond noise. The first
 line of the output says in one line whether anything moved beyond noise (`verdict`), and whether the two sweeps may
 also differ in precision (jobs that predate the compute record, or bf16 beside fp32), which the pairing cannot
 separate from the defaults.
@@ -18,6 +21,7 @@ separate from the defaults.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +40,16 @@ def jobs_by_order_and_seed(sweep_dir: Path) -> dict[tuple[str, int], tuple[Path,
             for folder, metrics in completed_jobs(sweep_dir).items()}
 
 
+def predictions_digest(predictions: pd.DataFrame) -> str:
+    return hashlib.sha256(predictions.to_csv().encode()).hexdigest()
+
+
 def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
     rows = []
     old_jobs, new_jobs = jobs_by_order_and_seed(old_dir), jobs_by_order_and_seed(new_dir)
+    # (stage_order, old digest, new digest) -> the seeds that computed exactly that pair: one row for them all
+    computations: dict[tuple[str, str, str], list[int]] = {}
+    pairs = {}
     for key in sorted(set(old_jobs) & set(new_jobs)):
         (old_folder, old_metrics), (new_folder, new_metrics) = old_jobs[key], new_jobs[key]
         if old_metrics["test/samples_digest"] != new_metrics["test/samples_digest"]:
@@ -46,6 +57,12 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
                              f"{old_metrics['test/samples_digest']} vs {new_metrics['test/samples_digest']})")
         old, new = (pd.read_csv(folder / "test_predictions.csv").set_index("sample_id")
                     for folder in (old_folder, new_folder))
+        computation = (key[0], predictions_digest(old), predictions_digest(new))
+        if computation not in computations:
+            pairs[computation] = (old, new, new_metrics)
+        computations.setdefault(computation, []).append(key[1])
+    for computation, seeds in computations.items():
+        old, new, new_metrics = pairs[computation]
         both = old[["role", "correct"]].merge(new[["correct"]].add_suffix("_new"), left_index=True,
                                               right_index=True)
         for metric in METRICS:
@@ -53,7 +70,7 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
             chosen = weights > 0
             before, after = both["correct"].to_numpy(float), both["correct_new"].to_numpy(float)
             p, _ = sign_flip_test(after, before, weights)
-            rows.append({"stage_order": key[0], "seed": key[1], "metric": metric,
+            rows.append({"stage_order": computation[0], "seed": ", ".join(map(str, seeds)), "metric": metric,
                          "old": round(float(np.sum(weights * before)), 4),
                          "new": round(float(np.sum(weights * after)), 4),
                          "diff": round(float(np.sum(weights * (after - before))), 4),
@@ -92,15 +109,20 @@ def verdict(table: pd.DataFrame) -> str:
     """One line: did anything move beyond noise? A job x metric difference significant after Holm over all of them
     (noise of the test samples), or a stage order whose mean shift over seeds has a Student-t 95% interval that
     excludes 0 (noise of the seeds)."""
-    moved = [f"{r.stage_order} seed {r.seed} {r.metric} {r.diff:+.3f} (Holm p = {r.p_holm:.2g})"
+    moved = [f"{r.stage_order} seed{'s' if ',' in str(r.seed) else ''} {r.seed} {r.metric} {r.diff:+.3f} "
+             f"(Holm p = {r.p_holm:.2g})"
              for r in table.itertuples() if r.p_holm < 0.05]
     shifts = []
     for (order, metric), group in table.groupby(["stage_order", "metric"]):
+        # one computation, whatever its seeds, or equal differences (a discrete metric on few samples: tail +1
+        # sample in each seed): the interval has zero width and says nothing; the sample-level tests above still do
+        if len(group) < 2 or group["diff"].nunique() == 1:
+            continue
         low, high = t_interval(group["diff"].to_numpy())
         if low > 0 or high < 0:
             shifts.append(f"{order} {metric} {group['diff'].mean():+.3f} [{low:+.3f}, {high:+.3f}] over "
                           f"{len(group)} seeds")
-    seeds = table.groupby("stage_order")["seed"].nunique().min()
+    seeds = table.groupby("stage_order")["seed"].nunique().max()  # distinct computations, not seed labels
     if not moved and not shifts:
         return (f"**Nothing moved beyond noise**: no job x metric difference is significant after Holm over the "
                 f"{len(table)} tests, and no stage order's mean shift has a seed interval excluding 0"

@@ -246,6 +246,35 @@ def test_defaults_shift_never_prints_a_p_value_of_zero(tmp_path):
     assert line.startswith("**Moved beyond noise**") and "Holm p = 0)" not in line and "Holm p = 0.0)" not in line
 
 
+def test_defaults_shift_takes_seeds_that_computed_the_same_predictions_for_one_replicate(tmp_path):
+    """Zero-shot ranks with the untuned model: its seeds give identical predictions, in both sweeps. Taken as two
+    replicates, a shift of 2 samples in 40 (sample-level p about 0.5) had a seed interval of zero width that
+    excluded 0, and the verdict called it beyond noise."""
+    from experiments.defaults_shift import compare, verdict
+
+    for sweep, correct in (("old", [0] * 40), ("new", [1, 1] + [0] * 38)):
+        for seed in (0, 1):
+            folder = tmp_path / sweep / "runs" / str(seed)
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"status": "completed", "stage_order": "zero_shot",
+                                                             "seed": seed, "test/samples_digest": "d",
+                                                             "test/weight_anchor": 0.5}))
+            pd.DataFrame({"sample_id": [f"s{i}" for i in range(40)], "role": ["anchor", "tail"] * 20,
+                          "correct": correct}).to_csv(folder / "test_predictions.csv", index=False)
+    table = compare(tmp_path / "old", tmp_path / "new")
+    assert len(table) == 3 and (table["seed"] == "0, 1").all()  # one row per metric, both seeds named
+    assert verdict(table).startswith("**Nothing moved beyond noise**")
+
+    # a seed whose predictions differ is a replicate of its own
+    new_seed1 = tmp_path / "new" / "runs" / "1" / "test_predictions.csv"
+    pd.read_csv(new_seed1).assign(correct=[1, 1, 1] + [0] * 37).to_csv(new_seed1, index=False)
+    assert sorted(compare(tmp_path / "old", tmp_path / "new")["seed"].unique()) == ["0", "1"]
+    # different computations with equal differences: a zero-width seed interval is no evidence either
+    equal = pd.DataFrame([{"stage_order": "joint", "seed": str(seed), "metric": "acc_tail", "diff": 0.0167,
+                           "p_holm": 1.0} for seed in (0, 1)])
+    assert verdict(equal).startswith("**Nothing moved beyond noise**")
+
+
 def test_defaults_shift_says_when_the_two_sweeps_may_differ_in_precision_too(tmp_path):
     """The old paper-main runs predate the compute record (bf16 on Zen 4); a rerun on an AVX2-only CPU trains in
     fp32: a shift between them is not the defaults' alone, and the verdict line says so."""
