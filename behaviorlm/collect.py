@@ -250,8 +250,9 @@ def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None
         for name in names:
             if f"{name}_mean" in row and pd.notna(row[f"{name}_mean"]):
                 half = (row[f"{name}_ci_high"] - row[f"{name}_ci_low"]) / 2
-                # one seed has no interval: print the value alone rather than a misleading "± 0"
-                cells.append(f"{row[f'{name}_mean']:.3f} ± {half:.3f}" if pd.notna(half)
+                # one seed, or seeds that all gave the same value (zero-shot: one computation), has no interval:
+                # the value alone rather than a misleading "± 0", which would read as no uncertainty at all
+                cells.append(f"{row[f'{name}_mean']:.3f} ± {half:.3f}" if pd.notna(half) and half > 1e-12
                              else f"{row[f'{name}_mean']:.3f}")
             else:
                 cells.append("n/a")

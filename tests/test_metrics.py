@@ -73,7 +73,11 @@ def test_results_table_and_sweep_table_follow_top_k():
     jobs.loc[1, "test/acc_at_3"] = 0.55
     table = summarise(jobs, "aux_ratio")
     assert table.loc[0, "acc@3_mean"] == pytest.approx(0.5)
-    assert "acc@3" in to_markdown(table, "aux_ratio").splitlines()[0]
+    markdown = to_markdown(table, "aux_ratio").splitlines()
+    assert "acc@3" in markdown[0]
+    # seeds that agree (zero-shot: one computation) have no interval to print, not "± 0.000"
+    cells = [cell.strip() for cell in markdown[2].split("|")]
+    assert cells[3] == "0.200" and cells[-3].startswith("0.500 ± ")
 
 
 def test_every_metric_against_a_hand_worked_example():
