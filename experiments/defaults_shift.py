@@ -47,9 +47,9 @@ def predictions_digest(predictions: pd.DataFrame) -> str:
 def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
     rows = []
     old_jobs, new_jobs = jobs_by_order_and_seed(old_dir), jobs_by_order_and_seed(new_dir)
-    # (stage_order, old digest, new digest) -> the seeds that computed exactly that pair: one row for them all
-    computations: dict[tuple[str, str, str], list[int]] = {}
-    pairs = {}
+    # (stage_order, old digest, new digest) -> (old, new, new metrics, the seeds that computed exactly that pair):
+    # one row for them all
+    computations: dict[tuple[str, str, str], tuple[pd.DataFrame, pd.DataFrame, dict, list[int]]] = {}
     for key in sorted(set(old_jobs) & set(new_jobs)):
         (old_folder, old_metrics), (new_folder, new_metrics) = old_jobs[key], new_jobs[key]
         if old_metrics["test/samples_digest"] != new_metrics["test/samples_digest"]:
@@ -58,11 +58,8 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
         old, new = (pd.read_csv(folder / "test_predictions.csv").set_index("sample_id")
                     for folder in (old_folder, new_folder))
         computation = (key[0], predictions_digest(old), predictions_digest(new))
-        if computation not in computations:
-            pairs[computation] = (old, new, new_metrics)
-        computations.setdefault(computation, []).append(key[1])
-    for computation, seeds in computations.items():
-        old, new, new_metrics = pairs[computation]
+        computations.setdefault(computation, (old, new, new_metrics, []))[3].append(key[1])
+    for computation, (old, new, new_metrics, seeds) in computations.items():
         both = old[["role", "correct"]].merge(new[["correct"]].add_suffix("_new"), left_index=True,
                                               right_index=True)
         for metric in METRICS:

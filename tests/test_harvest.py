@@ -9,7 +9,7 @@ from tools.sweeps import harvest as harvest_module
 def fake_sweep(root, statuses, group="paper-main-1", task="[]"):
     """A make-target sweep folder over seeds 0,1 x stage_order progressive,joint; statuses[i]: job i's status
     (None: not started). Each job folder holds an adapter, which must stay on the machine. task: the command line's
-    overrides, e.g. '[seed=0]' for a round over seed 0 alone."""
+    overrides, e.g. "['seed=0']" for a round over seed 0 alone."""
     runs = root / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "multirun.yaml").write_text(
