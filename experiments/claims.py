@@ -166,7 +166,8 @@ def verdict(claim: Claim, row: pd.Series, ref_mean: Optional[float], mine=None, 
     elif not excludes_zero:
         reasons.append("the seed interval includes 0")
     if claim.relative_effect and ref_mean:
-        effect = claim.relative_effect * ref_mean
+        # signed as the measured difference (method - reference): "accuracy drops 4.71%" is a negative difference
+        effect = claim.direction * claim.relative_effect * ref_mean
         seeds = seeds_needed(row, effect) if seed_interval else None
         samples = samples_needed(float(row.se_sample_level), int(row.n_samples), effect)
         n_seeds, n_samples = int(row.n_seeds), int(row.n_samples)

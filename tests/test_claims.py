@@ -55,6 +55,10 @@ def test_power_at_80_percent_by_the_named_formulas():
     _, why = verdict(Claim("overall up", "paper-main", "progressive", "joint", "acc_overall", +1, 0.204),
                      paired_row(-0.013, float("nan"), float("nan"), 0.22, seeds=1, se=0.03), 0.226)
     assert "needs about 1,9" in why and "test samples (now 600)" in why and "seeds (now" not in why
+    # a claim that accuracy drops names the paper's difference as a drop, in the orientation of the measured one
+    drop = Claim("accuracy drops", "ablation-components", "no_aux", "full", "acc_overall", -1, 0.0471)
+    _, why = verdict(drop, paired_row(0.001, float("nan"), float("nan"), 0.96, seeds=1), 0.190)
+    assert "the paper's difference (-0.009)" in why
 
 
 def test_sign_flip_test_equals_the_exact_enumeration_on_ten_samples_and_two_seeds():
