@@ -14,6 +14,9 @@ differences (seed-to-seed variation; two seeds or more).
   way (with the paper / against it); **inconclusive at this scale** otherwise, also when the two tests disagree
   in sign. The row then gives, at 80% power, the seeds and the test predictions a difference of the paper's size
   would need (the formulas are in `seeds_needed` and `samples_needed`).
+- Two claims that compare **the same computations** (ablation-aux's 0 vs 0.05 are ablation-components' no_aux vs
+  full, taken from the stage cache: their test predictions are identical seed by seed) are one test, not two
+  confirmations: one member of the Holm family, and the later row says whose test it shares.
 - "No better" claims are **equivalence** claims: a declared margin, and two one-sided tests (TOST) on the seed
   level (statsmodels `ttost_paired`) and on the sample level (normal TOST with the clustered standard error):
   **equivalent within ±m** when both reject, **not equivalent** when the difference is significant and beyond
@@ -29,6 +32,7 @@ Claims whose sweep has not been run say so, with the command that would run it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +249,24 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
                                                                  " (and not every size is below it)")}
 
 
+def computations(results: Path, claim: Claim) -> Optional[str]:
+    """A digest of what the claim's test compares: its metric and, seed by seed, the test predictions of the
+    method's and the reference's jobs (results/<target>/runs/<job>/test_predictions.csv); None when a job's
+    predictions are not there, which no other claim can share."""
+    jobs = pd.read_csv(results / claim.target / "jobs.csv", dtype={"job": str})
+    key = SWEPT_KEY[claim.target]
+    if "job" not in jobs:
+        return None
+    digest = hashlib.sha256(claim.metric.encode())
+    for role, value in (("method", claim.method), ("reference", claim.reference)):
+        for job in jobs[jobs[key].astype(str) == value].sort_values("seed").itertuples():
+            predictions = results / claim.target / "runs" / job.job / "test_predictions.csv"
+            if not predictions.exists():
+                return None
+            digest.update(f"{role}|{job.seed}|".encode() + predictions.read_bytes())
+    return digest.hexdigest()
+
+
 def claims_table(results: Path) -> pd.DataFrame:
     from statsmodels.stats.multitest import multipletests
 
@@ -258,10 +280,21 @@ def claims_table(results: Path) -> pd.DataFrame:
                        & (paired.metric == claim.metric)]
         if not match.empty and "p_permutation" in match:
             found[claim] = match.iloc[0].copy()
-    if found:  # Holm over the family members that have run
-        adjusted = multipletests([float(row.p_permutation) for row in found.values()], method="holm")[1]
-        for row, p in zip(found.values(), adjusted):
-            row["p_adjusted"] = float(p)
+    # claims over the same computations share the first one's test: one member of the family, one p-value
+    shares: dict[Claim, Claim] = {}
+    first_of: dict[str, Claim] = {}
+    for claim in found:
+        digest = computations(results, claim)
+        if digest is not None:
+            shares[claim] = first_of.setdefault(digest, claim)
+    tests = [claim for claim in found if shares.get(claim, claim) is claim]
+    if tests:  # Holm over the family members that have run
+        adjusted = multipletests([float(found[claim].p_permutation) for claim in tests], method="holm")[1]
+        for claim, p in zip(tests, adjusted):
+            found[claim]["p_adjusted"] = float(p)
+        for claim, first in shares.items():
+            found[claim]["p_adjusted"] = found[first]["p_adjusted"]
+            found[claim]["p_permutation"] = found[first]["p_permutation"]
     for claim in CLAIMS:
         base = {"claim": claim.text, "command": f"make {claim.target} EXPERIMENT=nyc_cpu"}
         if not claim.metric:  # the sample-efficiency curves
@@ -278,6 +311,9 @@ def claims_table(results: Path) -> pd.DataFrame:
         key = SWEPT_KEY[claim.target]
         ref_mean = reference_mean(jobs, key, claim.reference, claim.metric)
         decision, why = verdict(claim, row, ref_mean, *seed_values(jobs, key, claim))
+        if shares.get(claim, claim) is not claim:
+            why += (f"; the same computations as \"{shares[claim].text}\" (identical test predictions, seed by "
+                    "seed): one test, counted once in the family")
         interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
         rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval}", "mix": row.get("mix", ""),
                      "p_permutation": f"{row.p_permutation:.2g}", "holm_p": f"{row.p_adjusted:.2g}",
@@ -287,7 +323,8 @@ def claims_table(results: Path) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     run = int((table["verdict"] != "not run yet").sum())
-    lines = [f"Family: the {len(FAMILY)} claims with a paired test ({run} run so far), Holm-adjusted together; "
+    lines = [f"Family: the {len(FAMILY)} claims with a paired test ({run} run so far; claims over the same "
+             "computations count once), Holm-adjusted together; "
              "p: sample-level sign-flip permutation test of the difference shown (samples as clusters across seeds), "
              "Δ: mean of the per-seed differences [Student-t 95% over seeds], on the mix named.", "",
              "| claim (paper) | measured Δ [95% t over seeds] | mix | p | Holm p | seeds | verdict | why | command |",

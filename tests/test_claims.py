@@ -298,3 +298,39 @@ def test_gpu_driver_lanes_run_at_once_and_a_later_group_waits_for_the_first_grou
     assert (tmp_path / "logs" / "ablation-aux_seed1.log").is_file()
     with pytest.raises(SystemExit, match="unknown target 'ablation-nope'"):
         gpu_paper_main.sweep_groups(["paper-main,ablation-nope"])
+
+
+def test_claims_over_the_same_computations_are_one_test_in_the_family(tmp_path):
+    # ablation-aux's 0 vs 0.05 are ablation-components' no_aux vs full from the stage cache: identical predictions
+    def predictions(hits):
+        return pd.DataFrame({"sample_id": ["a", "b", "c"], "target": "X", "role": "anchor", "top5": "[]",
+                             "correct": hits})
+
+    def sweep(target, key, method, reference, hits_by_job):
+        write_sweep(tmp_path / target, [{"method": method, "reference": reference, "metric": "acc_overall",
+                                         "mean_diff": -0.05, "p_permutation": 0.01}],
+                    {key: [reference, method] * 3, "seed": [0, 0, 1, 1, 2, 2], "job": list(range(6)),
+                     "test/acc_overall": [0.3, 0.25] * 3})
+        for job, hits in enumerate(hits_by_job):
+            (tmp_path / target / "runs" / str(job)).mkdir(parents=True)
+            predictions(hits).to_csv(tmp_path / target / "runs" / str(job) / "test_predictions.csv", index=False)
+
+    hits = [[1, 1, 0], [1, 0, 0]] * 3
+    write_sweep(tmp_path / "paper-main", [{"method": "progressive", "reference": "joint", "metric": "acc_tail",
+                                           "mean_diff": 0.05, "p_permutation": 0.02}],
+                {"stage_order": ["progressive", "joint"] * 3, "seed": [0, 0, 1, 1, 2, 2],
+                 "test/acc_tail": [0.1, 0.05] * 3})
+    sweep("ablation-components", "variant", "no_aux", "full", hits)
+    sweep("ablation-aux", "aux_ratio", "0.0", "0.05", hits)
+    table = claims_table(tmp_path).set_index("claim")
+    no_aux, aux_zero = CLAIMS[3].text, CLAIMS[6].text
+    # two tests, not three: p 0.01 -> 0.02 (x 2), 0.02 -> 0.02; three would give 0.03 for both 0.01s
+    assert table.loc[no_aux, "holm_p"] == table.loc[aux_zero, "holm_p"] == "0.02"
+    assert table.loc[CLAIMS[0].text, "holm_p"] == "0.02"
+    assert f'the same computations as "{no_aux}"' in table.loc[aux_zero, "why"]
+    assert "same computations" not in table.loc[no_aux, "why"]
+    # one seed's predictions differ: two computations, two tests
+    predictions([0, 0, 0]).to_csv(tmp_path / "ablation-aux" / "runs" / "5" / "test_predictions.csv", index=False)
+    table = claims_table(tmp_path).set_index("claim")
+    assert table.loc[no_aux, "holm_p"] == table.loc[aux_zero, "holm_p"] == "0.03"
+    assert "same computations" not in table.loc[aux_zero, "why"]
