@@ -1,7 +1,7 @@
 """The paper's claims against our measurements: one row per claim, each with a verdict computed from paired.csv.
 
     python -m experiments.claims                      # results/claims.md and results/claims.csv
-    python -m experiments.claims --results results --out results
+    python -m experiments.claims --results results --out results --readme README.md   # what `make claims` runs
 
 A claim compares a method with a reference on one test metric (tail accuracy of BehaviorLM vs plain fine-tuning,
 say) and reads the sweep's `paired.csv` (behaviorlm collect --reference). Two tests look at the same difference,
@@ -336,17 +336,54 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The README's claims table lies between these lines, written by `make claims` (`--readme`) so that it cannot fall
+# behind results/claims.md; tests/test_claims.py checks the committed README against the committed results.
+README_BEGIN = "<!-- claims table: written by `make claims` from results/claims.csv; do not edit by hand -->"
+README_END = "<!-- end of the claims table -->"
+DECIDED = ("holds", "does not hold", "equivalent", "not equivalent")
+
+
+def readme_table(table: pd.DataFrame) -> str:
+    """The README's short form of the claims table: the difference with its mix, Holm p, seeds and verdict."""
+    lines = ["| claim (paper) | measured Δ [95% t over seeds] | Holm p | seeds | verdict |", "|---|---|---|---|---|"]
+    for row in table.astype(object).fillna("").itertuples():
+        measured = getattr(row, "measured", "")
+        mix = getattr(row, "mix", "")
+        if measured and mix and mix != "reweighted":
+            measured = f"{measured} {mix}"
+        verdict = f"**{row.verdict}**" if row.verdict.startswith(DECIDED) else row.verdict
+        lines.append(f"| {row.claim} | {measured} | {getattr(row, 'holm_p', '')} | {getattr(row, 'seeds', '')} | "
+                     f"{verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, table: pd.DataFrame) -> None:
+    """Replace the README's claims table (between README_BEGIN and README_END) with `readme_table(table)`."""
+    text = readme.read_text()
+    once = text.count(README_BEGIN) == 1 and text.count(README_END) == 1
+    if not once or text.index(README_BEGIN) > text.index(README_END):
+        raise SystemExit(f"error: {readme}: no claims table to replace: it needs one line '{README_BEGIN}' and, "
+                         f"after it, one line '{README_END}'")
+    head, rest = text.split(README_BEGIN + "\n", 1)
+    _, tail = rest.split(README_END, 1)
+    atomic_write_text(readme, f"{head}{README_BEGIN}\n{readme_table(table)}{README_END}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for claims.md and claims.csv (default: --results)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also rewrite this README's claims table (between its two claims-table lines)")
     args = parser.parse_args()
     out = args.out or args.results
     table = claims_table(args.results)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "claims.csv", table.to_csv(index=False))
     atomic_write_text(out / "claims.md", to_markdown(table))
+    if args.readme:
+        update_readme(args.readme, table)
     print(to_markdown(table))
 
 
