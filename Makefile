@@ -152,7 +152,7 @@ mutation: $(SETUP) ## mutation testing of the core modules against the fast test
 	$(PY) -m tools.mutation.mutation $(ARGS)
 
 claims: $(SETUP) ## the paper's claims with verdicts from the sweeps' paired tests -> results/claims.md
-	$(PY) -m experiments.claims --readme README.md
+	$(PY) -m experiments.claims --readme README.md --docs docs/results.md
 
 gpu-check: $(SETUP) ## on a GPU machine: bf16 scoring/training and 1 vs 2-process runs -> results/gpu_check.json
 	$(PY) -m tools.gpu.gpu_check $(ARGS)

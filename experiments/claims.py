@@ -1,7 +1,7 @@
 """The paper's claims against our measurements: one row per claim, each with a verdict computed from paired.csv.
 
     python -m experiments.claims                      # results/claims.md and results/claims.csv
-    python -m experiments.claims --results results --out results --readme README.md   # what `make claims` runs
+    python -m experiments.claims --results results --out results --readme README.md --docs docs/results.md
 
 A claim compares a method with a reference on one test metric (tail accuracy of BehaviorLM vs plain fine-tuning,
 say) and reads the sweep's `paired.csv` (behaviorlm collect --reference). Two tests look at the same difference,
@@ -336,8 +336,9 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The README's claims table lies between these lines, written by `make claims` (`--readme`) so that it cannot fall
-# behind results/claims.md; tests/test_claims.py checks the committed README against the committed results.
+# The README's short claims table and docs/results.md's full one lie between these lines, written by `make claims`
+# (`--readme`, `--docs`) so that they cannot fall behind results/claims.md; tests/test_claims.py checks the committed
+# files against the committed results.
 README_BEGIN = "<!-- claims table: written by `make claims` from results/claims.csv; do not edit by hand -->"
 README_END = "<!-- end of the claims table -->"
 DECIDED = ("holds", "does not hold", "equivalent", "not equivalent")
@@ -357,16 +358,16 @@ def readme_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: Path, table: pd.DataFrame) -> None:
-    """Replace the README's claims table (between README_BEGIN and README_END) with `readme_table(table)`."""
-    text = readme.read_text()
+def replace_table(path: Path, content: str) -> None:
+    """Replace the text between the file's README_BEGIN and README_END lines with `content`."""
+    text = path.read_text()
     once = text.count(README_BEGIN) == 1 and text.count(README_END) == 1
     if not once or text.index(README_BEGIN) > text.index(README_END):
-        raise SystemExit(f"error: {readme}: no claims table to replace: it needs one line '{README_BEGIN}' and, "
+        raise SystemExit(f"error: {path}: no claims table to replace: it needs one line '{README_BEGIN}' and, "
                          f"after it, one line '{README_END}'")
     head, rest = text.split(README_BEGIN + "\n", 1)
     _, tail = rest.split(README_END, 1)
-    atomic_write_text(readme, f"{head}{README_BEGIN}\n{readme_table(table)}{README_END}{tail}")
+    atomic_write_text(path, f"{head}{README_BEGIN}\n{content}{README_END}{tail}")
 
 
 def main() -> None:
@@ -375,7 +376,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for claims.md and claims.csv (default: --results)")
     parser.add_argument("--readme", type=Path, default=None,
-                        help="also rewrite this README's claims table (between its two claims-table lines)")
+                        help="also rewrite this README's short claims table (between its two claims-table lines)")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="also rewrite this page's full claims table (between its two claims-table lines)")
     args = parser.parse_args()
     out = args.out or args.results
     table = claims_table(args.results)
@@ -383,7 +386,9 @@ def main() -> None:
     atomic_write_text(out / "claims.csv", table.to_csv(index=False))
     atomic_write_text(out / "claims.md", to_markdown(table))
     if args.readme:
-        update_readme(args.readme, table)
+        replace_table(args.readme, readme_table(table))
+    if args.docs:
+        replace_table(args.docs, to_markdown(table))
     print(to_markdown(table))
 
 

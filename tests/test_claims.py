@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -336,21 +337,23 @@ def test_claims_over_the_same_computations_are_one_test_in_the_family(tmp_path):
     assert "same computations" not in table.loc[aux_zero, "why"]
 
 
-def test_the_readme_claims_table_is_the_committed_results_and_make_claims_rewrites_only_it(tmp_path):
-    from experiments.claims import README_BEGIN, README_END, readme_table, update_readme
+def test_the_claims_tables_in_the_docs_are_the_committed_results_and_make_claims_rewrites_only_them(tmp_path,
+                                                                                                   monkeypatch):
+    from experiments.claims import README_BEGIN, README_END, readme_table, replace_table, to_markdown
 
-    table = claims_table(ROOT / "results")
-    readme = (ROOT / "README.md").read_text()
-    committed = readme.split(README_BEGIN + "\n", 1)[1].split(README_END, 1)[0]
-    assert committed == readme_table(table), "README's claims table is stale: run `make claims`"
+    monkeypatch.chdir(ROOT)  # as `make claims` runs it: the rows name the results folder as given, relative
+    table = claims_table(Path("results"))
+    for page, expected in (("README.md", readme_table(table)), ("docs/results.md", to_markdown(table))):
+        committed = (ROOT / page).read_text().split(README_BEGIN + "\n", 1)[1].split(README_END, 1)[0]
+        assert committed == expected, f"{page}'s claims table is stale: run `make claims`"
     row = readme_table(table).splitlines()[2]  # the tail claim: its mix named, a decided verdict in bold
     assert row.startswith(f"| {CLAIMS[0].text} | ") and " tail | " in row and row.endswith(" | **does not hold** |")
     # the block is replaced, the text around it kept; without the two lines, a one-line error naming the file
     fake = tmp_path / "README.md"
     fake.write_text(f"# intro\n\n{README_BEGIN}\n| old | table |\n{README_END}\n\nafter\n")
-    update_readme(fake, table)
+    replace_table(fake, readme_table(table))
     assert fake.read_text() == f"# intro\n\n{README_BEGIN}\n{readme_table(table)}{README_END}\n\nafter\n"
     fake.write_text("# no table here\n")
     with pytest.raises(SystemExit, match=f"error: {fake}: no claims table to replace"):
-        update_readme(fake, table)
+        replace_table(fake, readme_table(table))
     assert fake.read_text() == "# no table here\n"
