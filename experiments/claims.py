@@ -249,7 +249,7 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
                                                                  " (and not every size is below it)")}
 
 
-def computations(results: Path, claim: Claim) -> Optional[str]:
+def computations_digest(results: Path, claim: Claim) -> Optional[str]:
     """A digest of what the claim's test compares: its metric and, seed by seed, the test predictions of the
     method's and the reference's jobs (results/<target>/runs/<job>/test_predictions.csv); None when a job's
     predictions are not there, which no other claim can share."""
@@ -284,7 +284,7 @@ def claims_table(results: Path) -> pd.DataFrame:
     shares: dict[Claim, Claim] = {}
     first_of: dict[str, Claim] = {}
     for claim in found:
-        digest = computations(results, claim)
+        digest = computations_digest(results, claim)
         if digest is not None:
             shares[claim] = first_of.setdefault(digest, claim)
     tests = [claim for claim in found if shares.get(claim, claim) is claim]
@@ -339,8 +339,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 # The README's short claims table and docs/results.md's full one lie between these lines, written by `make claims`
 # (`--readme`, `--docs`) so that they cannot fall behind results/claims.md; tests/test_claims.py checks the committed
 # files against the committed results.
-README_BEGIN = "<!-- claims table: written by `make claims` from results/claims.csv; do not edit by hand -->"
-README_END = "<!-- end of the claims table -->"
+TABLE_BEGIN = "<!-- claims table: written by `make claims` from results/claims.csv; do not edit by hand -->"
+TABLE_END = "<!-- end of the claims table -->"
 DECIDED = ("holds", "does not hold", "equivalent", "not equivalent")
 
 
@@ -358,16 +358,16 @@ def readme_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_table(path: Path, content: str) -> None:
-    """Replace the text between the file's README_BEGIN and README_END lines with `content`."""
+def with_table(path: Path, content: str) -> str:
+    """The file's text with `content` between its TABLE_BEGIN and TABLE_END lines (written by the caller)."""
     text = path.read_text()
-    once = text.count(README_BEGIN) == 1 and text.count(README_END) == 1
-    if not once or text.index(README_BEGIN) > text.index(README_END):
-        raise SystemExit(f"error: {path}: no claims table to replace: it needs one line '{README_BEGIN}' and, "
-                         f"after it, one line '{README_END}'")
-    head, rest = text.split(README_BEGIN + "\n", 1)
-    _, tail = rest.split(README_END, 1)
-    atomic_write_text(path, f"{head}{README_BEGIN}\n{content}{README_END}{tail}")
+    once = text.count(TABLE_BEGIN) == 1 and text.count(TABLE_END) == 1
+    if not once or text.index(TABLE_BEGIN) > text.index(TABLE_END):
+        raise SystemExit(f"error: {path}: no claims table to replace: it needs one line '{TABLE_BEGIN}' and, "
+                         f"after it, one line '{TABLE_END}'")
+    head, rest = text.split(TABLE_BEGIN + "\n", 1)
+    _, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_BEGIN}\n{content}{TABLE_END}{tail}"
 
 
 def main() -> None:
@@ -383,12 +383,14 @@ def main() -> None:
     out = args.out or args.results
     table = claims_table(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "claims.csv", table.to_csv(index=False))
-    atomic_write_text(out / "claims.md", to_markdown(table))
+    # every page's new text first: a page without its table lines stops the run before anything is written
+    writes = {out / "claims.csv": table.to_csv(index=False), out / "claims.md": to_markdown(table)}
     if args.readme:
-        replace_table(args.readme, readme_table(table))
+        writes[args.readme] = with_table(args.readme, readme_table(table))
     if args.docs:
-        replace_table(args.docs, to_markdown(table))
+        writes[args.docs] = with_table(args.docs, to_markdown(table))
+    for path, text in writes.items():
+        atomic_write_text(path, text)
     print(to_markdown(table))
 
 

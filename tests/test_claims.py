@@ -339,21 +339,29 @@ def test_claims_over_the_same_computations_are_one_test_in_the_family(tmp_path):
 
 def test_the_claims_tables_in_the_docs_are_the_committed_results_and_make_claims_rewrites_only_them(tmp_path,
                                                                                                    monkeypatch):
-    from experiments.claims import README_BEGIN, README_END, readme_table, replace_table, to_markdown
+    from experiments.claims import TABLE_BEGIN, TABLE_END, readme_table, to_markdown, with_table
 
     monkeypatch.chdir(ROOT)  # as `make claims` runs it: the rows name the results folder as given, relative
     table = claims_table(Path("results"))
     for page, expected in (("README.md", readme_table(table)), ("docs/results.md", to_markdown(table))):
-        committed = (ROOT / page).read_text().split(README_BEGIN + "\n", 1)[1].split(README_END, 1)[0]
+        committed = (ROOT / page).read_text().split(TABLE_BEGIN + "\n", 1)[1].split(TABLE_END, 1)[0]
         assert committed == expected, f"{page}'s claims table is stale: run `make claims`"
     row = readme_table(table).splitlines()[2]  # the tail claim: its mix named, a decided verdict in bold
     assert row.startswith(f"| {CLAIMS[0].text} | ") and " tail | " in row and row.endswith(" | **does not hold** |")
-    # the block is replaced, the text around it kept; without the two lines, a one-line error naming the file
-    fake = tmp_path / "README.md"
-    fake.write_text(f"# intro\n\n{README_BEGIN}\n| old | table |\n{README_END}\n\nafter\n")
-    replace_table(fake, readme_table(table))
-    assert fake.read_text() == f"# intro\n\n{README_BEGIN}\n{readme_table(table)}{README_END}\n\nafter\n"
-    fake.write_text("# no table here\n")
-    with pytest.raises(SystemExit, match=f"error: {fake}: no claims table to replace"):
-        replace_table(fake, readme_table(table))
-    assert fake.read_text() == "# no table here\n"
+    # make claims on a copy: the blocks are replaced, the text around them kept
+    results, readme, docs = tmp_path / "results", tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text(f"# intro\n\n{TABLE_BEGIN}\n| old | table |\n{TABLE_END}\n\nafter\n")
+    docs.write_text(f"{TABLE_BEGIN}\n{TABLE_END}\n")
+    claims = [sys.executable, "-m", "experiments.claims", "--results", "results", "--out", str(results),
+              "--readme", str(readme), "--docs", str(docs)]
+    subprocess.run(claims, cwd=ROOT, check=True, capture_output=True)
+    assert readme.read_text() == f"# intro\n\n{TABLE_BEGIN}\n{readme_table(table)}{TABLE_END}\n\nafter\n"
+    assert docs.read_text() == f"{TABLE_BEGIN}\n{to_markdown(table)}{TABLE_END}\n"
+    # a page without its two lines: a one-line error naming the file, and nothing written, the claims files included
+    readme.write_text("# no table here\n")
+    (results / "claims.md").unlink()
+    failed = subprocess.run(claims, cwd=ROOT, capture_output=True, text=True)
+    assert failed.returncode != 0 and f"error: {readme}: no claims table to replace" in failed.stderr
+    assert readme.read_text() == "# no table here\n" and not (results / "claims.md").exists()
+    with pytest.raises(SystemExit, match=f"error: {readme}: no claims table"):
+        with_table(readme, readme_table(table))
