@@ -249,11 +249,10 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
                                                                  " (and not every size is below it)")}
 
 
-def computations_digest(results: Path, claim: Claim) -> Optional[str]:
+def computations_digest(results: Path, claim: Claim, jobs: pd.DataFrame) -> Optional[str]:
     """A digest of what the claim's test compares: its metric and, seed by seed, the test predictions of the
-    method's and the reference's jobs (results/<target>/runs/<job>/test_predictions.csv); None when a job's
-    predictions are not there, which no other claim can share."""
-    jobs = pd.read_csv(results / claim.target / "jobs.csv", dtype={"job": str})
+    method's and the reference's jobs (results/<target>/runs/<job>/test_predictions.csv, `jobs` its jobs.csv); None
+    when a job's predictions are not there, which no other claim can share."""
     key = SWEPT_KEY[claim.target]
     if "job" not in jobs:
         return None
@@ -270,7 +269,7 @@ def computations_digest(results: Path, claim: Claim) -> Optional[str]:
 def claims_table(results: Path) -> pd.DataFrame:
     from statsmodels.stats.multitest import multipletests
 
-    rows, found = [], {}
+    rows, found, jobs_of = [], {}, {}
     for claim in CLAIMS:
         paired_csv = results / claim.target / "paired.csv"
         if not claim.metric or not paired_csv.exists():
@@ -280,14 +279,15 @@ def claims_table(results: Path) -> pd.DataFrame:
                        & (paired.metric == claim.metric)]
         if not match.empty and "p_permutation" in match:
             found[claim] = match.iloc[0].copy()
-    # claims over the same computations share the first one's test: one member of the family, one p-value
-    shares: dict[Claim, Claim] = {}
+            jobs_of[claim] = pd.read_csv(results / claim.target / "jobs.csv", dtype={"job": str})
+    # a claim over the same computations as an earlier one shares its test: one member of the family, one p-value
+    shares: dict[Claim, Claim] = {}  # the claims that share an earlier claim's test -> that claim
     first_of: dict[str, Claim] = {}
     for claim in found:
-        digest = computations_digest(results, claim)
-        if digest is not None:
-            shares[claim] = first_of.setdefault(digest, claim)
-    tests = [claim for claim in found if shares.get(claim, claim) is claim]
+        digest = computations_digest(results, claim, jobs_of[claim])
+        if digest is not None and first_of.setdefault(digest, claim) is not claim:
+            shares[claim] = first_of[digest]
+    tests = [claim for claim in found if claim not in shares]
     if tests:  # Holm over the family members that have run
         adjusted = multipletests([float(found[claim].p_permutation) for claim in tests], method="holm")[1]
         for claim, p in zip(tests, adjusted):
@@ -306,12 +306,11 @@ def claims_table(results: Path) -> pd.DataFrame:
         if claim not in found:
             rows.append({**base, "verdict": "not run yet", "why": f"no {results / claim.target / 'paired.csv'}"})
             continue
-        row = found[claim]
-        jobs = pd.read_csv(results / claim.target / "jobs.csv")
+        row, jobs = found[claim], jobs_of[claim]
         key = SWEPT_KEY[claim.target]
         ref_mean = reference_mean(jobs, key, claim.reference, claim.metric)
         decision, why = verdict(claim, row, ref_mean, *seed_values(jobs, key, claim))
-        if shares.get(claim, claim) is not claim:
+        if claim in shares:
             why += (f"; the same computations as \"{shares[claim].text}\" (identical test predictions, seed by "
                     "seed): one test, counted once in the family")
         interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
@@ -384,14 +383,15 @@ def main() -> None:
     table = claims_table(args.results)
     out.mkdir(parents=True, exist_ok=True)
     # every page's new text first: a page without its table lines stops the run before anything is written
-    writes = {out / "claims.csv": table.to_csv(index=False), out / "claims.md": to_markdown(table)}
+    markdown = to_markdown(table)
+    writes = {out / "claims.csv": table.to_csv(index=False), out / "claims.md": markdown}
     if args.readme:
         writes[args.readme] = with_table(args.readme, readme_table(table))
     if args.docs:
-        writes[args.docs] = with_table(args.docs, to_markdown(table))
+        writes[args.docs] = with_table(args.docs, markdown)
     for path, text in writes.items():
         atomic_write_text(path, text)
-    print(to_markdown(table))
+    print(markdown)
 
 
 if __name__ == "__main__":
