@@ -6,10 +6,10 @@ import pytest
 from tools.sweeps import harvest as harvest_module
 
 
-def fake_sweep(root, statuses, group="paper-main-1", task="[]"):
+def fake_sweep(root, statuses, group="paper-main-1", task="[]", compute_dtype=None):
     """A make-target sweep folder over seeds 0,1 x stage_order progressive,joint; statuses[i]: job i's status
     (None: not started). Each job folder holds an adapter, which must stay on the machine. task: the command line's
-    overrides, e.g. "['seed=0']" for a round over seed 0 alone."""
+    overrides, e.g. "['seed=0']" for a round over seed 0 alone; compute_dtype: what the jobs record they ran in."""
     runs = root / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "multirun.yaml").write_text(
@@ -23,7 +23,9 @@ def fake_sweep(root, statuses, group="paper-main-1", task="[]"):
         job = runs / str(number)
         (job / "adapter").mkdir(parents=True, exist_ok=True)
         (job / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
-        (job / "metrics.json").write_text(json.dumps({"status": status, "seed": seed, "stage_order": order}))
+        compute = {"device_type": "cpu", "compute_dtype": compute_dtype} if compute_dtype else {}
+        (job / "metrics.json").write_text(json.dumps({"status": status, "seed": seed, "stage_order": order,
+                                                      **compute}))
         (job / "test_predictions.csv").write_text("sample,hit\n0,1\n")
     return root
 
@@ -96,3 +98,37 @@ def test_a_round_over_fewer_seeds_does_not_replace_the_record_of_the_full_grid(t
     fake_sweep(sweep, ["completed"] * 4, task="['seed=0,1']")  # an equal grid's record replaces it
     harvest_module.harvest(sweep, results, "ablation-aux")
     assert "task: ['seed=0,1']" in (dest / "runs" / "multirun.yaml").read_text()
+
+
+def test_a_third_sweep_of_a_target_is_refused_rather_than_merged_into_the_rerun(tmp_path):
+    """results/paper-main (old defaults) and results/paper-main-rerun (an fp32 rerun) both held: a bf16 rerun from
+    a fresh machine has a W&B group of its own and must not land among the fp32 rerun's jobs."""
+    results = tmp_path / "results"
+    fake_sweep(results / "paper-main", ["completed"] * 4, group="paper-main-old")
+    fake_sweep(results / "paper-main-rerun", ["completed"] * 4, group="paper-main-fp32")
+    sweep = fake_sweep(tmp_path / "sweeps" / "paper-main", ["completed"] * 4, group="paper-main-bf16")
+    with pytest.raises(SystemExit, match=r"paper-main-rerun both hold other sweeps' jobs \(not W&B group "
+                                         r"paper-main-bf16\)"):
+        harvest_module.harvest(sweep, results, "paper-main")
+    fake_sweep(tmp_path / "sweeps" / "again", ["completed"] * 4, group="paper-main-fp32")  # the rerun's own: its
+    assert harvest_module.destination(tmp_path / "sweeps" / "again", results, "paper-main") == (  # folder
+        results / "paper-main-rerun")
+
+
+def test_a_harvest_that_would_mix_bf16_and_fp32_jobs_in_one_folder_is_refused_and_copies_nothing(tmp_path,
+                                                                                                   monkeypatch):
+    monkeypatch.setattr(harvest_module.collect, "main", lambda argv: None)
+    results = tmp_path / "results"
+    sweep = fake_sweep(tmp_path / "sweeps" / "ablation-aux", ["completed", "completed", None, None],
+                       compute_dtype="float32")
+    dest = harvest_module.harvest(sweep, results, "ablation-aux")  # seed 0 on an fp32 machine
+    # the machine changed kind and the kept sweep folder goes on in bf16: seed 1 must not join seed 0's jobs
+    fake_sweep(sweep, [None, None, "completed", "completed"], compute_dtype="bfloat16")
+    with pytest.raises(SystemExit, match=r"ablation-aux/runs would mix compute kinds \(cpu/bfloat16: jobs 2, 3; "
+                                         r"cpu/float32: jobs 0, 1\)"):
+        harvest_module.harvest(sweep, results, "ablation-aux")
+    assert sorted(p.name for p in (dest / "runs").iterdir() if p.name.isdigit()) == ["0", "1"]
+
+    fake_sweep(sweep, [None, None, "completed", "completed"], compute_dtype="float32")  # the same kind: harvested
+    harvest_module.harvest(sweep, results, "ablation-aux")
+    assert sorted(p.name for p in (dest / "runs").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]

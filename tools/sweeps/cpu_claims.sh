@@ -25,7 +25,7 @@ set -euo pipefail
 SWEEPS_HOME=${SWEEPS_HOME:-$HOME/sweeps}
 CLAIMS_SWEEPS=${CLAIMS_SWEEPS:-paper-main ablation-components ablation-aux ablation-few-shot ablation-b-rate}
 CLAIMS_SEEDS=${CLAIMS_SEEDS:-0 1 2}
-SWEEP_COMMIT=${SWEEP_COMMIT:-e8122e5c003818479f5a32812759ae587ed3a4d9}  # started 2026-12-06 on an AVX2-only EPYC
+SWEEP_COMMIT=${SWEEP_COMMIT:-22be351ca287e7600ccd47f9421923a102bf580a}  # started 2026-12-06 on a Zen 4 (bf16)
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PIDFILE=$SWEEPS_HOME/claims.pgid
 LOG=$SWEEPS_HOME/claims.log

@@ -17,6 +17,7 @@ Makefile line gives it, so the tables are the ones `make <target>` would write.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 from pathlib import Path
@@ -52,14 +53,44 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
 
 
 def destination(sweep: Path, results: Path, target: str) -> Path:
-    """results/<target>, or results/<target>-rerun when results/<target> holds another sweep's jobs."""
-    dest = results / target
+    """results/<target>, or results/<target>-rerun when results/<target> holds another sweep's jobs; an error when
+    both do (a third sweep of the target, say on another machine, would otherwise be merged into the rerun's)."""
     if not (sweep / "runs" / ".wandb_group").is_file():
         raise SystemExit(f"error: {sweep / 'runs'} has no .wandb_group: not a sweep a make target started")
     group = (sweep / "runs" / ".wandb_group").read_text().strip()
-    held = dest / "runs" / ".wandb_group"
-    holds_another = (dest / "runs").is_dir() and (not held.is_file() or held.read_text().strip() != group)
-    return results / f"{target}-rerun" if holds_another else dest
+    candidates = (results / target, results / f"{target}-rerun")
+    for dest in candidates:
+        held = dest / "runs" / ".wandb_group"
+        if not (dest / "runs").is_dir() or held.is_file() and held.read_text().strip() == group:
+            return dest
+    raise SystemExit(f"error: {candidates[0]} and {candidates[1]} both hold other sweeps' jobs (not W&B group "
+                     f"{group}): move one aside before harvesting {sweep}")
+
+
+def compute_kinds(folders) -> dict[str, list[str]]:
+    """{"cpu/bfloat16": [job folder names]}: the device and precision each job's matrix products ran in, as its
+    metrics.json records them ("not recorded" for jobs that predate the record)."""
+    kinds: dict[str, list[str]] = {}
+    for folder in folders:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        kind = (f"{metrics['device_type']}/{metrics['compute_dtype']}"
+                if metrics.get("device_type") and metrics.get("compute_dtype") else "not recorded")
+        kinds.setdefault(kind, []).append(folder.name)
+    return kinds
+
+
+def refuse_mixed_compute(new_jobs: list[Path], dest: Path) -> None:
+    """One folder, one kind of compute: seeds of one sweep run on a bf16 machine and on an fp32 one differ by the
+    machine as well as the seed, so a harvest that would mix them stops with both kinds named."""
+    held = [job for job in (dest / "runs").glob("*") if job.name.isdigit() and (job / "metrics.json").is_file()
+            and job.name not in {folder.name for folder in new_jobs}]
+    kinds = compute_kinds(new_jobs)
+    held_kinds = compute_kinds(held)
+    if len(kinds) > 1 or held_kinds and set(held_kinds) != set(kinds):
+        every = {kind: held_kinds.get(kind, []) + kinds.get(kind, []) for kind in sorted({*held_kinds, *kinds})}
+        found = "; ".join(f"{kind}: jobs {', '.join(sorted(names, key=int))}" for kind, names in every.items())
+        raise SystemExit(f"error: {dest / 'runs'} would mix compute kinds ({found}): harvest the new seeds into "
+                         "another folder, or move the held ones aside")
 
 
 def plans_fewer_jobs(sweep: Path, dest: Path) -> bool:
@@ -95,6 +126,7 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
     if not seeds or dry_run:
         return None
     dest = destination(sweep, results, target)
+    refuse_mixed_compute([folder for folders in seeds.values() for folder in folders], dest)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
     if plans_fewer_jobs(sweep, dest):
         # a round over fewer seeds (cpu_claims.sh) records a smaller grid: over the larger one's record, collect
