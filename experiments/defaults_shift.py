@@ -2,7 +2,7 @@
 the same test samples, paired sample by sample.
 
     python -m experiments.defaults_shift results/paper-main results/paper-main-rerun \
-        --out results/paper-main-rerun/defaults_shift.md
+        --old-compute cpu/bfloat16 --out results/paper-main-rerun/defaults_shift.md
 
 For every (stage_order, seed) completed in both sweeps and tested on the same samples (test/samples_digest): overall
 accuracy reweighted to the test period's mix, anchor and tail accuracy in each, their difference (new - old), the
@@ -93,9 +93,16 @@ def compute_of(sweep_dir: Path) -> str:
     return ", ".join(sorted(set(kinds)))
 
 
-def compute_caveat(old: str, new: str) -> str:
+def compute_caveat(old: str, new: str, old_stated: str | None = None) -> str:
     """Half a line when the two sweeps may not have run in the same precision: then a shift is the new defaults' and
-    the machine's together (bf16 and fp32 round differently), and the comparison cannot tell them apart."""
+    the machine's together (bf16 and fp32 round differently), and the comparison cannot tell them apart. old_stated:
+    what the old jobs ran in where they predate the record, as the caller knows it from elsewhere (--old-compute);
+    the line then says it was stated, not recorded."""
+    if old == "not recorded" and old_stated:
+        if old_stated == new:
+            return (f" Compute: {new} in both (the old jobs predate the record: theirs is as stated with "
+                    "--old-compute).")
+        old = f"{old_stated} (stated, not recorded)"
     if old == new and "not recorded" not in old:
         return ""
     return (f" The compute differs or is unknown (old: {old}; new: {new}): a shift is the new defaults' and the "
@@ -132,9 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("old", type=Path, help="the sweep made with the old defaults")
     parser.add_argument("new", type=Path, help="the same sweep with the new ones")
     parser.add_argument("--out", type=Path, required=True, help="the markdown table to write")
+    parser.add_argument("--old-compute", metavar="DEVICE/DTYPE", help="what the old sweep's jobs ran in, e.g. "
+                        "cpu/bfloat16, where they predate the record and it is known from elsewhere (the output "
+                        "says it was stated, not recorded)")
     args = parser.parse_args(argv)
     table = compare(args.old, args.new)
-    caveat = compute_caveat(compute_of(args.old), compute_of(args.new))
+    caveat = compute_caveat(compute_of(args.old), compute_of(args.new), args.old_compute)
     text = (f"Same jobs, same test samples: {args.new} against {args.old}, paired sample by sample "
             "(sign-flip permutation test of the difference, Holm-adjusted over every row; overall reweighted to the "
             "test period's mix).\n\n" + verdict(table) + caveat + "\n\n" + markdown_table(table) + "\n")

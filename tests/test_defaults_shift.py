@@ -97,6 +97,13 @@ def test_defaults_shift_says_when_the_two_sweeps_may_differ_in_precision_too(tmp
     assert "The compute differs or is unknown (old: not recorded; new: cpu/float32)" in verdict_line
     assert compute_caveat("cpu/float32", "cpu/float32") == ""
     assert "old: cpu/bfloat16; new: cpu/float32" in compute_caveat("cpu/bfloat16", "cpu/float32")
+    # the old jobs' compute known from elsewhere (--old-compute): said as stated, and a mismatch still caveated
+    main([str(tmp_path / "old"), str(tmp_path / "new"), "--out", str(tmp_path / "shift.md"),
+          "--old-compute", "cpu/float32"])
+    assert "Compute: cpu/float32 in both (the old jobs predate the record: theirs is as stated with --old-compute)" \
+        in (tmp_path / "shift.md").read_text()
+    assert "old: cpu/bfloat16 (stated, not recorded); new: cpu/float32" in compute_caveat(
+        "not recorded", "cpu/float32", "cpu/bfloat16")
 
 
 def test_defaults_shift_says_in_one_line_whether_anything_moved_beyond_noise():
