@@ -3,6 +3,8 @@ the same test samples, paired sample by sample.
 
     python -m experiments.defaults_shift results/paper-main results/paper-main-rerun \
         --old-compute cpu/bfloat16 --out results/paper-main-rerun/defaults_shift.md
+    python -m experiments.defaults_shift results/avx2-fp32/paper-main-rerun results/paper-main-rerun \
+        --same-defaults --out results/paper-main-rerun/precision_shift.md    # fp32 vs bf16, the same defaults
 
 For every (stage_order, seed) completed in both sweeps and tested on the same samples (test/samples_digest): overall
 accuracy reweighted to the test period's mix, anchor and tail accuracy in each, their difference (new - old), the
@@ -93,11 +95,15 @@ def compute_of(sweep_dir: Path) -> str:
     return ", ".join(sorted(set(kinds)))
 
 
-def compute_caveat(old: str, new: str, old_stated: str | None = None) -> str:
+def compute_caveat(old: str, new: str, old_stated: str | None = None, same_defaults: bool = False) -> str:
     """Half a line when the two sweeps may not have run in the same precision: then a shift is the new defaults' and
     the machine's together (bf16 and fp32 round differently), and the comparison cannot tell them apart. old_stated:
     what the old jobs ran in where they predate the record, as the caller knows it from elsewhere (--old-compute);
-    the line then says it was stated, not recorded."""
+    the line then says it was stated, not recorded. same_defaults: the caller says both sweeps ran the same defaults
+    (--same-defaults), so the comparison is one of precision (or machine) alone."""
+    if same_defaults:
+        return (f" Same defaults in both (as stated with --same-defaults); the compute is old: {old}, new: {new}: a "
+                "shift is the precision's and the machine's.")
     if old == "not recorded" and old_stated:
         if old_stated == new:
             return (f" Compute: {new} in both (the old jobs predate the record: theirs is as stated with "
@@ -142,9 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--old-compute", metavar="DEVICE/DTYPE", help="what the old sweep's jobs ran in, e.g. "
                         "cpu/bfloat16, where they predate the record and it is known from elsewhere (the output "
                         "says it was stated, not recorded)")
+    parser.add_argument("--same-defaults", action="store_true", help="both sweeps ran the same defaults (and "
+                        "code) on different machines: the comparison is of the precision, not of defaults")
     args = parser.parse_args(argv)
     table = compare(args.old, args.new)
-    caveat = compute_caveat(compute_of(args.old), compute_of(args.new), args.old_compute)
+    caveat = compute_caveat(compute_of(args.old), compute_of(args.new), args.old_compute, args.same_defaults)
     text = (f"Same jobs, same test samples: {args.new} against {args.old}, paired sample by sample "
             "(sign-flip permutation test of the difference, Holm-adjusted over every row; overall reweighted to the "
             "test period's mix).\n\n" + verdict(table) + caveat + "\n\n" + markdown_table(table) + "\n")

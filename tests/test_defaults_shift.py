@@ -104,6 +104,9 @@ def test_defaults_shift_says_when_the_two_sweeps_may_differ_in_precision_too(tmp
         in (tmp_path / "shift.md").read_text()
     assert "old: cpu/bfloat16 (stated, not recorded); new: cpu/float32" in compute_caveat(
         "not recorded", "cpu/float32", "cpu/bfloat16")
+    # the same defaults on two machines (an fp32 and a bf16 rerun): the shift is the precision's, not the defaults'
+    caveat = compute_caveat("cpu/float32", "cpu/bfloat16", same_defaults=True)
+    assert "a shift is the precision's and the machine's" in caveat and "defaults'" not in caveat
 
 
 def test_defaults_shift_says_in_one_line_whether_anything_moved_beyond_noise():
