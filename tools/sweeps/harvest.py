@@ -17,11 +17,11 @@ Makefile line gives it, so the tables are the ones `make <target>` would write.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import OmegaConf
 
 from behaviorlm import collect
@@ -34,9 +34,9 @@ LEFT_ON_THE_MACHINE = shutil.ignore_patterns("adapter", "base_model", "wandb", "
 SWEEP_FILES = ("multirun.yaml", "sweep_summary.json", ".wandb_group")
 
 
-def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
-    """({seed: its job folders} for the seeds all of whose planned jobs completed, {seed: completed/planned} for
-    every seed the sweep plans)."""
+def complete_seeds(sweep: Path) -> tuple[dict[int, dict[Path, dict]], dict]:
+    """({seed: {its job folders: their metrics}} for the seeds all of whose planned jobs completed,
+    {seed: completed/planned} for every seed the sweep plans)."""
     runs = sweep / "runs"
     config = OmegaConf.load(runs / "multirun.yaml")
     seeds = [int(seed) for seed in sweep_values(config).get("seed", [config.seed])]
@@ -45,9 +45,9 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, list[Path]], dict]:
         raise SystemExit(f"error: {runs / 'multirun.yaml'}: the sweep's job count cannot be told in advance (not the "
                          "basic sweeper's grid), so neither can a complete seed")
     per_seed = planned // len(seeds)
-    by_seed: dict[int, list[Path]] = {}
+    by_seed: dict[int, dict[Path, dict]] = {}
     for folder, metrics in completed_jobs(sweep).items():
-        by_seed.setdefault(int(metrics["seed"]), []).append(folder)
+        by_seed.setdefault(int(metrics["seed"]), {})[folder] = metrics
     progress = {seed: f"{len(by_seed.get(seed, []))}/{per_seed} jobs" for seed in seeds}
     return {seed: by_seed[seed] for seed in seeds if len(by_seed.get(seed, [])) == per_seed}, progress
 
@@ -67,23 +67,23 @@ def destination(sweep: Path, results: Path, target: str) -> Path:
                      f"{group}): move one aside before harvesting {sweep}")
 
 
-def compute_kinds(folders) -> dict[str, list[str]]:
-    """{"cpu/bfloat16": [job folder names]}: the device and precision each job's matrix products ran in, as its
-    metrics.json records them ("not recorded" for jobs that predate the record)."""
+def compute_kinds(jobs: dict[Path, dict]) -> dict[str, list[str]]:
+    """{"cpu/bfloat16": [job folder names]}: the device and precision each job's matrix products ran in, in
+    collect's own terms (collect.add_compute; "not recorded" for jobs that predate the record)."""
+    frame = collect.add_compute(pd.DataFrame(list(jobs.values())))
+    labels = (frame[collect.COMPUTE].fillna("not recorded") if collect.COMPUTE in frame
+              else ["not recorded"] * len(jobs))
     kinds: dict[str, list[str]] = {}
-    for folder in folders:
-        metrics = json.loads((folder / "metrics.json").read_text())
-        kind = (f"{metrics['device_type']}/{metrics['compute_dtype']}"
-                if metrics.get("device_type") and metrics.get("compute_dtype") else "not recorded")
+    for folder, kind in zip(jobs, labels):
         kinds.setdefault(kind, []).append(folder.name)
     return kinds
 
 
-def refuse_mixed_compute(new_jobs: list[Path], dest: Path) -> None:
+def refuse_mixed_compute(new_jobs: dict[Path, dict], dest: Path) -> None:
     """One folder, one kind of compute: seeds of one sweep run on a bf16 machine and on an fp32 one differ by the
     machine as well as the seed, so a harvest that would mix them stops with both kinds named."""
-    held = [job for job in (dest / "runs").glob("*") if job.name.isdigit() and (job / "metrics.json").is_file()
-            and job.name not in {folder.name for folder in new_jobs}]
+    held = {job: metrics for job, metrics in completed_jobs(dest).items()
+            if job.name not in {folder.name for folder in new_jobs}}
     kinds = compute_kinds(new_jobs)
     held_kinds = compute_kinds(held)
     if len(kinds) > 1 or held_kinds and set(held_kinds) != set(kinds):
@@ -126,7 +126,7 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
     if not seeds or dry_run:
         return None
     dest = destination(sweep, results, target)
-    refuse_mixed_compute([folder for folders in seeds.values() for folder in folders], dest)
+    refuse_mixed_compute({folder: metrics for jobs in seeds.values() for folder, metrics in jobs.items()}, dest)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
     if plans_fewer_jobs(sweep, dest):
         # a round over fewer seeds (cpu_claims.sh) records a smaller grid: over the larger one's record, collect
