@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from behaviorlm.cache import digest
+from behaviorlm.data.conversations import load_conversations
 from behaviorlm.stage_plan import STAGES
 
 # Read by no stage: where things go, how they are logged, and settings only the test or the baselines use.
@@ -108,10 +109,14 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-# What a finished job's result does not depend on: where it went and how it was logged. A job folder that holds a
-# completed result under the same key is reused by a rerun of its sweep (pipeline.reusable_result).
+# What a finished job's result does not depend on: where it went, how it was logged, and where its input files lie
+# (they enter job_key by content: a sweep run again from a clone in another folder reuses its finished jobs). A job
+# folder that holds a completed result under the same key is reused by a rerun of its sweep
+# (pipeline.reusable_result).
+INPUT_FILE_KEYS = ("data.path", "data.train_path", "data.test_path", "data.taxonomy_path", "aux.path")
 JOB_IGNORES: dict[str, str] = {key: GLOBAL_IGNORES[key] for key in
-                               ("paths", "logger", "cache", "task_name", "optimized_metric", "extras")}
+                               ("paths", "logger", "cache", "task_name", "optimized_metric", "extras",
+                                *INPUT_FILE_KEYS)}
 
 
 def computed_precision(cfg: DictConfig, device: torch.device) -> str:
@@ -125,10 +130,13 @@ def computed_precision(cfg: DictConfig, device: torch.device) -> str:
 
 def job_key(cfg: DictConfig, dataset, device: torch.device) -> str:
     """A whole job's result: its config (all of it but JOB_IGNORES), every sample it trains, validates and tests on,
-    the device type and the code. Equal keys give identical metrics.json files (the pipeline is deterministic on
-    one machine)."""
+    the categories contrastive selection reads, the conversations mixed in (as root_cache_key has them), the device
+    type and the code. Equal keys give identical metrics.json files (the pipeline is deterministic on one machine)."""
     return digest({"config": without(resolved(cfg), JOB_IGNORES),
                    "samples": samples_content(dataset.train + dataset.val + dataset.test),
+                   "categories": digest(sorted(dataset.vocab.categories.items())),
+                   "conversations": digest(load_conversations(cfg.aux.path, cfg.aux.format)) if cfg.aux_ratio > 0
+                   else None,
                    "device": device.type, "precision": computed_precision(cfg, device), "code": code_fingerprint(),
                    "version": CACHE_VERSION})
 

@@ -3,6 +3,8 @@ facts the config does not show (samples, categories, code), must change the key 
 
 import copy
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from behaviorlm.cache_keys import (GLOBAL_IGNORES, STAGES, package_modules, reso
                                    stage_key)
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.stage_plan import STAGE_PLANS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def leaves(config, prefix=""):
@@ -154,3 +158,33 @@ def test_a_cpu_without_native_bf16_never_takes_another_kinds_results(compose, mo
     assert keys[True][0] != keys[False][0] and keys[True][1] != keys[False][1]
     fp32 = compose("data=synthetic", "model=tiny_random", "logger=none", "model.precision=fp32")
     assert root_cache_key(fp32, dataset, cpu) == root_cache_key(fp32, dataset, cpu)  # deterministic
+
+
+def test_a_finished_job_is_known_by_its_inputs_content_not_by_where_they_lie(compose, hand_log, tmp_path):
+    """A sweep run again from a clone in another folder (its bundled data, its conversations at other absolute
+    paths) reuses the jobs that finished: the same log and corpus give the same job key; another category of one
+    behavior, or another conversation, gives another."""
+    import gzip
+    import shutil
+
+    from behaviorlm.cache_keys import job_key
+
+    corpus = ROOT / "behaviorlm" / "bundled" / "conversations" / "alpaca_en_demo.json.gz"
+    keys = {}
+    for folder, log, conversations in (("a", hand_log, None), ("b", hand_log, None),
+                                       ("c", hand_log.replace({"category": {"Sport": "Leisure"}}), None),
+                                       ("d", hand_log, "edited")):
+        (tmp_path / folder).mkdir()
+        log.to_csv(tmp_path / folder / "log.csv", index=False)
+        aux = tmp_path / folder / corpus.name
+        shutil.copy(corpus, aux)
+        if conversations:  # the first instruction of the corpus reworded
+            records = json.loads(gzip.decompress(aux.read_bytes()))
+            records[0]["instruction"] += " Please."
+            aux.write_bytes(gzip.compress(json.dumps(records).encode()))
+        cfg = compose("data=csv", f"data.path={tmp_path / folder / 'log.csv'}", "data.min_history=2",
+                      "data.split.test_fraction=0.3", "data.split.val_fraction=0", "model=tiny_random", "logger=none", "aux_ratio=0.05", f"aux.path={aux}",
+                      f"paths.output_dir={tmp_path / folder / 'out'}")
+        keys[folder] = job_key(cfg, load_dataset(cfg), torch.device("cpu"))
+    assert keys["a"] == keys["b"]
+    assert keys["c"] != keys["a"] and keys["d"] != keys["a"]

@@ -115,6 +115,17 @@ def test_a_third_sweep_of_a_target_is_refused_rather_than_merged_into_the_rerun(
         results / "paper-main-rerun")
 
 
+def test_later_seeds_of_a_rerun_join_its_folder_even_where_the_targets_own_name_is_free(tmp_path):
+    """results/avx2-fp32 holds the fp32 series' paper-main-rerun and no paper-main: its third seed, harvested from
+    a machine that restored the first two, goes beside them, not into a new results/avx2-fp32/paper-main."""
+    results = tmp_path / "results" / "avx2-fp32"
+    fake_sweep(results / "paper-main-rerun", ["completed", "completed", None, None], group="paper-main-fp32")
+    sweep = fake_sweep(tmp_path / "sweeps" / "paper-main", ["completed"] * 4, group="paper-main-fp32")
+    assert harvest_module.destination(sweep, results, "paper-main") == results / "paper-main-rerun"
+    other = fake_sweep(tmp_path / "sweeps" / "other", ["completed"] * 4, group="paper-main-bf16")
+    assert harvest_module.destination(other, results, "paper-main") == results / "paper-main"
+
+
 def test_a_harvest_that_would_mix_bf16_and_fp32_jobs_in_one_folder_is_refused_and_copies_nothing(tmp_path,
                                                                                                    monkeypatch):
     monkeypatch.setattr(harvest_module.collect, "main", lambda argv: None)

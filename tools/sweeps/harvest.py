@@ -53,15 +53,19 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, dict[Path, dict]], dict]:
 
 
 def destination(sweep: Path, results: Path, target: str) -> Path:
-    """results/<target>, or results/<target>-rerun when results/<target> holds another sweep's jobs; an error when
-    both do (a third sweep of the target, say on another machine, would otherwise be merged into the rerun's)."""
+    """The folder that holds the sweep's earlier seeds (its W&B group), else results/<target> when it is free, else
+    results/<target>-rerun; an error when both hold other sweeps' jobs (a third sweep of the target, say on another
+    machine, would otherwise be merged into the rerun's)."""
     if not (sweep / "runs" / ".wandb_group").is_file():
         raise SystemExit(f"error: {sweep / 'runs'} has no .wandb_group: not a sweep a make target started")
     group = (sweep / "runs" / ".wandb_group").read_text().strip()
     candidates = (results / target, results / f"{target}-rerun")
-    for dest in candidates:
-        held = dest / "runs" / ".wandb_group"
-        if not (dest / "runs").is_dir() or held.is_file() and held.read_text().strip() == group:
+    held = {dest: (dest / "runs" / ".wandb_group").read_text().strip()
+            for dest in candidates if (dest / "runs" / ".wandb_group").is_file()}
+    # the sweep's own folder first: a rerun's third seed joins its first two in <target>-rerun even when
+    # <target> is free (an fp32 series whose folder has no old sweep beside it)
+    for dest in sorted(candidates, key=lambda dest: held.get(dest) != group):
+        if held.get(dest) == group or not (dest / "runs").is_dir():
             return dest
     raise SystemExit(f"error: {candidates[0]} and {candidates[1]} both hold other sweeps' jobs (not W&B group "
                      f"{group}): move one aside before harvesting {sweep}")
