@@ -37,15 +37,19 @@ def matrix_isa() -> str:
     return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), "none")
 
 
-def machine(load_at_start: float) -> dict:
+def machine_kind() -> dict:
+    """The kind of machine a result was computed on: CPU model, family and matrix ISA, native bf16, threads, GPU."""
     cpu = "unknown"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    # The load average says whether anything else shared the cores during the run.
     return {"cpu": cpu, "cpu_family_model": cpu_family_model(), "matrix_isa": matrix_isa(),
-            "bf16_native": cpu_has_fast_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_average_1min_at_start": load_at_start, "load_average_1min_at_end": os.getloadavg()[0],
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version()}
+            "bf16_native": cpu_has_fast_bf16(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def machine(load_at_start: float) -> dict:
+    # The load average says whether anything else shared the cores during the run.
+    return {**machine_kind(), "torch": torch.__version__, "load_average_1min_at_start": load_at_start,
+            "load_average_1min_at_end": os.getloadavg()[0], "python": platform.python_version()}

@@ -169,9 +169,12 @@ def exit_on_user_error() -> Iterator[None]:
 
 
 def provenance() -> dict[str, Any]:
-    """Which code made a result: library versions and, in a git checkout, the commit and whether it was dirty."""
+    """Which code made a result, and where: library versions, in a git checkout the commit and whether it was dirty,
+    and the kind of machine (a Zen 3 and a Zen 4 compute `model.precision=auto` in other precisions)."""
     import importlib.metadata
     import subprocess
+
+    from behaviorlm.hardware import machine_kind
 
     versions = {}
     for package in ("behaviorlm", "torch", "transformers", "peft", "accelerate", "hydra-core", "omegaconf", "wandb"):
@@ -189,4 +192,4 @@ def provenance() -> dict[str, Any]:
             dirty = bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"versions": versions, "git_commit": commit, "git_dirty": dirty}
+    return {"versions": versions, "git_commit": commit, "git_dirty": dirty, "machine": machine_kind()}

@@ -143,3 +143,25 @@ def test_a_harvest_that_would_mix_bf16_and_fp32_jobs_in_one_folder_is_refused_an
     fake_sweep(sweep, [None, None, "completed", "completed"], compute_dtype="float32")  # the same kind: harvested
     harvest_module.harvest(sweep, results, "ablation-aux")
     assert sorted(p.name for p in (dest / "runs").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+
+
+def test_restore_brings_back_only_the_committed_jobs_of_the_sweep_commit_and_never_over_a_live_sweep(tmp_path):
+    """A new machine starts the fp32 series again: the committed jobs the pinned commit ran return to the sweep
+    folder (with the sweep's W&B group, for harvest to send the next seeds beside them); a job of another commit,
+    or of a dirty tree, does not, and a sweep folder that exists is not touched."""
+    results = tmp_path / "results"
+    held = fake_sweep(results / "paper-main-rerun", ["completed"] * 4, group="paper-main-fp32")
+    for number, (commit, dirty) in enumerate([("e8122e5abc", False), ("e8122e5abc", False), ("22be351def", False),
+                                              ("e8122e5abc", True)]):
+        (held / "runs" / str(number) / "run_info.json").write_text(json.dumps({"git_commit": commit,
+                                                                               "git_dirty": dirty}))
+    sweep = tmp_path / "sweeps" / "paper-main"
+    assert harvest_module.restore(sweep, results, "paper-main", "e8122e5") == ["0", "1"]
+    assert sorted(path.name for path in (sweep / "runs").iterdir()) == [".wandb_group", "0", "1", "multirun.yaml"]
+    assert (sweep / "runs" / ".wandb_group").read_text().strip() == "paper-main-fp32"
+    assert json.loads((sweep / "runs" / "1" / "metrics.json").read_text())["stage_order"] == "joint"
+    (held / "runs" / "2" / "run_info.json").write_text(json.dumps({"git_commit": "e8122e5abc"}))
+    assert harvest_module.restore(sweep, results, "paper-main", "e8122e5") == []  # live: left as it was
+    assert not (sweep / "runs" / "2").exists()
+    assert harvest_module.restore(tmp_path / "sweeps" / "ablation-aux", results, "ablation-aux", "e8122e5") == []
+    assert not (tmp_path / "sweeps" / "ablation-aux").exists()

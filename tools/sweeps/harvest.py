@@ -5,7 +5,8 @@ A session ends its background commands with it, and only a kept machine keeps th
 job still running or failed is left where it is, since a table that mixes a seed's finished methods with another
 seed's would compare different seed sets.
 
-    python -m tools.sweeps.harvest ~/sweeps/results paper-main ablation-components   # (cpu_claims.sh harvest)
+    python -m tools.sweeps.harvest ~/sweeps/results-bf16 paper-main ablation-components   # (cpu_claims.sh harvest)
+    python -m tools.sweeps.harvest ~/sweeps/results-fp32 paper-main --restore e8122e5 --results results/avx2-fp32
 
 Each target lands in results/<target>, unless that folder holds another sweep (an earlier run of the same target,
 such as the paper-main of before today's defaults: its `.wandb_group` differs or is absent): then in
@@ -13,10 +14,15 @@ results/<target>-rerun, which the old folder stays beside until the rerun replac
 the committed results keep (metrics, per-sample predictions, selection, Hydra's record); adapters, checkpoints and
 W&B files stay on the machine. `behaviorlm collect` then runs on the copy with the key and reference the target's
 Makefile line gives it, so the tables are the ones `make <target>` would write.
+
+--restore COMMIT goes the other way, on a machine that starts a sweep afresh: the committed jobs that COMMIT ran
+are copied into the sweep folder (one that does not exist yet), where the sweep's rounds reuse them (their job keys
+match where the clone lies at the same path) instead of running the committed seeds again.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 from pathlib import Path
@@ -155,6 +161,40 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
     return dest
 
 
+def made_by(job: Path, commit: str) -> bool:
+    """Whether the job ran from `commit` (a prefix of it) in a clean tree, as its run_info.json records."""
+    info = json.loads((job / "run_info.json").read_text()) if (job / "run_info.json").is_file() else {}
+    return info.get("git_commit", "").startswith(commit) and not info.get("git_dirty")
+
+
+def restore(sweep: Path, results: Path, target: str, commit: str) -> list[str]:
+    """Copy into sweep/runs the committed jobs of `target` that `commit` ran (run_info.json's git_commit, clean
+    tree), with their sweep's record; the names of the jobs copied. A sweep folder that exists is left as it is."""
+    if (sweep / "runs").exists():
+        print(f"{target}: {sweep / 'runs'} exists: nothing restored")
+        return []
+    for held in (results / target, results / f"{target}-rerun"):
+        ran = [job for job in completed_jobs(held) if made_by(job, commit)]
+        if ran:
+            break
+    else:
+        print(f"{target}: no committed job of commit {commit} under {results}: the sweep starts from nothing")
+        return []
+    # staged beside the sweep folder, then renamed: an interrupted restore leaves no half-filled runs/ to resume
+    staged = sweep / ".restore-runs"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    for name in SWEEP_FILES:
+        if (held / "runs" / name).is_file():
+            shutil.copy2(held / "runs" / name, staged / name)
+    for job in ran:
+        shutil.copytree(job, staged / job.name)
+    staged.rename(sweep / "runs")
+    names = sorted((job.name for job in ran), key=int)
+    print(f"{target}: restored jobs {', '.join(names)} of commit {commit} from {held / 'runs'}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", type=Path, help="the folder holding the targets' sweeps (<target>/runs)")
@@ -162,8 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where they land (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="only say how far each seed is (completed/planned "
                         "jobs); copy nothing")
+    parser.add_argument("--restore", metavar="COMMIT", help="copy the committed jobs COMMIT ran back into sweep "
+                        "folders that do not exist yet, for the sweep to reuse; harvest nothing")
     args = parser.parse_args(argv)
     for target in args.targets:
+        if args.restore:
+            restore(args.sweeps / target, args.results, target, args.restore)
+            continue
         if (args.sweeps / target / "runs" / "multirun.yaml").is_file():
             harvest(args.sweeps / target, args.results, target, args.dry_run)
         else:
