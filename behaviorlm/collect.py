@@ -82,12 +82,21 @@ def add_compute(jobs: pd.DataFrame) -> pd.DataFrame:
     return jobs
 
 
+NOT_RECORDED = "not recorded"
+
+
+def compute_labels(jobs: pd.DataFrame) -> pd.Series:
+    """Each job's compute ("cpu/bfloat16"), NOT_RECORDED for jobs that predate the record."""
+    jobs = add_compute(jobs.copy())
+    return jobs[COMPUTE].fillna(NOT_RECORDED) if COMPUTE in jobs else pd.Series(NOT_RECORDED, index=jobs.index)
+
+
 def compute_note(jobs: pd.DataFrame) -> str | None:
     """One line when the jobs of a sweep ran in different precisions (a bf16 machine and an fp32 one, say), or some
     record none: their differences are the machines' as well as the swept key's."""
     if COMPUTE not in jobs or jobs[COMPUTE].nunique() < 2 and jobs[COMPUTE].notna().all():
         return None
-    kinds = jobs[COMPUTE].fillna("not recorded")
+    kinds = compute_labels(jobs)
     parts = [f"{kind} (seeds {', '.join(str(s) for s in sorted(set(jobs.loc[kinds == kind, 'seed'])))})"
              for kind in sorted(set(kinds))]
     return (f"**Mixed compute**: the jobs ran as {'; '.join(parts)}: a difference across these is the machine's as "

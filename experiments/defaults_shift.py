@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.collect import COMPUTE, add_compute, markdown_table, sample_weights
+from behaviorlm.collect import NOT_RECORDED, compute_labels, markdown_table, sample_weights
 from behaviorlm.stats import sign_flip_test, t_interval
 from behaviorlm.sweeps import completed_jobs
 from behaviorlm.utils import atomic_write_text
@@ -90,9 +90,8 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
 def compute_of(sweep_dir: Path) -> str:
     """The device and precision of a sweep's matrix products ("cpu/float32"), in collect's own terms; "not
     recorded" for jobs that predate the record."""
-    jobs = add_compute(pd.DataFrame(list(completed_jobs(sweep_dir).values())))
-    kinds = jobs[COMPUTE].fillna("not recorded") if COMPUTE in jobs else ["not recorded"]
-    return ", ".join(sorted(set(kinds)))
+    kinds = compute_labels(pd.DataFrame(list(completed_jobs(sweep_dir).values())))
+    return ", ".join(sorted(set(kinds))) or NOT_RECORDED
 
 
 def compute_caveat(old: str, new: str, old_stated: str | None = None, same_defaults: bool = False) -> str:
@@ -104,12 +103,12 @@ def compute_caveat(old: str, new: str, old_stated: str | None = None, same_defau
     if same_defaults:
         return (f" Same defaults in both (as stated with --same-defaults); the compute is old: {old}, new: {new}: a "
                 "shift is the precision's and the machine's.")
-    if old == "not recorded" and old_stated:
+    if old == NOT_RECORDED and old_stated:
         if old_stated == new:
             return (f" Compute: {new} in both (the old jobs predate the record: theirs is as stated with "
                     "--old-compute).")
         old = f"{old_stated} (stated, not recorded)"
-    if old == new and "not recorded" not in old:
+    if old == new and NOT_RECORDED not in old:
         return ""
     return (f" The compute differs or is unknown (old: {old}; new: {new}): a shift is the new defaults' and the "
             "precision's together.")

@@ -79,10 +79,8 @@ def destination(sweep: Path, results: Path, target: str) -> Path:
 
 def compute_kinds(jobs: dict[Path, dict]) -> dict[str, list[str]]:
     """{"cpu/bfloat16": [job folder names]}: the device and precision each job's matrix products ran in, in
-    collect's own terms (collect.add_compute; "not recorded" for jobs that predate the record)."""
-    frame = collect.add_compute(pd.DataFrame(list(jobs.values())))
-    labels = (frame[collect.COMPUTE].fillna("not recorded") if collect.COMPUTE in frame
-              else ["not recorded"] * len(jobs))
+    collect's own terms (collect.compute_labels: "not recorded" for jobs that predate the record)."""
+    labels = collect.compute_labels(pd.DataFrame(list(jobs.values())))
     kinds: dict[str, list[str]] = {}
     for folder, kind in zip(jobs, labels):
         kinds.setdefault(kind, []).append(folder.name)
