@@ -311,12 +311,14 @@ def run_job(cfg: DictConfig, out: Path, variant: str, dist: Dist = LOCAL) -> dic
     started = time.perf_counter()
     dataset = load_dataset(cfg)
     device = resolve_device(cfg.device)
-    key = job_key(cfg, dataset, device)
     vocab = dataset.vocab
     if cfg.method == "behaviorlm":
         check_anchors(cfg.stage_order, vocab)
     job_type = cfg.stage_order if cfg.method == "behaviorlm" else cfg.method
     with tracking(cfg, job_type=job_type) if dist.is_main else contextlib.nullcontext(Tracker()) as tracker:
+        # inside the W&B run: a corpus that cannot be read (it enters the key) fails the run where the dashboard
+        # shows it, as the stage that reads it would
+        key = job_key(cfg, dataset, device)
         if cfg.method == "behaviorlm":
             metrics = run_behaviorlm(cfg, dataset, tracker, out, dist)
         else:
