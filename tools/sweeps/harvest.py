@@ -162,7 +162,7 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
 def made_by(job: Path, commit: str) -> bool:
     """Whether the job ran from `commit` (a prefix of it) in a clean tree, as its run_info.json records."""
     info = json.loads((job / "run_info.json").read_text()) if (job / "run_info.json").is_file() else {}
-    return info.get("git_commit", "").startswith(commit) and not info.get("git_dirty")
+    return (info.get("git_commit") or "").startswith(commit) and not info.get("git_dirty")
 
 
 def restore(sweep: Path, results: Path, target: str, commit: str) -> list[str]:
