@@ -163,5 +163,45 @@ def test_restore_brings_back_only_the_committed_jobs_of_the_sweep_commit_and_nev
     (held / "runs" / "2" / "run_info.json").write_text(json.dumps({"git_commit": "e8122e5abc"}))
     assert harvest_module.restore(sweep, results, "paper-main", "e8122e5") == []  # live: left as it was
     assert not (sweep / "runs" / "2").exists()
-    assert harvest_module.restore(tmp_path / "sweeps" / "ablation-aux", results, "ablation-aux", "e8122e5") == []
-    assert not (tmp_path / "sweeps" / "ablation-aux").exists()
+    assert harvest_module.restore(tmp_path / "sweeps" / "few-shot", results, "ablation-few-shot", "e8122e5") == []
+    assert not (tmp_path / "sweeps" / "few-shot").exists()
+
+
+def test_restore_puts_another_targets_job_of_the_same_config_at_its_place_in_the_grid(tmp_path):
+    """ablation-aux's 0 and 0.05 are ablation-components' no_aux and full, b-rate's 1e-4 is paper-main's
+    progressive (one job key): a new machine copies them in at the grid's job numbers (seed-major, values in the
+    ablation config's order) instead of running hours of tuning again; the target's own jobs come first."""
+    results, commit = tmp_path / "results", {"git_commit": "e8122e5abc", "git_dirty": False}
+
+    def committed(folder, key, values, seeds=(0, 1)):
+        for number, (seed, value) in enumerate((seed, value) for seed in seeds for value in values):
+            job = results / folder / "runs" / str(number)
+            job.mkdir(parents=True)
+            (job / "metrics.json").write_text(json.dumps({"status": "completed", "seed": seed, key: value}))
+            (job / "run_info.json").write_text(json.dumps(commit))
+
+    committed("ablation-components", "variant", ["full", "no_aux", "no_contrastive", "no_difficulty"])
+    committed("paper-main-rerun", "stage_order", ["progressive", "joint", "anchor_only", "zero_shot"], seeds=(1,))
+    sweeps = tmp_path / "sweeps"
+    assert harvest_module.restore(sweeps / "ablation-aux", results, "ablation-aux", "e8122e5") == ["0", "1", "3", "4"]
+    for number, (folder, source) in {"0": ("ablation-components", "1"), "1": ("ablation-components", "0"),
+                                     "3": ("ablation-components", "5"), "4": ("paper-main-rerun", "0")}.items():
+        copied = json.loads((sweeps / "ablation-aux" / "runs" / number / "metrics.json").read_text())
+        assert copied == json.loads((results / folder / "runs" / source / "metrics.json").read_text())
+    assert harvest_module.restore(sweeps / "ablation-b-rate", results, "ablation-b-rate", "e8122e5") == ["2"]
+    assert json.loads((sweeps / "ablation-b-rate" / "runs" / "2" / "metrics.json").read_text())["seed"] == 1
+
+
+def test_the_declared_equivalent_jobs_are_one_config(compose):
+    """What EQUIVALENT_JOBS relies on, in today's configs: each pair composes to the same config once the keys a
+    job key ignores are left out (the pinned commits' own keys were checked when the pairs were declared)."""
+    from behaviorlm.cache import digest
+    from behaviorlm.cache_keys import JOB_IGNORES, resolved, without
+
+    def job_config(target, value):
+        _, key, _ = harvest_module.sweep_grid(target)
+        return digest(without(resolved(compose("experiment=nyc_cpu", "seed=1", f"{key}={value}")), JOB_IGNORES))
+
+    for target, value, source, source_value in harvest_module.EQUIVALENT_JOBS:
+        assert job_config(target, value) == job_config(source, source_value), (target, value)
+    assert job_config("ablation-aux", "0.2") != job_config("ablation-components", "full")

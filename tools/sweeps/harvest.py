@@ -165,32 +165,85 @@ def made_by(job: Path, commit: str) -> bool:
     return (info.get("git_commit") or "").startswith(commit) and not info.get("git_dirty")
 
 
-def restore(sweep: Path, results: Path, target: str, commit: str) -> list[str]:
-    """Copy into sweep/runs the committed jobs of `target` that `commit` ran (run_info.json's git_commit, clean
-    tree), with their sweep's record; the names of the jobs copied. A sweep folder that exists is left as it is."""
-    if (sweep / "runs").exists():
-        print(f"{target}: {sweep / 'runs'} exists: nothing restored")
-        return []
+# Jobs of one target that are another target's jobs under another name: the same config once the ignored keys are
+# left out (cache_keys.JOB_IGNORES; task_name among them), hence the same job key. (target, its swept value as the
+# ablation config writes it, source target, the source's swept value.)
+# Checked with the pinned commit e8122e5: its job keys of aux 0.05, b-rate 1e-4, components' full and paper-main's
+# progressive (seed 0) are one key, and aux 0's is components' no_aux's.
+EQUIVALENT_JOBS = (("ablation-components", "full", "paper-main", "progressive"),
+                   ("ablation-aux", "0", "ablation-components", "no_aux"),
+                   ("ablation-aux", "0.05", "paper-main", "progressive"),
+                   ("ablation-aux", "0.05", "ablation-components", "full"),
+                   ("ablation-b-rate", "1e-4", "paper-main", "progressive"))
+
+
+def sweep_grid(target: str, makefile: Path = REPO / "Makefile") -> tuple[list[str], str, list[str]]:
+    """(seeds, the swept key, its values) in the order the target's ablation config lists them, as written there:
+    its jobs are numbered seed-major over these (job = seed index * len(values) + value index)."""
+    found = re.search(rf"\$\(call sweep,{re.escape(target)},ablation=([\w-]+),", makefile.read_text())
+    if not found:
+        raise SystemExit(f"error: {makefile} has no '$(call sweep,{target},ablation=...)' line")
+    params = dict(OmegaConf.load(REPO / "behaviorlm" / "conf" / "ablation" / f"{found.group(1)}.yaml")
+                  .hydra.sweeper.params)
+    seeds = str(params.pop("seed")).split(",")
+    ((key, values),) = params.items()
+    return seeds, key, str(values).split(",")
+
+
+def committed_jobs_of(results: Path, target: str, commit: str) -> tuple[Path | None, list[Path]]:
+    """(the committed folder, its jobs that `commit` ran): results/<target>, else results/<target>-rerun."""
     for held in (results / target, results / f"{target}-rerun"):
         ran = [job for job in completed_jobs(held) if made_by(job, commit)]
         if ran:
-            break
-    else:
+            return held, ran
+    return None, []
+
+
+def equivalent_jobs(results: Path, target: str, commit: str) -> dict[str, Path]:
+    """{job number in target's grid: a committed job of another target that `commit` ran with the same config}."""
+    planted: dict[str, Path] = {}
+    for name, value, source, source_value in EQUIVALENT_JOBS:
+        if name != target:
+            continue
+        seeds, _, values = sweep_grid(target)
+        source_key = collect_arguments(source)[1]
+        for job in committed_jobs_of(results, source, commit)[1]:
+            metrics = json.loads((job / "metrics.json").read_text())
+            if str(metrics.get(source_key)) == source_value and str(metrics["seed"]) in seeds:
+                planted.setdefault(str(seeds.index(str(metrics["seed"])) * len(values) + values.index(value)), job)
+    return planted
+
+
+def restore(sweep: Path, results: Path, target: str, commit: str) -> list[str]:
+    """Copy into sweep/runs the committed jobs of `target` that `commit` ran (run_info.json's git_commit, clean
+    tree), with their sweep's record, and at their place in its grid the committed jobs of other targets that are
+    its jobs too (EQUIVALENT_JOBS: ablation-aux's 0.05 is ablation-components' full); the names of the jobs copied.
+    The sweep reuses a copied job only where its job key matches the job it would run (else it runs it, over the
+    copy), so a copy can save hours and cannot pass for another job. A sweep folder that exists is left as it is."""
+    if (sweep / "runs").exists():
+        print(f"{target}: {sweep / 'runs'} exists: nothing restored")
+        return []
+    held, own = committed_jobs_of(results, target, commit)
+    jobs = {job.name: job for job in own}
+    others = {name: job for name, job in equivalent_jobs(results, target, commit).items() if name not in jobs}
+    if not jobs and not others:
         print(f"{target}: no committed job of commit {commit} under {results}: the sweep starts from nothing")
         return []
     # staged beside the sweep folder, then renamed: an interrupted restore leaves no half-filled runs/ to resume
     staged = sweep / ".restore-runs"
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
-    for name in SWEEP_FILES:
+    for name in SWEEP_FILES if held else ():
         if (held / "runs" / name).is_file():
             shutil.copy2(held / "runs" / name, staged / name)
-    for job in ran:
-        shutil.copytree(job, staged / job.name)
+    for name, job in {**jobs, **others}.items():
+        shutil.copytree(job, staged / name)
     staged.rename(sweep / "runs")
-    names = sorted((job.name for job in ran), key=int)
-    print(f"{target}: restored jobs {', '.join(names)} of commit {commit} from {held / 'runs'}")
-    return names
+    if jobs:
+        print(f"{target}: restored jobs {', '.join(sorted(jobs, key=int))} of commit {commit} from {held / 'runs'}")
+    for name, job in sorted(others.items(), key=lambda item: int(item[0])):
+        print(f"{target}: job {name} is {job} (the same config): copied for the sweep to reuse")
+    return sorted([*jobs, *others], key=int)
 
 
 def main(argv: list[str] | None = None) -> None:
