@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from behaviorlm.collect import compute_labels
 from behaviorlm.utils import atomic_write_text
 
 ALPHA = 0.05
@@ -314,9 +315,11 @@ def claims_table(results: Path) -> pd.DataFrame:
             why += (f"; the same computations as \"{shares[claim].text}\" (identical test predictions, seed by "
                     "seed): one test, counted once in the family")
         interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        compared = jobs[jobs[key].astype(str).isin([claim.method, claim.reference])]
         rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval}", "mix": row.get("mix", ""),
                      "p_permutation": f"{row.p_permutation:.2g}", "holm_p": f"{row.p_adjusted:.2g}",
-                     "seeds": str(int(row.n_seeds)), "reference_mean": ref_mean, "verdict": decision, "why": why})
+                     "seeds": str(int(row.n_seeds)), "compute": ", ".join(sorted(set(compute_labels(compared)))),
+                     "reference_mean": ref_mean, "verdict": decision, "why": why})
     return pd.DataFrame(rows)
 
 
@@ -325,13 +328,16 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = [f"Family: the {len(FAMILY)} claims with a paired test ({run} run so far; claims over the same "
              "computations count once), Holm-adjusted together; "
              "p: sample-level sign-flip permutation test of the difference shown (samples as clusters across seeds), "
-             "Δ: mean of the per-seed differences [Student-t 95% over seeds], on the mix named.", "",
-             "| claim (paper) | measured Δ [95% t over seeds] | mix | p | Holm p | seeds | verdict | why | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Δ: mean of the per-seed differences [Student-t 95% over seeds], on the mix named; compute: the device "
+             "and precision the compared jobs ran in (\"not recorded\" for jobs that predate the record).", "",
+             "| claim (paper) | measured Δ [95% t over seeds] | mix | p | Holm p | seeds | compute | verdict | why | "
+             "command |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.astype(object).fillna("").itertuples():
         lines.append(f"| {row.claim} | {getattr(row, 'measured', '')} | {getattr(row, 'mix', '')} | "
                      f"{getattr(row, 'p_permutation', '')} | {getattr(row, 'holm_p', '')} | "
-                     f"{getattr(row, 'seeds', '')} | **{row.verdict}** | {row.why} | `{row.command}` |")
+                     f"{getattr(row, 'seeds', '')} | {getattr(row, 'compute', '')} | **{row.verdict}** | {row.why} | "
+                     f"`{row.command}` |")
     return "\n".join(lines) + "\n"
 
 

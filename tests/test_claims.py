@@ -135,7 +135,8 @@ def test_claims_table_adjusts_the_family_with_holm_and_marks_missing_sweeps(tmp_
          "test/acc_tail": [0.1, 0.05, 0.1] * 3, "test/acc_overall": [0.25, 0.2, 0.2] * 3})
     write_sweep(tmp_path / "ablation-components", [
         {"method": "no_aux", "reference": "full", "metric": "acc_overall", "mean_diff": 0.05, "p_permutation": 0.005}],
-        {"variant": ["full", "no_aux"] * 3, "seed": [0, 0, 1, 1, 2, 2], "test/acc_overall": [0.25, 0.3] * 3})
+        {"variant": ["full", "no_aux"] * 3, "seed": [0, 0, 1, 1, 2, 2], "test/acc_overall": [0.25, 0.3] * 3,
+         "device_type": ["cpu"] * 6, "compute_dtype": ["float32"] * 5 + ["bfloat16"]})  # seed 2's no_aux: bf16
     table = claims_table(tmp_path).set_index("claim")
     assert len(table) == len(CLAIMS)
     holm = table["holm_p"].dropna().to_dict()
@@ -144,6 +145,9 @@ def test_claims_table_adjusts_the_family_with_holm_and_marks_missing_sweeps(tmp_
     assert table.loc[CLAIMS[1].text, "verdict"] == "inconclusive at this scale"  # 0.04 alone, 0.06 in the family
     assert table.loc[CLAIMS[0].text, "measured"] == "+0.050 [+0.020, +0.080]"
     assert table.loc[CLAIMS[3].text, "reference_mean"] == pytest.approx(0.25)  # read by the swept key, variant
+    # what the compared jobs ran in, where a reader can see a row that mixes machines
+    assert table.loc[CLAIMS[3].text, "compute"] == "cpu/bfloat16, cpu/float32"
+    assert table.loc[CLAIMS[0].text, "compute"] == "not recorded"
     assert (table.loc[[c.text for c in CLAIMS if c.target == "ablation-aux"], "verdict"] == "not run yet").all()
 
 
