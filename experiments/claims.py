@@ -61,6 +61,16 @@ class Claim:
     margin: Optional[float] = None  # equivalence claims: |difference| below this counts as "no better"
 
 
+# Where a target's committed sweep lies under results/ when not in results/<target>: the claims sweeps run in two
+# series, bf16 (results/) and fp32 (results/avx2-fp32/, tools/sweeps/cpu_claims.sh), never pooled; a row reads one
+# series, and its compute column says which.
+SWEEP_FOLDER: dict[str, str] = {"ablation-aux": "avx2-fp32/ablation-aux"}  # its first seed ran in fp32 (2026-12-07)
+
+
+def sweep_folder(results: Path, target: str) -> Path:
+    return results / SWEEP_FOLDER.get(target, target)
+
+
 # The key each target sweeps (the Makefile's --key): every jobs.csv also has the other columns, constant.
 SWEPT_KEY = {"paper-main": "stage_order", "ablation-components": "variant", "ablation-aux": "aux_ratio",
              "ablation-few-shot": "samples_per_behavior"}
@@ -260,7 +270,7 @@ def computations_digest(results: Path, claim: Claim, jobs: pd.DataFrame) -> Opti
     digest = hashlib.sha256(claim.metric.encode())
     for role, value in (("method", claim.method), ("reference", claim.reference)):
         for job in jobs[jobs[key].astype(str) == value].sort_values("seed").itertuples():
-            predictions = results / claim.target / "runs" / job.job / "test_predictions.csv"
+            predictions = sweep_folder(results, claim.target) / "runs" / job.job / "test_predictions.csv"
             if not predictions.exists():
                 return None
             digest.update(f"{role}|{job.seed}|".encode() + predictions.read_bytes())
@@ -272,7 +282,7 @@ def claims_table(results: Path) -> pd.DataFrame:
 
     rows, found, jobs_of = [], {}, {}
     for claim in CLAIMS:
-        paired_csv = results / claim.target / "paired.csv"
+        paired_csv = sweep_folder(results, claim.target) / "paired.csv"
         if not claim.metric or not paired_csv.exists():
             continue
         paired = pd.read_csv(paired_csv, dtype={"method": str, "reference": str})
@@ -280,7 +290,7 @@ def claims_table(results: Path) -> pd.DataFrame:
                        & (paired.metric == claim.metric)]
         if not match.empty and "p_permutation" in match:
             found[claim] = match.iloc[0].copy()
-            jobs_of[claim] = pd.read_csv(results / claim.target / "jobs.csv", dtype={"job": str})
+            jobs_of[claim] = pd.read_csv(sweep_folder(results, claim.target) / "jobs.csv", dtype={"job": str})
     # a claim over the same computations as an earlier one shares its test: one member of the family, one p-value
     shares: dict[Claim, Claim] = {}  # the claims that share an earlier claim's test -> that claim
     first_of: dict[str, Claim] = {}
@@ -300,12 +310,13 @@ def claims_table(results: Path) -> pd.DataFrame:
         base = {"claim": claim.text, "command": f"make {claim.target} EXPERIMENT=nyc_cpu"}
         if not claim.metric:  # the sample-efficiency curves
             # BehaviorLM's half is the few-shot sweep's (make sample-efficiency runs it there)
-            row = efficiency_verdict(results / claim.target, results / "ablation-few-shot")
+            row = efficiency_verdict(results / claim.target, sweep_folder(results, "ablation-few-shot"))
             rows.append({**base, **(row or {"verdict": "not run yet", "why": f"no completed jobs with "
                                              f"F={EFFICIENCY_F} under {results / claim.target}"})})
             continue
         if claim not in found:
-            rows.append({**base, "verdict": "not run yet", "why": f"no {results / claim.target / 'paired.csv'}"})
+            rows.append({**base, "verdict": "not run yet",
+                         "why": f"no {sweep_folder(results, claim.target) / 'paired.csv'}"})
             continue
         row, jobs = found[claim], jobs_of[claim]
         key = SWEPT_KEY[claim.target]
