@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
+from experiments import claims
 from experiments.claims import (CLAIMS, F_MARGIN, Claim, claims_table, equivalence, samples_needed, seeds_needed,
                                 verdict)
 from behaviorlm.collect import sample_weights
@@ -123,7 +124,8 @@ def write_sweep(folder, rows, jobs):
     pd.DataFrame(jobs).to_csv(folder / "jobs.csv", index=False)
 
 
-def test_claims_table_adjusts_the_family_with_holm_and_marks_missing_sweeps(tmp_path):
+def test_claims_table_adjusts_the_family_with_holm_and_marks_missing_sweeps(tmp_path, monkeypatch):
+    monkeypatch.setattr(claims, "SWEEP_FOLDER", {})  # every target in tmp_path/<target>, whatever results/ reads
     # four claims run, with p 0.01, 0.04, 0.03, 0.005: Holm multiplies the sorted p by 4, 3, 2, 1 and keeps them
     # monotone: 0.005 -> 0.02, 0.01 -> 0.03, 0.03 -> 0.06, 0.04 -> max(0.04, 0.06) = 0.06
     write_sweep(tmp_path / "paper-main", [
@@ -305,8 +307,9 @@ def test_gpu_driver_lanes_run_at_once_and_a_later_group_waits_for_the_first_grou
         gpu_paper_main.sweep_groups(["paper-main,ablation-nope"])
 
 
-def test_claims_over_the_same_computations_are_one_test_in_the_family(tmp_path):
+def test_claims_over_the_same_computations_are_one_test_in_the_family(tmp_path, monkeypatch):
     # ablation-aux's 0 vs 0.05 are ablation-components' no_aux vs full from the stage cache: identical predictions
+    monkeypatch.setattr(claims, "SWEEP_FOLDER", {})  # every target in tmp_path/<target>, whatever results/ reads
     def predictions(hits):
         return pd.DataFrame({"sample_id": ["a", "b", "c"], "target": "X", "role": "anchor", "top5": "[]",
                              "correct": hits})
@@ -356,15 +359,15 @@ def test_the_claims_tables_in_the_docs_are_the_committed_results_and_make_claims
     results, readme, docs = tmp_path / "results", tmp_path / "README.md", tmp_path / "results.md"
     readme.write_text(f"# intro\n\n{TABLE_BEGIN}\n| old | table |\n{TABLE_END}\n\nafter\n")
     docs.write_text(f"{TABLE_BEGIN}\n{TABLE_END}\n")
-    claims = [sys.executable, "-m", "experiments.claims", "--results", "results", "--out", str(results),
+    make_claims = [sys.executable, "-m", "experiments.claims", "--results", "results", "--out", str(results),
               "--readme", str(readme), "--docs", str(docs)]
-    subprocess.run(claims, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(make_claims, cwd=ROOT, check=True, capture_output=True)
     assert readme.read_text() == f"# intro\n\n{TABLE_BEGIN}\n{readme_table(table)}{TABLE_END}\n\nafter\n"
     assert docs.read_text() == f"{TABLE_BEGIN}\n{to_markdown(table)}{TABLE_END}\n"
     # a page without its two lines: a one-line error naming the file, and nothing written, the claims files included
     readme.write_text("# no table here\n")
     (results / "claims.md").unlink()
-    failed = subprocess.run(claims, cwd=ROOT, capture_output=True, text=True)
+    failed = subprocess.run(make_claims, cwd=ROOT, capture_output=True, text=True)
     assert failed.returncode != 0 and f"error: {readme}: no claims table to replace" in failed.stderr
     assert readme.read_text() == "# no table here\n" and not (results / "claims.md").exists()
     with pytest.raises(SystemExit, match=f"error: {readme}: no claims table"):
