@@ -183,7 +183,8 @@ def test_a_finished_job_is_known_by_its_inputs_content_not_by_where_they_lie(com
             records[0]["instruction"] += " Please."
             aux.write_bytes(gzip.compress(json.dumps(records).encode()))
         cfg = compose("data=csv", f"data.path={tmp_path / folder / 'log.csv'}", "data.min_history=2",
-                      "data.split.test_fraction=0.3", "data.split.val_fraction=0", "model=tiny_random", "logger=none", "aux_ratio=0.05", f"aux.path={aux}",
+                      "data.split.test_fraction=0.3", "data.split.val_fraction=0", "model=tiny_random", "logger=none",
+                      "aux_ratio=0.05", f"aux.path={aux}",
                       f"paths.output_dir={tmp_path / folder / 'out'}")
         keys[folder] = job_key(cfg, load_dataset(cfg), torch.device("cpu"))
     assert keys["a"] == keys["b"]
