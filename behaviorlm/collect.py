@@ -91,6 +91,11 @@ def compute_labels(jobs: pd.DataFrame) -> pd.Series:
     return jobs[COMPUTE].fillna(NOT_RECORDED) if COMPUTE in jobs else pd.Series(NOT_RECORDED, index=jobs.index)
 
 
+def compute_summary(jobs: pd.DataFrame) -> str:
+    """The computes the jobs ran in, one line ("cpu/bfloat16, cpu/float32"); NOT_RECORDED for no job."""
+    return ", ".join(sorted(set(compute_labels(jobs)))) or NOT_RECORDED
+
+
 def compute_note(jobs: pd.DataFrame) -> str | None:
     """One line when the jobs of a sweep ran in different precisions (a bf16 machine and an fp32 one, say), or some
     record none: their differences are the machines' as well as the swept key's."""

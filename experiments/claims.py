@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from behaviorlm.collect import compute_labels
+from behaviorlm.collect import compute_summary
 from behaviorlm.utils import atomic_write_text
 
 ALPHA = 0.05
@@ -329,7 +329,7 @@ def claims_table(results: Path) -> pd.DataFrame:
         compared = jobs[jobs[key].astype(str).isin([claim.method, claim.reference])]
         rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval}", "mix": row.get("mix", ""),
                      "p_permutation": f"{row.p_permutation:.2g}", "holm_p": f"{row.p_adjusted:.2g}",
-                     "seeds": str(int(row.n_seeds)), "compute": ", ".join(sorted(set(compute_labels(compared)))),
+                     "seeds": str(int(row.n_seeds)), "compute": compute_summary(compared),
                      "reference_mean": ref_mean, "verdict": decision, "why": why})
     return pd.DataFrame(rows)
 

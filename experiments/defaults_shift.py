@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.collect import NOT_RECORDED, compute_labels, markdown_table, sample_weights
+from behaviorlm.collect import NOT_RECORDED, compute_summary, markdown_table, sample_weights
 from behaviorlm.stats import sign_flip_test, t_interval
 from behaviorlm.sweeps import completed_jobs
 from behaviorlm.utils import atomic_write_text
@@ -90,8 +90,7 @@ def compare(old_dir: Path, new_dir: Path) -> pd.DataFrame:
 def compute_of(sweep_dir: Path) -> str:
     """The device and precision of a sweep's matrix products ("cpu/float32"), in collect's own terms; "not
     recorded" for jobs that predate the record."""
-    kinds = compute_labels(pd.DataFrame(list(completed_jobs(sweep_dir).values())))
-    return ", ".join(sorted(set(kinds))) or NOT_RECORDED
+    return compute_summary(pd.DataFrame(list(completed_jobs(sweep_dir).values())))
 
 
 def compute_caveat(old: str, new: str, old_stated: str | None = None, same_defaults: bool = False) -> str:

@@ -37,16 +37,20 @@ CLAIMS_SEEDS=${CLAIMS_SEEDS:-0 1 2}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PIDFILE=$SWEEPS_HOME/claims.pgid
 LOG=$SWEEPS_HOME/claims.log
-[[ -x $REPO/.venv/bin/python ]] || { echo "cpu_claims: $REPO/.venv is missing: run make install first"; exit 2; }
-# what `model.precision=auto` computes in here, as the job keys have it (behaviorlm.cache_keys.computed_precision)
-SERIES=$("$REPO/.venv/bin/python" -c 'import torch; from behaviorlm.models import autocast_dtype
+# The series of this machine: SERIES, SWEEP_COMMIT, COMMITTED, RESULTS (start, status and harvest need them; the
+# signals do not, and need not import torch)
+choose_series() {
+  [[ -x $REPO/.venv/bin/python ]] || { echo "cpu_claims: $REPO/.venv is missing: run make install first"; exit 2; }
+  # what `model.precision=auto` computes in here, as the job keys have it (behaviorlm.cache_keys.computed_precision)
+  SERIES=$("$REPO/.venv/bin/python" -c 'import torch; from behaviorlm.models import autocast_dtype
 print("bf16" if autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32")')
-if [[ $SERIES == bf16 ]]; then
-  SWEEP_COMMIT=${SWEEP_COMMIT:-22be351ca287e7600ccd47f9421923a102bf580a} COMMITTED=$REPO/results
-else
-  SWEEP_COMMIT=${SWEEP_COMMIT:-e8122e5c003818479f5a32812759ae587ed3a4d9} COMMITTED=$REPO/results/avx2-fp32
-fi
-RESULTS=$SWEEPS_HOME/results-$SERIES
+  if [[ $SERIES == bf16 ]]; then
+    SWEEP_COMMIT=${SWEEP_COMMIT:-22be351ca287e7600ccd47f9421923a102bf580a} COMMITTED=$REPO/results
+  else
+    SWEEP_COMMIT=${SWEEP_COMMIT:-e8122e5c003818479f5a32812759ae587ed3a4d9} COMMITTED=$REPO/results/avx2-fp32
+  fi
+  RESULTS=$SWEEPS_HOME/results-$SERIES
+}
 
 running() { [[ -s $PIDFILE ]] && kill -0 -- "-$(cat "$PIDFILE")" 2>/dev/null; }
 signal() { running || { echo "cpu_claims: no sweep is running"; exit 1; }; kill "-$1" -- "-$(cat "$PIDFILE")"; }
@@ -59,6 +63,7 @@ harvest() {
 case ${1:?usage: cpu_claims.sh start|status|harvest|pause|resume|stop} in
 start)
   if running; then echo "cpu_claims: already running (process group $(cat "$PIDFILE"))"; exit 0; fi
+  choose_series
   mkdir -p "$SWEEPS_HOME"
   src=$SWEEPS_HOME/src-${SWEEP_COMMIT:0:7}
   if [[ ! -d $src ]]; then
@@ -84,6 +89,7 @@ start)
   echo "cpu_claims: started $CLAIMS_SWEEPS, rounds seed=${rounds[*]} (process group $!)"
   ;;
 status)
+  choose_series
   # how far each seed of each target is: what `harvest` counts (behaviorlm.sweeps.completed_jobs, as collect does)
   echo "the $SERIES series (this machine's precision), commit ${SWEEP_COMMIT:0:7}, sweeps in $RESULTS"
   harvest --dry-run
@@ -93,7 +99,7 @@ status)
     tr '\r' '\n' < "$LOG" | grep -v '^\s*$' | tail -1 | cut -c1-200
   fi
   ;;
-harvest) harvest ;;
+harvest) choose_series; harvest ;;
 pause) signal STOP ;;
 resume) signal CONT ;;
 stop) signal TERM ;;

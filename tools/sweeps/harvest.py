@@ -58,6 +58,11 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, dict[Path, dict]], dict]:
     return {seed: by_seed[seed] for seed in seeds if len(by_seed.get(seed, [])) == per_seed}, progress
 
 
+def target_folders(results: Path, target: str) -> tuple[Path, Path]:
+    """Where a target's committed sweep may lie: results/<target>, and results/<target>-rerun beside an older one."""
+    return results / target, results / f"{target}-rerun"
+
+
 def destination(sweep: Path, results: Path, target: str) -> Path:
     """The folder that holds the sweep's earlier seeds (its W&B group), else results/<target> when it is free, else
     results/<target>-rerun; an error when both hold other sweeps' jobs (a third sweep of the target, say on another
@@ -65,7 +70,7 @@ def destination(sweep: Path, results: Path, target: str) -> Path:
     if not (sweep / "runs" / ".wandb_group").is_file():
         raise SystemExit(f"error: {sweep / 'runs'} has no .wandb_group: not a sweep a make target started")
     group = (sweep / "runs" / ".wandb_group").read_text().strip()
-    candidates = (results / target, results / f"{target}-rerun")
+    candidates = target_folders(results, target)
     held = {dest: (dest / "runs" / ".wandb_group").read_text().strip()
             for dest in candidates if (dest / "runs" / ".wandb_group").is_file()}
     # the sweep's own folder first: a rerun's third seed joins its first two in <target>-rerun even when
@@ -192,7 +197,7 @@ def sweep_grid(target: str, makefile: Path = REPO / "Makefile") -> tuple[list[st
 
 def committed_jobs_of(results: Path, target: str, commit: str) -> tuple[Path | None, list[Path]]:
     """(the committed folder, its jobs that `commit` ran): results/<target>, else results/<target>-rerun."""
-    for held in (results / target, results / f"{target}-rerun"):
+    for held in target_folders(results, target):
         ran = [job for job in completed_jobs(held) if made_by(job, commit)]
         if ran:
             return held, ran
