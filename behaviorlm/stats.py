@@ -1,4 +1,4 @@
-"""The statistics behind a sweep's tables (behaviorlm.collect) and the claims table (experiments/claims.py).
+"""The statistics behind a sweep's tables (behaviorlm.collect) and the claims table (experiments/verdicts.py).
 
 Seeds give Student-t intervals of a mean; the test samples, shared by every job of a sweep, give the paired
 sample-level tests: a sign-flip permutation test with samples as clusters across seeds, its clustered standard

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import ROOT
 from experiments import claims
-from experiments.claims import (CLAIMS, F_MARGIN, Claim, claims_table, equivalence, samples_needed, seeds_needed,
-                                verdict)
+from experiments.claims import CLAIMS, F_MARGIN, claims_table
+from experiments.verdicts import Claim, equivalence, samples_needed, seeds_needed, verdict
 from behaviorlm.collect import sample_weights
 from behaviorlm.stats import clustered_se, sign_flip_test
 
@@ -230,7 +230,7 @@ def write_efficiency_jobs(folder, ours_tail, sequence, n_ours=1000, digest="d"):
 
 
 def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
-    from experiments.claims import efficiency_verdict
+    from experiments.verdicts import efficiency_verdict
 
     ours = [0.050, 0.055, 0.045]
     # nyc_cpu-like: the whole training set is 2x BehaviorLM's samples and SASRec stays below: not measurable
