@@ -155,7 +155,8 @@ def root_cache_key(cfg: DictConfig, dataset, device: torch.device, conversations
 # model and how it is loaded, the prompts and the seed their formats are drawn with, every scoring setting and the
 # device; the rest enters by content: the adapter as it stands after the test-time remedies (an untuned one, all
 # lora_B zero, is the same function whatever its random lora_A: every seed's zero-shot job shares one entry), the
-# test samples, the behavior names in ranking order, the logit-adjustment offset and the code.
+# test samples, the behavior names in ranking order, the logit-adjustment offset and the code; and a backbone built
+# in-process, which the config does not name, by content.
 EVALUATION_READS = ("model", "prompt", "scoring", "data.eval_seed", "device")
 EVALUATION = "evaluation"
 
@@ -173,15 +174,38 @@ def adapter_digest(adapter_state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:20]
 
 
+def backbone_content(cfg: DictConfig, model, tokenizer) -> str | None:
+    """A backbone built in-process (`model.source=tiny_random`) by content, base weights and tokenizer: its weights
+    are drawn with the run's seed and its tokenizer is trained on the run's texts, so its config does not name it,
+    and two seeds' untuned models differ. None for a pretrained backbone, which `model` names."""
+    import hashlib
+    import json
+
+    if cfg.model.source != "tiny_random":
+        return None
+    h = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" not in name:
+            if hasattr(tensor, "full_tensor"):  # FSDP2-sharded: a collective, which every rank reaches in this order
+                tensor = tensor.full_tensor()
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def evaluation_key(cfg: DictConfig, adapter_state: Mapping[str, torch.Tensor], test_samples, names,
-                   score_offset, device: torch.device) -> str:
-    """Two jobs with equal keys rank the test set identically, so the second reuses the first's rankings."""
+                   score_offset, device: torch.device, backbone: str | None = None) -> str:
+    """Two jobs with equal keys rank the test set identically, so the second reuses the first's rankings.
+    `backbone`: `backbone_content` of a backbone the config does not name."""
     reads = {path: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
              for path in EVALUATION_READS for value in [OmegaConf.select(cfg, path)]}
-    return digest({"config": reads,
-                   "adapter": adapter_digest(adapter_state),
-                   "test": samples_content(test_samples),
-                   "names": digest(list(names)), "device": device.type,
-                   "precision": computed_precision(cfg, device), "code": code_fingerprint(),
-                   "offset": None if score_offset is None else digest([round(float(x), 9) for x in score_offset]),
-                   "version": CACHE_VERSION})
+    key = {"config": reads,
+           "adapter": adapter_digest(adapter_state),
+           "test": samples_content(test_samples),
+           "names": digest(list(names)), "device": device.type,
+           "precision": computed_precision(cfg, device), "code": code_fingerprint(),
+           "offset": None if score_offset is None else digest([round(float(x), 9) for x in score_offset]),
+           "version": CACHE_VERSION}
+    if backbone is not None:  # (absent otherwise: the keys of pretrained backbones stay what they were)
+        key["backbone"] = backbone
+    return digest(key)

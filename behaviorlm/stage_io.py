@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from behaviorlm.behavior_model import BehaviorModel
 from behaviorlm.cache import StageCache
-from behaviorlm.cache_keys import EVALUATION, evaluation_key, stage_key
+from behaviorlm.cache_keys import EVALUATION, backbone_content, evaluation_key, stage_key
 from behaviorlm.data.dataset import BehaviorDataset
 from behaviorlm.metrics import sample_id
 from behaviorlm.selection import Selection
@@ -72,7 +72,8 @@ def cached_test_rankings(cfg: DictConfig, cache: StageCache, bm: BehaviorModel, 
     """(the test set's top-k rankings, whether they came from the cache): a job whose evaluation key
     (cache_keys.evaluation_key: the adapter by content, the test samples, prompts, scoring and code) equals an
     earlier job's reuses its rankings, so the untuned model is ranked once for all seeds of a sweep."""
-    key = evaluation_key(cfg, adapter_state, dataset.test, bm.vocab.names, bm.score_offset, bm.device)
+    key = evaluation_key(cfg, adapter_state, dataset.test, bm.vocab.names, bm.score_offset, bm.device,
+                         backbone_content(cfg, bm.model, bm.tokenizer))
     dist = bm.dist
     entry = dist.agree(cache.load(EVALUATION, key) if dist.is_main else None)
     if entry is not None:

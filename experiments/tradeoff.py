@@ -20,6 +20,10 @@ With `--wise-alphas`, every job of `--wise-orders` (progressive, joint, anchor_o
 (Wortsman et al., CVPR 2022; `scoring.wise_ft_alpha` inside a run): its tuned LoRA update scaled by w, from w = 1
 (the job, reproduced) to w = 0 (the untuned model, which must reproduce the seed's zero_shot job).
 
+Each scoring is an entry of the stage cache (`ScoreCache`): a study cut short resumes where it stopped, and the end
+points that curves share are scored once. It needs the tuned jobs' adapters, which a sweep folder holds on the
+machine that ran it and a committed results folder does not: `--seeds` picks the seeds that machine ran.
+
 Writes `jobs.csv` (method x seed x alpha x tau), `wise_ft.csv`, `table.md` (mean and Student-t 95% interval over
 seeds of anchor, tail and overall accuracy along each curve, paired against the progressive job with exact McNemar
 tests pooled over seeds; the operating point chosen on validation; and the frontier question: does any BehaviorLM
@@ -39,6 +43,8 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from behaviorlm.cache import StageCache, digest
+from behaviorlm.cache_keys import backbone_content, evaluation_key
 from behaviorlm.data.dataset import load_dataset
 from behaviorlm.metrics import evaluate_rankings
 from behaviorlm.models import interpolate_lora, scale_lora_update
@@ -57,6 +63,43 @@ def job_config(job_dir: Path):
     # jobs run before `ablation` joined the defaults list appended it with '+'
     overrides = [o.removeprefix("+") if o.startswith("+ablation=") else o for o in overrides]
     return compose_config([*overrides, "logger=none"])
+
+
+# This study's entries in the stage cache (cache.dir, as the jobs' own config gives it): one per scoring
+SCORES = "tradeoff_scores"
+
+
+class ScoreCache:
+    """Every scoring of the study (validation or test samples, under one adapter state) by what decides it: the
+    evaluation cache's key (the active adapter by content, `untuned` when every lora_B is zero; the samples,
+    prompts, scoring settings, device, precision and code) with the adapter's scaling and the scoring settings the
+    job itself ranked with. A study stopped by a session's end resumes where it was (each scoring is one entry), and
+    the end points that curves share are scored once: WiSE-FT w = 1 is the job's own adapter, scored for its tau
+    curve too, and w = 0 is the untuned model for every tuned job of a seed."""
+
+    def __init__(self) -> None:
+        self.scored = self.reused = 0
+
+    def __call__(self, cfg, bm, samples, progress: str) -> np.ndarray:
+        model = bm.model
+        name = model.active_adapter
+        adapter = {n: p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n}
+        lora = model.peft_config[name]
+        backbone = backbone_content(cfg, model, bm.tokenizer)
+        key = digest({"evaluation": evaluation_key(cfg, adapter, samples, bm.vocab.names, None, bm.device, backbone),
+                      "scaling": [lora.r, lora.lora_alpha],
+                      "scored_as": [bm.scoring_mode, bm.beam_width, bm.beam_exact_top, bm.beam_seed,
+                                    bm.scorer.batch_size, bm.fp32_logits]})
+        cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
+        entry = cache.load(SCORES, key)
+        if entry is not None:
+            self.reused += 1
+            print(f"{progress}: the scores of an earlier scoring (stage cache {SCORES}/{key})")
+            return np.load(entry / "scores.npy")
+        scores = bm.scores(samples, progress=progress)
+        cache.save(SCORES, key, lambda folder: np.save(folder / "scores.npy", scores))
+        self.scored += 1
+        return scores
 
 
 def b_set_targets(job_dir: Path) -> list[str]:
@@ -107,11 +150,11 @@ def check_drift(job_dir: Path, what: str, measured: dict, reference: dict, n_tes
 
 
 def wise_ft_curve(job_dir: Path, method: str, wise_alphas: list[float], zero_shot: dict | None,
-                  batch_size: int | None, drift_samples: float) -> list[dict]:
+                  batch_size: int | None, drift_samples: float, scores: ScoreCache) -> list[dict]:
     """WiSE-FT (scoring.wise_ft_alpha): the job's tuned LoRA update scaled by w (exact: every lora_B times w), from
     w = 1 (the job itself) to w = 0 (the untuned model: the sweep's zero_shot job), any stage order."""
     cfg, recorded, dataset, bm = load_job(job_dir, batch_size)
-    k = cfg.scoring.top_k
+    names, k = list(bm.vocab.names), cfg.scoring.top_k
     tuned = {name: p.detach().clone() for name, p in bm.model.named_parameters() if "lora_B" in name}
     rows = []
     for w in wise_alphas:
@@ -120,9 +163,11 @@ def wise_ft_curve(job_dir: Path, method: str, wise_alphas: list[float], zero_sho
                 if name in tuned:
                     param.copy_(tuned[name])
         scale_lora_update(bm.model, w)
-        val, _ = bm.evaluate(dataset.val, k, progress=f"validation, w {w}")
-        test, _, _ = evaluate_rankings(dataset.test, bm.rankings(dataset.test, k, progress=f"test, w {w}"),
-                                       bm.vocab, k, dataset.test_weights)
+        val_scores = scores(cfg, bm, dataset.val, f"{method} validation, w {w}")
+        test_scores = scores(cfg, bm, dataset.test, f"{method} test, w {w}")
+        val, _, _ = evaluate_rankings(dataset.val, top_k_names(val_scores, names, k), bm.vocab, k)
+        test, _, _ = evaluate_rankings(dataset.test, top_k_names(test_scores, names, k), bm.vocab, k,
+                                       dataset.test_weights)
         for end, reference in ((1.0, recorded), (0.0, zero_shot)):
             if w == end and reference is not None:
                 check_drift(job_dir, f"WiSE-FT w {w:g}", test, reference, len(dataset.test), drift_samples)
@@ -133,7 +178,7 @@ def wise_ft_curve(job_dir: Path, method: str, wise_alphas: list[float], zero_sho
 
 
 def study_job(job_dir: Path, method: str, taus: list[float], alphas: list[float], a_dir: Path | None,
-              batch_size: int | None, drift_samples: float, target_prior: str = "train"
+              batch_size: int | None, drift_samples: float, scores: ScoreCache, target_prior: str = "train"
               ) -> tuple[list[dict], dict[tuple[str, float, float], np.ndarray]]:
     """One tuned job's curves: each alpha (towards its A-tuned adapter; progressive only) scored once, re-ranked with
     each tau towards `target_prior`; the rows and, per (method, alpha, tau), the test hits."""
@@ -152,8 +197,8 @@ def study_job(job_dir: Path, method: str, taus: list[float], alphas: list[float]
             interpolate_lora(bm.model, a_state, alpha)
         else:
             bm.model.set_adapter("default")
-        val_scores = bm.scores(dataset.val, progress=f"{method} validation, alpha {alpha}")
-        test_scores = bm.scores(dataset.test, progress=f"{method} test, alpha {alpha}")
+        val_scores = scores(cfg, bm, dataset.val, f"{method} validation, alpha {alpha}")
+        test_scores = scores(cfg, bm, dataset.test, f"{method} test, alpha {alpha}")
         for tau in taus:
             offset = logit_adjustment(bm.vocab, targets, tau, target_prior)
             val, _, _ = evaluate_rankings(dataset.val, top_k_names(val_scores + offset, names, k), bm.vocab, k)
@@ -175,13 +220,16 @@ def study_job(job_dir: Path, method: str, taus: list[float], alphas: list[float]
     return rows, hits
 
 
-def pooled_jobs(sweep_dirs: list[Path]) -> dict[Path, dict]:
+def pooled_jobs(sweep_dirs: list[Path], seeds: set[int] | None = None) -> dict[Path, dict]:
     """The completed jobs of all the sweeps, each with its `method`: the stage order, and for a progressive job
     whose B-Tuning learning rate differs from the first progressive job's, `progressive, B lr <rate>`. A method
-    and seed already taken from an earlier sweep is not taken again (ablation-b-rate repeats paper-main's rate)."""
+    and seed already taken from an earlier sweep is not taken again (ablation-b-rate repeats paper-main's rate).
+    `seeds`: only those seeds' jobs (the others are not read)."""
     pooled, seen, reference_rate = {}, set(), None
     for sweep_dir in sweep_dirs:
         for job_dir, metrics in completed_jobs(sweep_dir).items():
+            if seeds is not None and metrics["seed"] not in seeds:
+                continue
             if not (job_dir / ".hydra" / "config.yaml").is_file():
                 raise SystemExit(f"error: {job_dir} has no .hydra/config.yaml: a committed results folder keeps the "
                                  "metrics only, and this study re-scores the sweep's own folders (config and "
@@ -195,6 +243,11 @@ def pooled_jobs(sweep_dirs: list[Path]) -> dict[Path, dict]:
                 print(f"{job_dir}: {method} seed {metrics['seed']} was taken from an earlier sweep; left out")
                 continue
             seen.add((method, metrics["seed"]))
+            adapter = job_dir / "adapter" / "adapter_model.safetensors"
+            if metrics["stage_order"] != "zero_shot" and not adapter.is_file():
+                raise SystemExit(f"error: {job_dir} (seed {metrics['seed']}) has no adapter/adapter_model.safetensors: "
+                                 "a job restored from committed results keeps none (it lives on the machine that "
+                                 "ran the job); study the seeds this machine ran (--seeds)")
             pooled[job_dir] = {**metrics, "method": method}
     return pooled
 
@@ -213,6 +266,9 @@ def main() -> None:
                         help="WiSE-FT weights w of the tuned update (scoring.wise_ft_alpha; 1 and 0 are added): a "
                              "curve for each of --wise-orders, w = 0 being the untuned model")
     parser.add_argument("--wise-orders", nargs="+", default=["progressive", "joint", "anchor_only"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="study only these seeds' jobs (default: every seed; a tuned job needs its adapter, "
+                             "which only the machine that ran it holds)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="scoring batch (default: the job's scoring.batch_size; 1 for runs made before beam "
@@ -224,16 +280,17 @@ def main() -> None:
     taus, alphas = sorted(set([0.0, *args.taus])), sorted(set([1.0, *args.alphas]))
     joint_taus = sorted(set([0.0, *args.joint_taus])) if args.joint_taus else []
     wise_alphas = sorted(set([0.0, 1.0, *args.wise_alphas])) if args.wise_alphas else []
-    finished = pooled_jobs(args.sweep_dirs)
+    finished = pooled_jobs(args.sweep_dirs, set(args.seeds) if args.seeds else None)
     a_jobs = {m["seed"]: folder for folder, m in finished.items() if m["stage_order"] == "anchor_only"}
     zero_shot = {m["seed"]: m for m in finished.values() if m["stage_order"] == "zero_shot"}
     rows, hits, others, wise_rows = [], {}, [], []
+    scores = ScoreCache()
     args.out.mkdir(parents=True, exist_ok=True)
     for job_dir, metrics in finished.items():
         method, seed = metrics["method"], metrics["seed"]
         if wise_alphas and metrics["stage_order"] in args.wise_orders:
             wise_rows += wise_ft_curve(job_dir, method, wise_alphas, zero_shot.get(seed), args.batch_size,
-                                       args.drift_samples)
+                                       args.drift_samples, scores)
             atomic_write_text(args.out / "wise_ft.csv", pd.DataFrame(wise_rows).to_csv(index=False))
         if metrics["stage_order"] == "progressive":
             a_dir = a_jobs.get(seed)
@@ -241,10 +298,11 @@ def main() -> None:
                 raise SystemExit(f"error: no completed anchor_only job of seed {seed} in "
                                  f"{', '.join(map(str, args.sweep_dirs))}: adapter interpolation needs its A-tuned "
                                  "adapter")
-            job_rows, job_hits = study_job(job_dir, method, taus, alphas, a_dir, args.batch_size, args.drift_samples)
+            job_rows, job_hits = study_job(job_dir, method, taus, alphas, a_dir, args.batch_size, args.drift_samples,
+                                           scores)
         elif metrics["stage_order"] == "joint" and joint_taus:
             job_rows, job_hits = study_job(job_dir, method, joint_taus, [1.0], None, args.batch_size,
-                                           args.drift_samples, target_prior="uniform")
+                                           args.drift_samples, scores, target_prior="uniform")
         else:
             others.append({k: metrics.get(k) for k in ("stage_order", "seed", *(f"test/{m}" for m in METRICS))})
             continue
@@ -264,6 +322,7 @@ def main() -> None:
     atomic_write_text(args.out / "table.md", table)
     plot(jobs, others_frame, args.out / "anchor_vs_tail.png", wise)
     print(table)
+    print(f"scorings: {scores.scored} computed, {scores.reused} reused from the stage cache ({SCORES})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,23 @@ def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(made):
         zero_shot = jobs[(jobs["seed"] == seed) & (jobs["stage_order"] == "zero_shot")]["test/acc_overall"].iloc[0]
         assert untuned.iloc[0] == pytest.approx(zero_shot, abs=3 / jobs["n_test"].iloc[0] + 1e-9)
     assert (results / "ablation-tradeoff" / "anchor_vs_tail.png").exists()
+    # the end points curves share are scored once, of 82 scorings a seed: w = 0 is one untuned model for the five
+    # tuned jobs of a seed (4 x 2 reused: validation and test; not across seeds, whose tiny_random backbones differ),
+    # and w = 1 is the adapter that the tau curves of the three progressive jobs and joint score too (4 x 2 reused)
+    computed, reused = map(int, re.search(r"scorings: (\d+) computed, (\d+) reused", result.stdout).groups())
+    assert (computed, reused) == (2 * (82 - 16), 2 * 16)
+    # a study cut short resumes from the stage cache: run again, it scores nothing and writes the same rows
+    env = {**os.environ, "BEHAVIORLM_STAGE_CACHE": str(results / "stage-cache-ablation-tradeoff")}
+    again = subprocess.run([sys.executable, "-m", "experiments.tradeoff", str(results / "paper-main"),
+                            str(results / "ablation-b-rate"), "--alphas", "0", "0.25", "0.5", "0.75", "--taus", "-1",
+                            "-0.5", "0.25", "0.5", "1", "--joint-taus", "0.25", "0.5", "1", "2", "--wise-alphas",
+                            "0.25", "0.5", "0.75", "--batch-size", "8", "--drift-samples", "3",
+                            "--out", str(results / "tradeoff-again")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"scorings: 0 computed, {computed + reused} reused" in again.stdout
+    first, second = (pd.read_csv(results / folder / "jobs.csv") for folder in ("ablation-tradeoff", "tradeoff-again"))
+    pd.testing.assert_frame_equal(first, second)
 
 
 @pytest.mark.slow

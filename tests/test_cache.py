@@ -120,9 +120,10 @@ def test_a_key_digest_ignores_key_order_and_reads_any_value_as_text(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_untuned_model_is_ranked_once_for_every_seed_and_a_tuned_adapter_is_not_taken_for_it(tmp_path):
-    """The evaluation cache: zero_shot jobs of different seeds (different random lora_A, every lora_B zero) rank the
-    test set once; an anchor_only job, or a scoring setting that changes the ranking, is ranked anew."""
+def test_the_untuned_model_is_ranked_once_and_a_tuned_adapter_or_another_backbone_is_not_taken_for_it(tmp_path):
+    """The evaluation cache: a zero_shot job reuses an earlier one's ranking when only settings the ranking does not
+    read differ; an anchor_only job, a scoring setting that changes the ranking, or another seed's tiny_random
+    backbone (drawn with the seed, so another model: it once reused seed 0's ranking) is ranked anew."""
     from behaviorlm.pipeline import run
     from behaviorlm.utils import compose_config
 
@@ -134,14 +135,34 @@ def test_the_untuned_model_is_ranked_once_for_every_seed_and_a_tuned_adapter_is_
         return json.loads((out / "metrics.json").read_text()), info["cache/evaluation_hit"]
 
     first, hit_first = job("zero0", "stage_order=zero_shot", "seed=0")
-    second, hit_second = job("zero1", "stage_order=zero_shot", "seed=1")
+    second, hit_second = job("zero0-again", "stage_order=zero_shot", "seed=0", "train.a_tuning.learning_rate=1e-3")
     assert (hit_first, hit_second) == (0, 1)
     test = {k: v for k, v in first.items() if k.startswith("test/") and k != "test/seconds"}
     assert test == {k: v for k, v in second.items() if k in test}
     assert (tmp_path / "zero0" / "test_predictions.csv").read_text() == \
-        (tmp_path / "zero1" / "test_predictions.csv").read_text()
+        (tmp_path / "zero0-again" / "test_predictions.csv").read_text()
+    _, hit_other_backbone = job("zero1", "stage_order=zero_shot", "seed=1")
     _, hit_tuned = job("tuned", "stage_order=anchor_only", "seed=1")
     _, hit_other_scoring = job("width", "stage_order=zero_shot", "seed=1", "scoring.mode=beam",
                                "scoring.beam_seed=none", "scoring.beam_width=2")
-    assert (hit_tuned, hit_other_scoring) == (0, 0)
-    assert len(list((tmp_path / "cache" / "evaluation").iterdir())) == 3
+    assert (hit_other_backbone, hit_tuned, hit_other_scoring) == (0, 0, 0)
+    assert len(list((tmp_path / "cache" / "evaluation").iterdir())) == 4
+
+
+def test_an_untuned_adapter_is_one_key_whatever_its_lora_a_and_a_pretrained_backbone_is_named_by_its_config():
+    """Every seed's zero-shot job shares one ranking on a pretrained backbone: all lora_B zero is `untuned`
+    whatever the random lora_A, and the key reads no backbone content (nor the seed) unless it is built
+    in-process."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from behaviorlm.cache_keys import adapter_digest, backbone_content
+
+    def state(seed, b_scale):
+        torch.manual_seed(seed)
+        return {"q.lora_A.default.weight": torch.randn(4, 8), "q.lora_B.default.weight": torch.randn(8, 4) * b_scale}
+
+    assert adapter_digest(state(0, 0.0)) == adapter_digest(state(1, 0.0)) == "untuned"
+    assert adapter_digest(state(0, 1.0)) != adapter_digest(state(1, 1.0))
+    pretrained = OmegaConf.create({"model": {"source": "gguf_package"}})
+    assert backbone_content(pretrained, model=None, tokenizer=None) is None

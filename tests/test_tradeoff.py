@@ -58,6 +58,8 @@ def test_sweeps_are_pooled_by_method_and_seed_and_a_repeated_rate_is_taken_once(
         (folder / ".hydra").mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({"status": "completed", "stage_order": order, "seed": seed}))
         (folder / ".hydra" / "config.yaml").write_text(f"train:\n  b_tuning:\n    learning_rate: {rate}\n")
+        (folder / "adapter").mkdir()
+        (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"")
 
     for seed in (0, 1):  # paper-main: progressive and joint at the preset's 1e-4
         job("paper-main", 2 * seed, "progressive", seed, 1e-4)
@@ -69,6 +71,14 @@ def test_sweeps_are_pooled_by_method_and_seed_and_a_repeated_rate_is_taken_once(
     assert methods == [("joint", 0, "paper-main"), ("joint", 1, "paper-main"),
                        ("progressive", 0, "paper-main"), ("progressive", 1, "paper-main"),
                        ("progressive, B lr 0.0005", 0, "b-rate"), ("progressive, B lr 0.0005", 1, "b-rate")]
+
+    # --seeds: the others are not read
+    assert {m["seed"] for m in pooled_jobs([tmp_path / "paper-main"], seeds={1}).values()} == {1}
+    # a job restored from committed results has no adapter: its seed cannot be studied on this machine
+    (tmp_path / "paper-main" / "runs" / "3" / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(SystemExit, match=r"paper-main/runs/3 \(seed 1\) has no adapter.*--seeds"):
+        pooled_jobs([tmp_path / "paper-main"])
+    assert len(pooled_jobs([tmp_path / "paper-main"], seeds={0})) == 2
 
     (tmp_path / "b-rate" / "runs" / "0" / ".hydra" / "config.yaml").unlink()  # a committed folder: metrics only
     with pytest.raises(SystemExit, match="b-rate/runs/0 has no .hydra/config.yaml"):
