@@ -35,7 +35,11 @@ from experiments.verdicts import EFFICIENCY_F, Claim, efficiency_verdict, verdic
 # Where a target's committed sweep lies under results/ when not in results/<target>: the claims sweeps run in two
 # series, bf16 (results/) and fp32 (results/avx2-fp32/, tools/sweeps/cpu_claims.sh), never pooled; a row reads one
 # series, and its compute column says which.
-SWEEP_FOLDER: dict[str, str] = {"ablation-aux": "avx2-fp32/ablation-aux"}  # its first seed ran in fp32 (2026-12-07)
+SWEEP_FOLDER: dict[str, str] = {
+    "paper-main": "avx2-fp32/paper-main-rerun",  # today's defaults, 3 seeds in fp32 (2026-12-05/07); the old runs
+                                                 # of 2026-11-26 stay in results/paper-main, before four defaults
+    "ablation-aux": "avx2-fp32/ablation-aux",  # its first seed ran in fp32 (2026-12-07)
+}
 
 
 def sweep_folder(results: Path, target: str) -> Path:
