@@ -132,7 +132,8 @@ def test_claims_table_adjusts_the_family_with_holm_and_marks_missing_sweeps(tmp_
         {"method": "progressive", "reference": "joint", "metric": "acc_tail", "mean_diff": 0.05, "p_permutation": 0.01},
         {"method": "progressive", "reference": "joint", "metric": "acc_overall", "mean_diff": 0.05,
          "p_permutation": 0.04},
-        {"method": "anchor_only", "reference": "joint", "metric": "acc_tail", "mean_diff": 0.05, "p_permutation": 0.03}],
+        {"method": "anchor_only", "reference": "joint", "metric": "acc_tail", "mean_diff": 0.05,
+         "p_permutation": 0.03}],
         {"stage_order": ["progressive", "joint", "anchor_only"] * 3, "seed": [0] * 3 + [1] * 3 + [2] * 3,
          "test/acc_tail": [0.1, 0.05, 0.1] * 3, "test/acc_overall": [0.25, 0.2, 0.2] * 3})
     write_sweep(tmp_path / "ablation-components", [
