@@ -161,36 +161,36 @@ EVALUATION_READS = ("model", "prompt", "scoring", "data.eval_seed", "device")
 EVALUATION = "evaluation"
 
 
-def adapter_digest(adapter_state: Mapping[str, torch.Tensor]) -> str:
-    """The adapter's weights by content; `untuned` when every lora_B is zero (the adapter changes nothing)."""
+def tensors_digest(state: Mapping[str, torch.Tensor], prefix: bytes = b"") -> str:
+    """Named tensors by content, in name order, after `prefix`: 20 hex digits."""
     import hashlib
 
+    h = hashlib.sha256(prefix)
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def adapter_digest(adapter_state: Mapping[str, torch.Tensor]) -> str:
+    """The adapter's weights by content; `untuned` when every lora_B is zero (the adapter changes nothing)."""
     if all(not bool(tensor.any()) for name, tensor in adapter_state.items() if "lora_B" in name):
         return "untuned"
-    h = hashlib.sha256()
-    for name in sorted(adapter_state):
-        h.update(name.encode())
-        h.update(adapter_state[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
+    return tensors_digest(adapter_state)
 
 
 def backbone_content(cfg: DictConfig, model, tokenizer) -> str | None:
     """A backbone built in-process (`model.source=tiny_random`) by content, base weights and tokenizer: its weights
     are drawn with the run's seed and its tokenizer is trained on the run's texts, so its config does not name it,
     and two seeds' untuned models differ. None for a pretrained backbone, which `model` names."""
-    import hashlib
     import json
 
     if cfg.model.source != "tiny_random":
         return None
-    h = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" not in name:
-            if hasattr(tensor, "full_tensor"):  # FSDP2-sharded: a collective, which every rank reaches in this order
-                tensor = tensor.full_tensor()
-            h.update(name.encode())
-            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
+    # FSDP2-sharded weights are gathered (a collective, which every rank reaches in this order)
+    base = {name: tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+            for name, tensor in sorted(model.state_dict().items()) if "lora_" not in name}
+    return tensors_digest(base, prefix=json.dumps(sorted(tokenizer.get_vocab().items())).encode())
 
 
 def evaluation_key(cfg: DictConfig, adapter_state: Mapping[str, torch.Tensor], test_samples, names,
