@@ -39,6 +39,8 @@ SWEEP_FOLDER: dict[str, str] = {
     "paper-main": "avx2-fp32/paper-main-rerun",  # today's defaults, 3 seeds in fp32 (2026-12-05/07); the old runs
                                                  # of 2026-11-26 stay in results/paper-main, before four defaults
     "ablation-aux": "avx2-fp32/ablation-aux",  # its first seed ran in fp32 (2026-12-07)
+    "ablation-few-shot": "avx2-fp32/ablation-few-shot",  # its first seed ran in fp32 (2026-12-07); the
+                                                         # sample-efficiency row reads BehaviorLM's half here too
 }
 
 

@@ -76,7 +76,8 @@ def equivalence(claim: Claim, row: pd.Series, mine: np.ndarray, ref: np.ndarray)
     m, diff, se = claim.margin, float(row.diff_sample_level), float(row.se_sample_level)
     p_samples = max(stats.norm.sf((diff + m) / se), stats.norm.cdf((diff - m) / se)) if se > 0 else float("nan")
     p_seeds = float(ttost_paired(mine, ref, -m, m)[0]) if len(mine) >= 2 else float("nan")
-    why = f"TOST within ±{m}: p = {p_samples:.2g} on the samples, p = {p_seeds:.2g} over {len(mine)} seeds"
+    why = f"TOST within ±{m}: p = {p_samples:.2g} on the samples, " + (
+        f"p = {p_seeds:.2g} over {len(mine)} seeds" if len(mine) >= 2 else "one seed: no test over seeds")
     if p_samples < ALPHA and p_seeds < ALPHA:
         return f"equivalent within ±{m}", why
     beyond = abs(diff) > m and float(row.p_adjusted) < ALPHA and (row.ci_low > m or row.ci_high < -m)
@@ -162,8 +163,9 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     ours_mean = float(ours["test/acc_tail"].mean())
 
     def cell(row) -> str:
-        return (f"{row.method} k={row.k} ({row.samples:,.0f} samples, {row.ratio:.1f}x): Δ tail {row.delta:+.3f} "
-                f"[{row.low:+.3f}, {row.high:+.3f}]")
+        interval = f"[{row.low:+.3f}, {row.high:+.3f}]" if row.seeds >= 2 else "(one seed: no interval)"
+        return f"{row.method} k={row.k} ({row.samples:,.0f} samples, {row.ratio:.1f}x): Δ tail {row.delta:+.3f} " \
+            + interval
 
     base = {"measured": f"largest ratio here {largest.min():.1f}x", "mix": "tail",
             "seeds": str(int(table["seeds"].min())), "reference_mean": ours_mean}

@@ -113,6 +113,10 @@ def test_equivalence_within_the_margin_and_beyond_it():
     loose = paired_row(0.005, -0.06, 0.07, 0.7, se=0.03)
     assert equivalence(claim, loose, np.array([0.2, 0.26, 0.17]), np.array([0.21, 0.2, 0.2]))[0] == \
         "inconclusive at this scale"
+    # one seed (a sweep's first): the seed-level TOST cannot run, and the reason says so instead of "p = nan"
+    decision, why = equivalence(claim, inside, mine[:1], ref[:1])
+    assert decision == "inconclusive at this scale" and why.endswith("one seed: no test over seeds") \
+        and "nan" not in why
 
 
 def write_sweep(folder, rows, jobs):
@@ -243,6 +247,11 @@ def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
     # per-seed differences -0.022, -0.025, -0.019: sd 0.003, t(2) half-width 0.0075
     assert "sasrec k=all (2,000 samples, 2.0x): Δ tail -0.022 [-0.029, -0.015]" in row["why"]
     assert "a 100x gap cannot be measured" in row["why"]
+    # BehaviorLM's first seed only (the few-shot sweep's first round): one pair a size, said so, no "[nan, nan]"
+    first = tmp_path / "first"
+    write_efficiency_jobs(first, ours[:1], {("sasrec", None): (2000, [0.028, 0.03, 0.026])})
+    row = efficiency_verdict(first)
+    assert row["seeds"] == "1" and "Δ tail -0.022 (one seed: no interval)" in row["why"] and "nan" not in row["why"]
     # a sequence model that beats BehaviorLM's tail with 5x its samples refutes 100x
     refuted = tmp_path / "refuted"
     write_efficiency_jobs(refuted, ours, {("bert4rec", 50): (5000, [0.07, 0.08, 0.075]),
