@@ -75,9 +75,12 @@ def equivalence(claim: Claim, row: pd.Series, mine: np.ndarray, ref: np.ndarray)
 
     m, diff, se = claim.margin, float(row.diff_sample_level), float(row.se_sample_level)
     p_samples = max(stats.norm.sf((diff + m) / se), stats.norm.cdf((diff - m) / se)) if se > 0 else float("nan")
-    p_seeds = float(ttost_paired(mine, ref, -m, m)[0]) if len(mine) >= 2 else float("nan")
-    why = f"TOST within ±{m}: p = {p_samples:.2g} on the samples, " + (
-        f"p = {p_seeds:.2g} over {len(mine)} seeds" if len(mine) >= 2 else "one seed: no test over seeds")
+    if len(mine) >= 2:
+        p_seeds = float(ttost_paired(mine, ref, -m, m)[0])
+        on_seeds = f"p = {p_seeds:.2g} over {len(mine)} seeds"
+    else:
+        p_seeds, on_seeds = float("nan"), "one seed: no test over seeds"
+    why = f"TOST within ±{m}: p = {p_samples:.2g} on the samples, {on_seeds}"
     if p_samples < ALPHA and p_seeds < ALPHA:
         return f"equivalent within ±{m}", why
     beyond = abs(diff) > m and float(row.p_adjusted) < ALPHA and (row.ci_low > m or row.ci_high < -m)
