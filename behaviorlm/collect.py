@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.metrics import acc_at_k_key
-from behaviorlm.stats import clustered_se, mcnemar_exact, sign_flip_test, t_interval
+from behaviorlm.stats import clustered_se, mcnemar_exact, paired_interval, sign_flip_test, t_interval
 from behaviorlm.sweeps import job_dirs, jobs_root, load_sweep
 
 METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1"]  # + acc@k, k = scoring.top_k
@@ -214,7 +214,7 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
         for metric, (stratum, reweighted) in metrics.items():
             diffs = (group.loc[seeds, f"test/{metric}"].astype(float)
                      - ref_jobs.loc[seeds, f"test/{metric}"].astype(float)).dropna().to_numpy()
-            low, high = t_interval(diffs)
+            low, high = paired_interval(diffs)
             row = {"method": value, "reference": reference, "metric": metric, "n_seeds": len(diffs),
                    "mean_diff": float(diffs.mean()) if len(diffs) else float("nan"), "ci_low": low, "ci_high": high,
                    "mix": "reweighted" if reweighted and weight_anchor else (stratum or "sample")}
@@ -238,13 +238,20 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def interval_text(row) -> str:
+    """A paired row's seed interval as printed beside its mean difference: ' [low, high]', ' (seeds equal: no
+    interval)' when every seed gave the same difference, '' for one seed."""
+    if pd.notna(row["ci_low"]):
+        return f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    return " (seeds equal: no interval)" if int(row["n_seeds"]) >= 2 else ""
+
+
 def _delta_cell(pairs: pd.DataFrame, value, metric: str) -> str:
     row = pairs[(pairs["method"] == value) & (pairs["metric"] == metric)]
     if row.empty:
         return "ref."
     row = row.iloc[0]
-    interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-    return f"{row['mean_diff']:+.3f}{interval} p={row['p_permutation']:.2g}"
+    return f"{row['mean_diff']:+.3f}{interval_text(row)} p={row['p_permutation']:.2g}"
 
 
 def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None) -> str:

@@ -20,6 +20,16 @@ def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, flo
     return float(values.mean() - half), float(values.mean() + half)
 
 
+def paired_interval(differences: np.ndarray) -> tuple[float, float]:
+    """t_interval of per-seed paired differences, NaN bounds when every seed gave the same difference: accuracies
+    are counts over a few hundred samples, so two seeds tie often, and t's zero-width interval would read as
+    certainty where there is no spread to estimate seed noise from."""
+    differences = np.asarray(differences, dtype=float)
+    if len(differences) >= 2 and np.ptp(differences) == 0:
+        return float("nan"), float("nan")
+    return t_interval(differences)
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Exact two-sided McNemar p-value from the discordant counts (b: only the method right, c: only the
     reference right): a binomial test of b successes in b + c trials at 1/2; 1.0 without discordant pairs."""

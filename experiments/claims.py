@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from behaviorlm.collect import compute_summary
+from behaviorlm.collect import compute_summary, interval_text
 from behaviorlm.utils import atomic_write_text
 from experiments.verdicts import EFFICIENCY_F, Claim, efficiency_verdict, verdict
 
@@ -38,6 +38,8 @@ from experiments.verdicts import EFFICIENCY_F, Claim, efficiency_verdict, verdic
 SWEEP_FOLDER: dict[str, str] = {
     "paper-main": "avx2-fp32/paper-main-rerun",  # today's defaults, 3 seeds in fp32 (2026-12-05/07); the old runs
                                                  # of 2026-11-26 stay in results/paper-main, before four defaults
+    "ablation-components": "avx2-fp32/ablation-components",  # seeds 0-1 in fp32 (2026-12-06/07): more than
+                                                             # the bf16 series' one (results/ablation-components)
     "ablation-aux": "avx2-fp32/ablation-aux",  # its first seed ran in fp32 (2026-12-07)
     "ablation-few-shot": "avx2-fp32/ablation-few-shot",  # its first seed ran in fp32 (2026-12-07); the
                                                          # sample-efficiency row reads BehaviorLM's half here too
@@ -159,9 +161,8 @@ def claims_table(results: Path) -> pd.DataFrame:
         if claim in shares:
             why += (f"; the same computations as \"{shares[claim].text}\" (identical test predictions, seed by "
                     "seed): one test, counted once in the family")
-        interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
         compared = jobs[jobs[key].astype(str).isin([claim.method, claim.reference])]
-        rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval}", "mix": row.get("mix", ""),
+        rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval_text(row)}", "mix": row.get("mix", ""),
                      "p_permutation": f"{row.p_permutation:.2g}", "holm_p": f"{row.p_adjusted:.2g}",
                      "seeds": str(int(row.n_seeds)), "compute": compute_summary(compared),
                      "reference_mean": ref_mean, "verdict": decision, "why": why})

@@ -106,7 +106,8 @@ def verdict(claim: Claim, row: pd.Series, ref_mean: Optional[float], mine=None, 
     if sample_sign != sign:
         reasons.append("the sample-level and seed-level differences point different ways")
     if not seed_interval:
-        reasons.append("one seed: no interval over seeds")
+        reasons.append("one seed: no interval over seeds" if int(row.n_seeds) < 2 else
+                       f"the {int(row.n_seeds)} seeds gave the same difference: no spread to draw an interval from")
     elif not excludes_zero:
         reasons.append("the seed interval includes 0")
     if claim.relative_effect and ref_mean:
@@ -135,7 +136,7 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     """The sample-efficiency row from `make sample-efficiency`'s jobs (None when it has not run): per sequence model
     and training-set size, the per-seed difference in tail accuracy to BehaviorLM at F = EFFICIENCY_F, with its
     Student-t 95% interval over seeds."""
-    from behaviorlm.stats import t_interval
+    from behaviorlm.stats import paired_interval
     from experiments.sample_efficiency import load, seed_deltas, with_size_label
 
     try:
@@ -158,7 +159,7 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     for (method, k), group in with_size_label(jobs[jobs["method"] != "behaviorlm"]).groupby(["method", "k"]):
         diffs = seed_deltas(group.set_index("seed"), ours_by_seed, "test/acc_tail")
         n = float(group["n_train_examples_used"].mean())
-        sizes.append((method, k, n, n / n_ours, float(diffs.mean()), *t_interval(diffs), len(diffs)))
+        sizes.append((method, k, n, n / n_ours, float(diffs.mean()), *paired_interval(diffs), len(diffs)))
     table = pd.DataFrame(sizes, columns=["method", "k", "samples", "ratio", "delta", "low", "high", "seeds"])
     within = table[table["ratio"] <= EFFICIENCY_FACTOR]
     beaten = within[within["low"] > 0]
@@ -166,7 +167,8 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     ours_mean = float(ours["test/acc_tail"].mean())
 
     def cell(row) -> str:
-        interval = f"[{row.low:+.3f}, {row.high:+.3f}]" if row.seeds >= 2 else "(one seed: no interval)"
+        interval = f"[{row.low:+.3f}, {row.high:+.3f}]" if pd.notna(row.low) else \
+            "(seeds equal: no interval)" if row.seeds >= 2 else "(one seed: no interval)"
         return f"{row.method} k={row.k} ({row.samples:,.0f} samples, {row.ratio:.1f}x): Δ tail {row.delta:+.3f} " \
             + interval
 

@@ -166,6 +166,22 @@ def test_collect_writes_paired_differences_with_the_clustered_permutation_test_a
     assert "Δ overall" in table and f"{diffs.mean():+.3f}" in table and "p=" in table
 
 
+def test_seeds_that_gain_the_same_gives_no_interval_rather_than_a_zero_width_one(tmp_path):
+    """Accuracies are counts, so seeds tie: two seeds that each gain one tail sample have a t interval of zero width,
+    which would read as certainty (and would pass a verdict's 'the interval excludes 0')."""
+    roles = ["anchor"] * 2 + ["tail"] * 2
+    for seed in range(2):
+        write_job(tmp_path / "runs" / f"{seed}", "joint", seed, [1, 0, 0, 0], roles)
+        write_job(tmp_path / "runs" / f"{2 + seed}", "progressive", seed, [1, 0, 1, 0], roles)
+    collect.main([str(tmp_path), "--key", "stage_order", "--reference", "joint"])
+    tail = pd.read_csv(tmp_path / "paired.csv").set_index("metric").loc["acc_tail"]
+    assert tail["mean_diff"] == pytest.approx(0.5) and tail["n_seeds"] == 2
+    assert np.isnan(tail["ci_low"]) and np.isnan(tail["ci_high"])
+    table = (tmp_path / "table.md").read_text()
+    assert "+0.500 (seeds equal: no interval)" in table and "[+0.500, +0.500]" not in table
+    assert collect.paired_interval(np.array([0.1, 0.3])) == pytest.approx(collect.t_interval(np.array([0.1, 0.3])))
+
+
 def test_collect_refuses_to_pair_jobs_scored_on_different_samples(tmp_path):
     write_job(tmp_path / "runs" / "0", "joint", 0, [1, 0], ["anchor", "tail"], digest="aaa")
     write_job(tmp_path / "runs" / "1", "progressive", 0, [1, 1], ["anchor", "tail"], digest="bbb")
