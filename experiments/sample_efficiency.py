@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.stats import t_interval
+from behaviorlm.stats import paired_interval, t_interval
 
 
 def load(folder: Path, behaviorlm: Path | None = None) -> pd.DataFrame:
@@ -93,7 +93,7 @@ def paired_with(sequence: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
                    "seeds": len(set(mine.index) & set(theirs.index))}
             for metric in PAIRED_METRICS:
                 diffs = seed_deltas(mine, theirs, metric)
-                low, high = t_interval(diffs)
+                low, high = paired_interval(diffs)
                 row.update({f"{metric}_delta": float(diffs.mean()), f"{metric}_low": low, f"{metric}_high": high})
             rows.append(row)
     return pd.DataFrame(rows).sort_values(["method", "samples", "versus"], ignore_index=True)
@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         paired.to_csv(args.folder / "paired_with.csv", index=False)
         lines += ["", f"sequence - {args.paired_with} by seed, mean [Student-t 95%] (paired_with.csv):"]
         for row in paired.to_dict("records"):
-            cells = [f"{metric.split('_')[-1]} {row[f'{metric}_delta']:+.3f} "
-                     f"[{row[f'{metric}_low']:+.3f}, {row[f'{metric}_high']:+.3f}]" for metric in PAIRED_METRICS]
+            cells = [f"{metric.split('_')[-1]} {row[f'{metric}_delta']:+.3f} " + (
+                f"[{row[f'{metric}_low']:+.3f}, {row[f'{metric}_high']:+.3f}]" if pd.notna(row[f"{metric}_low"])
+                else "(seeds equal: no interval)" if row["seeds"] >= 2 else "(one seed: no interval)")
+                for metric in PAIRED_METRICS]
             lines.append(f"{row['method']} k={row['k']} ({row['samples']:,.0f} samples) vs {row['versus']} "
                          f"({row['versus_samples']:,.0f}), {row['seeds']} seeds: " + ", ".join(cells))
     report = "\n".join(lines)

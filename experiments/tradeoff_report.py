@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.collect import markdown_table
-from behaviorlm.stats import mcnemar_exact, t_interval
+from behaviorlm.stats import mcnemar_exact, paired_interval, t_interval
 
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 
@@ -115,7 +115,7 @@ def beats(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, bool]:
     pair = mine.set_index("seed")[["anchor", "tail"]].merge(
         theirs.set_index("seed")[["anchor", "tail"]].add_suffix("_other"), left_index=True, right_index=True)
     by_mean = all(pair[axis].mean() > pair[f"{axis}_other"].mean() for axis in ("anchor", "tail"))
-    by_interval = by_mean and all(t_interval((pair[axis] - pair[f"{axis}_other"]).to_numpy())[0] > 0
+    by_interval = by_mean and all(paired_interval((pair[axis] - pair[f"{axis}_other"]).to_numpy())[0] > 0
                                   for axis in ("anchor", "tail"))
     return by_mean, by_interval
 

@@ -192,8 +192,10 @@ def test_sample_efficiency_pairs_the_sequence_models_with_another_sweep_by_seed(
     assert (row["method"], row["versus"], row["seeds"]) == ("sasrec", "progressive", 3)
     # per-seed differences 0.03, 0.04, 0.05: mean 0.04, sd 0.01, t(2) half-width 0.0248
     assert abs(row["test/acc_tail_delta"] - 0.04) < 1e-9 and abs(row["test/acc_tail_low"] - 0.0152) < 1e-3
-    assert "sasrec k=10 (700 samples) vs progressive (2,100), 3 seeds: tail +0.040" in \
-        (tmp_path / "se" / "report.txt").read_text()
+    report = (tmp_path / "se" / "report.txt").read_text()
+    assert "sasrec k=10 (700 samples) vs progressive (2,100), 3 seeds: tail +0.040" in report
+    # anchor 0.3 against 0.3 in every seed: a zero-width t interval would read as certainty; none is printed
+    assert "anchor +0.000 (seeds equal: no interval)" in report and "[+0.000, +0.000]" not in report
     # a sweep scored on other test samples is refused, not paired
     job(tmp_path / "other" / "runs" / "0", stage_order="joint", seed=0, n_train_examples_used=1,
         **{"test/acc_tail": 0.1, "test/samples_digest": "e"})

@@ -20,12 +20,12 @@ JOINT = [("joint, alpha 1, tau 0", "joint", [0.30, 0.31, 0.29], [0.05, 0.04, 0.0
 
 
 def test_a_point_above_both_of_joints_on_both_axes_answers_yes_with_its_interval_count():
-    frame = points([*JOINT, ("progressive, alpha 1, tau 0", "BehaviorLM", [0.32, 0.33, 0.31], [0.10, 0.09, 0.11]),
+    frame = points([*JOINT, ("progressive, alpha 1, tau 0", "BehaviorLM", [0.32, 0.335, 0.31], [0.10, 0.095, 0.11]),
                     ("progressive, alpha 0, tau 0", "BehaviorLM", [0.35, 0.36, 0.34], [0.00, 0.01, 0.00])])
     text = frontier_section(frame)
     assert "**Yes, by means**: 1 of 2 BehaviorLM operating points" in text
-    # +0.02 anchor and +0.05 tail over the first with no spread over seeds: both intervals clear zero; likewise the
-    # second (+0.07, +0.02)
+    # +0.02, +0.025, +0.02 anchor and +0.05, +0.055, +0.05 tail over the first: t(2) half-widths 0.007 leave both
+    # intervals above zero; likewise over the second (+0.07, +0.075, +0.07 and +0.02, +0.025, +0.02)
     assert "progressive, alpha 1, tau 0 (with both paired 95% intervals above zero against 2 of them)" in text
     # the frontier: the winner and the anchor-heavy A-tuned point; both joint points lie under the winner
     assert "2 BehaviorLM" in text and "| joint" not in text
@@ -50,6 +50,10 @@ def test_a_lead_in_the_means_that_flips_across_seeds_is_not_a_lead_by_interval()
     wider = points([("p", "BehaviorLM", [0.32, 0.33, 0.31], [0.10, 0.09, 0.11])])  # anchor half-width 0.025 > 0.02
     assert beats(wider, theirs) == (True, False)
     assert beats(theirs, steady) == (False, False)
+    # the same lead in every seed (+0.02 anchor, +0.05 tail, as a count over a few hundred samples often ties):
+    # t's interval has zero width, no evidence about seed noise, so no lead by interval
+    tied = points([("p", "BehaviorLM", [0.32, 0.32, 0.32], [0.10, 0.10, 0.10])])
+    assert beats(tied, theirs) == (True, False)
 
 
 def test_sweeps_are_pooled_by_method_and_seed_and_a_repeated_rate_is_taken_once(tmp_path):
