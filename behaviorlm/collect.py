@@ -238,12 +238,18 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def interval_words(low: float, high: float, n_seeds: int, one_seed: str = "") -> str:
+    """A seed interval as printed beside its mean difference: '[low, high]'; '(seeds equal: no interval)' when
+    stats.paired_interval gave none to seeds that all had the same difference; `one_seed` for a single seed."""
+    if pd.notna(low):
+        return f"[{low:+.3f}, {high:+.3f}]"
+    return "(seeds equal: no interval)" if int(n_seeds) >= 2 else one_seed
+
+
 def interval_text(row) -> str:
-    """A paired row's seed interval as printed beside its mean difference: ' [low, high]', ' (seeds equal: no
-    interval)' when every seed gave the same difference, '' for one seed."""
-    if pd.notna(row["ci_low"]):
-        return f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-    return " (seeds equal: no interval)" if int(row["n_seeds"]) >= 2 else ""
+    """A paired.csv row's interval as the tables print it after the mean: with a leading space, '' for one seed."""
+    words = interval_words(row["ci_low"], row["ci_high"], row["n_seeds"])
+    return f" {words}" if words else ""
 
 
 def _delta_cell(pairs: pd.DataFrame, value, metric: str) -> str:

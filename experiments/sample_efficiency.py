@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from behaviorlm.collect import interval_words
 from behaviorlm.stats import paired_interval, t_interval
+
+ONE_SEED = "(one seed: no interval)"  # a sequence model paired with one seed of the other sweep
 
 
 def load(folder: Path, behaviorlm: Path | None = None) -> pd.DataFrame:
@@ -143,10 +146,9 @@ def main(argv: list[str] | None = None) -> None:
         paired.to_csv(args.folder / "paired_with.csv", index=False)
         lines += ["", f"sequence - {args.paired_with} by seed, mean [Student-t 95%] (paired_with.csv):"]
         for row in paired.to_dict("records"):
-            cells = [f"{metric.split('_')[-1]} {row[f'{metric}_delta']:+.3f} " + (
-                f"[{row[f'{metric}_low']:+.3f}, {row[f'{metric}_high']:+.3f}]" if pd.notna(row[f"{metric}_low"])
-                else "(seeds equal: no interval)" if row["seeds"] >= 2 else "(one seed: no interval)")
-                for metric in PAIRED_METRICS]
+            cells = [f"{metric.split('_')[-1]} {row[f'{metric}_delta']:+.3f} "
+                     + interval_words(row[f"{metric}_low"], row[f"{metric}_high"], row["seeds"], ONE_SEED)
+                     for metric in PAIRED_METRICS]
             lines.append(f"{row['method']} k={row['k']} ({row['samples']:,.0f} samples) vs {row['versus']} "
                          f"({row['versus_samples']:,.0f}), {row['seeds']} seeds: " + ", ".join(cells))
     report = "\n".join(lines)

@@ -136,8 +136,9 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     """The sample-efficiency row from `make sample-efficiency`'s jobs (None when it has not run): per sequence model
     and training-set size, the per-seed difference in tail accuracy to BehaviorLM at F = EFFICIENCY_F, with its
     Student-t 95% interval over seeds."""
+    from behaviorlm.collect import interval_words
     from behaviorlm.stats import paired_interval
-    from experiments.sample_efficiency import load, seed_deltas, with_size_label
+    from experiments.sample_efficiency import ONE_SEED, load, seed_deltas, with_size_label
 
     try:
         jobs = load(folder, behaviorlm)
@@ -167,10 +168,8 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     ours_mean = float(ours["test/acc_tail"].mean())
 
     def cell(row) -> str:
-        interval = f"[{row.low:+.3f}, {row.high:+.3f}]" if pd.notna(row.low) else \
-            "(seeds equal: no interval)" if row.seeds >= 2 else "(one seed: no interval)"
         return f"{row.method} k={row.k} ({row.samples:,.0f} samples, {row.ratio:.1f}x): Δ tail {row.delta:+.3f} " \
-            + interval
+            + interval_words(row.low, row.high, row.seeds, ONE_SEED)
 
     base = {"measured": f"largest ratio here {largest.min():.1f}x", "mix": "tail",
             "seeds": str(int(table["seeds"].min())), "reference_mean": ours_mean}
