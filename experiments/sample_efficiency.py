@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.collect import interval_words
-from behaviorlm.stats import paired_interval, t_interval
+from behaviorlm.stats import paired_interval
 
 ONE_SEED = "(one seed: no interval)"  # a sequence model paired with one seed of the other sweep
 
@@ -44,7 +44,8 @@ def load(folder: Path, behaviorlm: Path | None = None) -> pd.DataFrame:
 
 
 def curves(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and CI) over seeds per method and training-set size."""
+    """Mean over seeds per method and training-set size, with the Student-t 95% half-width: NaN for one seed or
+    for seeds that all gave the same accuracy (stats.paired_interval), not the certainty of a zero half-width."""
     jobs = jobs.copy()
     jobs["setting"] = np.where(jobs["method"] == "behaviorlm", jobs["samples_per_behavior"],
                                jobs["max_train_per_behavior"].fillna(-1))
@@ -53,7 +54,7 @@ def curves(jobs: pd.DataFrame) -> pd.DataFrame:
         row = {"method": method, "setting": "all" if setting == -1 else int(setting),
                "n_samples": float(group["n_train_examples_used"].mean()), "n_seeds": len(group)}
         for metric in ("test/acc_tail", "test/acc_overall"):
-            low, high = t_interval(group[metric].to_numpy(dtype=float))
+            low, high = paired_interval(group[metric].to_numpy(dtype=float))
             row[metric] = float(group[metric].mean())
             row[f"{metric}_ci"] = (high - low) / 2
         rows.append(row)
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     table = curves(jobs)
     table.to_csv(args.folder / "curves.csv", index=False)
     reference = table[(table["method"] == "behaviorlm") & (table["setting"] == args.reference_f)]
-    lines = [table.to_string(index=False), ""]
+    lines = [table.to_string(index=False), "(_ci: Student-t 95% half-width over the seeds; NaN: one seed, or seeds "
+             "that all gave the same accuracy)", ""]
     if len(reference):
         ref = reference.iloc[0]
         for method in sorted(set(table["method"]) - {"behaviorlm"}):

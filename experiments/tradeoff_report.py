@@ -19,11 +19,16 @@ REFERENCE = ("progressive", 1.0, 0.0)  # the progressive job as it was tuned and
 
 
 def interval_cells(group: pd.DataFrame) -> dict[str, str]:
+    """Each metric's mean over seeds with its Student-t 95% interval; the mean alone where there is no interval:
+    one seed (a study on the one machine that holds a seed's adapters), or seeds that all gave the same accuracy
+    (a tail of 0 in every seed), whose zero-width t interval would read as certainty (stats.paired_interval's
+    rule, here for a mean over seeds)."""
     cells = {}
     for metric in METRICS:
         values = group[f"test/{metric}"].to_numpy()
-        low, high = t_interval(values)
-        cells[metric.replace("acc_", "")] = f"{values.mean():.3f} [{low:.3f}, {high:.3f}]"
+        low, high = paired_interval(values)
+        interval = f" [{low:.3f}, {high:.3f}]" if np.isfinite(low) else ""
+        cells[metric.replace("acc_", "")] = f"{values.mean():.3f}{interval}"
     return cells
 
 
@@ -56,8 +61,10 @@ def curve_table(jobs: pd.DataFrame, hits: dict[int, dict], knob: str) -> pd.Data
 
 def summarize(jobs: pd.DataFrame, hits: dict[int, dict], others: pd.DataFrame) -> str:
     seeds = jobs["seed"].nunique()
-    text = (f"Anchor, tail and overall test accuracy: mean [Student-t 95% interval] over {seeds} seeds; paired "
-            "against the progressive job itself (alpha 1, tau 0) with exact McNemar tests pooled over seeds.\n\n")
+    text = (f"Anchor, tail and overall test accuracy: mean [Student-t 95% interval] over {seeds} "
+            f"seed{'s' if seeds != 1 else ''} (the mean alone: one seed, or seeds that all gave the same accuracy); "
+            "paired against the progressive job itself (alpha 1, tau 0) with exact McNemar tests pooled over seeds."
+            "\n\n")
     if jobs["alpha"].nunique() > 1:
         text += "## Adapter interpolation (alpha: 1 = B-tuned, 0 = A-tuned; tau 0)\n\n"
         text += markdown_table(curve_table(jobs[jobs["method"].str.startswith("progressive")], hits, "alpha"))

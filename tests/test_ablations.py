@@ -172,6 +172,18 @@ def test_sample_efficiency_says_there_is_no_ratio_without_the_behaviorlm_half(tm
     assert set(pd.read_csv(tmp_path / "curves.csv")["method"]) == {"sasrec", "bert4rec"}
 
 
+def test_sample_efficiency_curves_give_no_half_width_to_seeds_that_all_scored_the_same():
+    from experiments.sample_efficiency import curves
+
+    jobs = pd.DataFrame([{"method": "bert4rec", "max_train_per_behavior": 100, "samples_per_behavior": 10,
+                          "n_train_examples_used": 1000, "test/acc_tail": 0.0, "test/acc_overall": overall}
+                         for overall in (0.10, 0.12, 0.14)])
+    row = curves(jobs).iloc[0]
+    # tail 0 in all three seeds: no spread to estimate seed noise from, so no interval (not a half-width of 0)
+    assert row["test/acc_tail"] == 0.0 and pd.isna(row["test/acc_tail_ci"])
+    assert row["test/acc_overall_ci"] == pytest.approx(4.303 * 0.02 / 3 ** 0.5, abs=1e-3)
+
+
 def test_sample_efficiency_pairs_the_sequence_models_with_another_sweep_by_seed(tmp_path):
     from experiments import sample_efficiency
 

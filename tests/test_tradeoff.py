@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from experiments.tradeoff import pooled_jobs
-from experiments.tradeoff_report import beats, frontier_section
+from experiments.tradeoff_report import beats, frontier_section, interval_cells, wise_ft_section
 
 
 def points(rows: list[tuple[str, str, list[float], list[float]]]) -> pd.DataFrame:
@@ -54,6 +54,22 @@ def test_a_lead_in_the_means_that_flips_across_seeds_is_not_a_lead_by_interval()
     # t's interval has zero width, no evidence about seed noise, so no lead by interval
     tied = points([("p", "BehaviorLM", [0.32, 0.32, 0.32], [0.10, 0.10, 0.10])])
     assert beats(tied, theirs) == (True, False)
+
+
+def test_a_curve_point_without_spread_over_seeds_prints_its_mean_without_an_interval():
+    group = pd.DataFrame({"test/acc_anchor": [0.30, 0.32, 0.31], "test/acc_tail": [0.0, 0.0, 0.0],
+                          "test/acc_overall": [0.20, 0.21, 0.22]})
+    cells = interval_cells(group)
+    # sd 0.01 over 3 seeds: t(2) half-width 4.303 * 0.01 / sqrt(3) = 0.025
+    assert cells["anchor"] == "0.310 [0.285, 0.335]" and cells["overall"] == "0.210 [0.185, 0.235]"
+    assert cells["tail"] == "0.000"  # a tail of 0 in every seed: not the certainty of [0.000, 0.000]
+    # one seed (a study on the machine that holds one seed's adapters): no interval, and no "[nan, nan]"
+    assert interval_cells(group.iloc[:1]) == {"anchor": "0.300", "tail": "0.000", "overall": "0.200"}
+    wise = pd.DataFrame([{"method": "joint", "wise_alpha": w, "seed": 2, "val_acc_overall": 0.2 + w / 10,
+                          "test/acc_anchor": 0.3, "test/acc_tail": 0.05 * w, "test/acc_overall": 0.2}
+                         for w in (0.0, 0.5, 1.0)])
+    text = wise_ft_section(wise)
+    assert "nan" not in text and "| joint | 0.5 | 1 | 0.300 | 0.025 | 0.200 |" in text.replace("  ", " ")
 
 
 def test_sweeps_are_pooled_by_method_and_seed_and_a_repeated_rate_is_taken_once(tmp_path):
