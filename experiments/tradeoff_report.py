@@ -141,20 +141,26 @@ def frontier_section(points: pd.DataFrame) -> str:
                       "beaten_by_interval": sum(r[2] for r in results),
                       "unbeaten": [r[0] for r in results if not r[1]]})
     n_joint = joint["point"].nunique()
+
+    def by_interval(count: int, of: str) -> str:  # one seed has no paired interval: say so, not "against 0"
+        if points["seed"].nunique() < 2:
+            return "one seed: no paired interval"
+        return f"with both paired 95% intervals above zero against {count}{of}"
+
     winners = [t for t in tally if t["beaten_by_mean"] == n_joint]
     best = max(tally, key=lambda t: (t["beaten_by_mean"], t["beaten_by_interval"]))
     if winners:
         text += (f"**Yes, by means**: {len(winners)} of {len(tally)} BehaviorLM operating points have higher mean "
                  f"anchor and tail accuracy than all {n_joint} of joint's: "
-                 + "; ".join(f"{t['point']} (with both paired 95% intervals above zero against "
-                             f"{t['beaten_by_interval']} of them)" for t in winners) + ".\n")
+                 + "; ".join(f"{t['point']} ({by_interval(t['beaten_by_interval'], ' of them')})"
+                             for t in winners) + ".\n")
     elif best["beaten_by_mean"] == 0:
         text += (f"**No**: none of BehaviorLM's {len(tally)} operating points has higher mean anchor and tail "
                  f"accuracy than any of joint's {n_joint}.\n")
     else:
         text += (f"**No**: no BehaviorLM operating point ({len(tally)}) has higher mean anchor and tail accuracy than "
                  f"all {n_joint} of joint's. The closest, {best['point']}, beats {best['beaten_by_mean']} of them "
-                 f"by means ({best['beaten_by_interval']} with both paired 95% intervals above zero); it does not "
+                 f"by means ({by_interval(best['beaten_by_interval'], '')}); it does not "
                  f"beat: {', '.join(best['unbeaten'])}.\n")
     means = points.groupby(["point", "side"], sort=False)[["anchor", "tail"]].mean().reset_index()
     at_least = [(means["anchor"] >= row.anchor) & (means["tail"] >= row.tail) for row in means.itertuples()]

@@ -40,6 +40,16 @@ def test_a_joint_point_with_more_tail_makes_the_answer_no_and_is_named():
     assert "1 BehaviorLM, 1 joint" in text or "1 joint, 1 BehaviorLM" in text
 
 
+def test_a_one_seed_frontier_says_it_has_no_interval_rather_than_a_count_of_zero():
+    one_seed = points([(point, side, anchor[:1], tail[:1]) for point, side, anchor, tail in
+                       [*JOINT, ("progressive, alpha 1, tau 0", "BehaviorLM", [0.32], [0.10])]])
+    text = frontier_section(one_seed)
+    assert "progressive, alpha 1, tau 0 (one seed: no paired interval)" in text and "against 0" not in text
+    closest = frontier_section(points([(p, s, a[:1], t[:1]) for p, s, a, t in
+                                       [*JOINT, ("progressive, alpha 0", "BehaviorLM", [0.31], [0.06])]]))
+    assert "beats 1 of them by means (one seed: no paired interval)" in closest
+
+
 def test_a_lead_in_the_means_that_flips_across_seeds_is_not_a_lead_by_interval():
     mine = points([("p", "BehaviorLM", [0.40, 0.20, 0.36], [0.10, 0.10, 0.10])])
     theirs = points([("j", "joint", [0.30, 0.30, 0.30], [0.05, 0.05, 0.05])])
