@@ -63,7 +63,12 @@ def test_power_at_80_percent_by_the_named_formulas():
     # a claim that accuracy drops names the paper's difference as a drop, in the orientation of the measured one
     drop = Claim("accuracy drops", "ablation-components", "no_aux", "full", "acc_overall", -1, 0.0471)
     _, why = verdict(drop, paired_row(0.001, float("nan"), float("nan"), 0.96, seeds=1), 0.190)
-    assert "the paper's difference (-0.009)" in why
+    assert "the paper's difference (-0.009)" in why and "rules out" not in why
+    # an interval that holds 0 and lies wholly above the paper's drop: undecided, but a drop that large is ruled out
+    decision, why = verdict(drop, paired_row(0.003, -0.001, 0.007, 1.0), 0.190)
+    assert decision == "inconclusive at this scale"
+    assert "the seed interval rules out a difference as large as the paper's (-0.009)" in why
+    assert "rules out" not in verdict(drop, paired_row(0.003, -0.012, 0.018, 1.0), 0.190)[1]
 
 
 def test_sign_flip_test_equals_the_exact_enumeration_on_ten_samples_and_two_seeds():
