@@ -125,8 +125,9 @@ def verdict(claim: Claim, row: pd.Series, ref_mean: Optional[float], mine=None, 
         if samples and samples <= n_samples:
             reasons.append(f"the {n_samples:,} test samples already give the sample-level test 80% power for the "
                            f"paper's difference (it needs about {samples:,})")
-        # what an undecided row can still say: no difference is shown, but one of the paper's size is ruled out
-        if seed_interval and not row.ci_low <= effect <= row.ci_high:
+        # what an undecided row can still say: no difference is shown, but one of the paper's size is ruled out (the
+        # interval short of the paper's difference; an interval beyond it rules out a smaller one, which is not this)
+        if seed_interval and (row.ci_high < effect if effect > 0 else row.ci_low > effect):
             reasons.append(f"the seed interval rules out a difference as large as the paper's ({effect:+.3f})")
     return "inconclusive at this scale", "; ".join(reasons)
 

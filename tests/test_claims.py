@@ -69,6 +69,9 @@ def test_power_at_80_percent_by_the_named_formulas():
     assert decision == "inconclusive at this scale"
     assert "the seed interval rules out a difference as large as the paper's (-0.009)" in why
     assert "rules out" not in verdict(drop, paired_row(0.003, -0.012, 0.018, 1.0), 0.190)[1]
+    # an undecided interval beyond the paper's drop (a larger drop) does not rule out one as large as the paper's
+    decision, why = verdict(drop, paired_row(-0.03, -0.05, -0.01, 0.2), 0.190)
+    assert decision == "inconclusive at this scale" and "rules out" not in why
 
 
 def test_sign_flip_test_equals_the_exact_enumeration_on_ten_samples_and_two_seeds():
