@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.metrics import acc_at_k_key
-from behaviorlm.stats import clustered_se, mcnemar_exact, paired_interval, sign_flip_test, t_interval
+from behaviorlm.stats import clustered_se, interval_over_seeds, mcnemar_exact, sign_flip_test, t_interval
 from behaviorlm.sweeps import job_dirs, jobs_root, load_sweep
 
 METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1"]  # + acc@k, k = scoring.top_k
@@ -214,7 +214,7 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
         for metric, (stratum, reweighted) in metrics.items():
             diffs = (group.loc[seeds, f"test/{metric}"].astype(float)
                      - ref_jobs.loc[seeds, f"test/{metric}"].astype(float)).dropna().to_numpy()
-            low, high = paired_interval(diffs)
+            low, high = interval_over_seeds(diffs)
             row = {"method": value, "reference": reference, "metric": metric, "n_seeds": len(diffs),
                    "mean_diff": float(diffs.mean()) if len(diffs) else float("nan"), "ci_low": low, "ci_high": high,
                    "mix": "reweighted" if reweighted and weight_anchor else (stratum or "sample")}
@@ -240,7 +240,7 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
 
 def interval_words(low: float, high: float, n_seeds: int, one_seed: str = "") -> str:
     """A seed interval as printed beside its mean difference: '[low, high]'; '(seeds equal: no interval)' when
-    stats.paired_interval gave none to seeds that all had the same difference; `one_seed` for a single seed."""
+    stats.interval_over_seeds gave none to seeds that all had the same difference; `one_seed` for a single seed."""
     if pd.notna(low):
         return f"[{low:+.3f}, {high:+.3f}]"
     return "(seeds equal: no interval)" if int(n_seeds) >= 2 else one_seed

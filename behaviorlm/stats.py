@@ -20,16 +20,16 @@ def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, flo
     return float(values.mean() - half), float(values.mean() + half)
 
 
-def paired_interval(differences: np.ndarray) -> tuple[float, float]:
-    """t_interval of per-seed paired differences, NaN bounds when every seed gave the same difference: accuracies
-    are counts over a few hundred samples, so two seeds tie often, and t's zero-width interval would read as
-    certainty where there is no spread to estimate seed noise from. The same holds for a mean accuracy over seeds
-    (a tail accuracy of 0 in every seed), and the tables of means use it too."""
-    differences = np.asarray(differences, dtype=float)
+def interval_over_seeds(values: np.ndarray) -> tuple[float, float]:
+    """t_interval of per-seed values (paired differences, or one method's accuracies), NaN bounds for one seed
+    and when every seed gave the same value: accuracies are counts over a few hundred samples, so seeds tie often
+    (a tail of 0 in every seed, +1 sample in each), and t's zero-width interval would read as certainty where
+    there is no spread to estimate seed noise from."""
+    values = np.asarray(values, dtype=float)
     # equal up to rounding: 6/300 - 5/300 and 5/300 - 4/300 differ by 2e-18
-    if len(differences) >= 2 and np.ptp(differences) <= 1e-12:
+    if len(values) >= 2 and np.ptp(values) <= 1e-12:
         return float("nan"), float("nan")
-    return t_interval(differences)
+    return t_interval(values)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.collect import NOT_RECORDED, compute_summary, markdown_table, sample_weights
-from behaviorlm.stats import paired_interval, sign_flip_test
+from behaviorlm.stats import interval_over_seeds, sign_flip_test
 from behaviorlm.sweeps import completed_jobs
 from behaviorlm.utils import atomic_write_text
 
@@ -123,8 +123,9 @@ def verdict(table: pd.DataFrame) -> str:
     shifts = []
     for (order, metric), group in table.groupby(["stage_order", "metric"]):
         # one computation, whatever its seeds, or equal differences (a discrete metric on few samples: tail +1
-        # sample in each seed) have no interval (stats.paired_interval); the sample-level tests above still speak
-        low, high = paired_interval(group["diff"].to_numpy())
+        # sample in each seed) have no interval (stats.interval_over_seeds); the sample-level tests above still
+        # speak
+        low, high = interval_over_seeds(group["diff"].to_numpy())
         if low > 0 or high < 0:
             shifts.append(f"{order} {metric} {group['diff'].mean():+.3f} [{low:+.3f}, {high:+.3f}] over "
                           f"{len(group)} seeds")

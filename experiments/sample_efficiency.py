@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.collect import interval_words
-from behaviorlm.stats import paired_interval
+from behaviorlm.stats import interval_over_seeds
 
 ONE_SEED = "(one seed: no interval)"  # a sequence model paired with one seed of the other sweep
 
@@ -45,7 +45,7 @@ def load(folder: Path, behaviorlm: Path | None = None) -> pd.DataFrame:
 
 def curves(jobs: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per method and training-set size, with the Student-t 95% half-width: NaN for one seed or
-    for seeds that all gave the same accuracy (stats.paired_interval), not the certainty of a zero half-width."""
+    for seeds that all gave the same accuracy (stats.interval_over_seeds), not the certainty of a zero half-width."""
     jobs = jobs.copy()
     jobs["setting"] = np.where(jobs["method"] == "behaviorlm", jobs["samples_per_behavior"],
                                jobs["max_train_per_behavior"].fillna(-1))
@@ -54,7 +54,7 @@ def curves(jobs: pd.DataFrame) -> pd.DataFrame:
         row = {"method": method, "setting": "all" if setting == -1 else int(setting),
                "n_samples": float(group["n_train_examples_used"].mean()), "n_seeds": len(group)}
         for metric in ("test/acc_tail", "test/acc_overall"):
-            low, high = paired_interval(group[metric].to_numpy(dtype=float))
+            low, high = interval_over_seeds(group[metric].to_numpy(dtype=float))
             row[metric] = float(group[metric].mean())
             row[f"{metric}_ci"] = (high - low) / 2
         rows.append(row)
@@ -97,7 +97,7 @@ def paired_with(sequence: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
                    "seeds": len(set(mine.index) & set(theirs.index))}
             for metric in PAIRED_METRICS:
                 diffs = seed_deltas(mine, theirs, metric)
-                low, high = paired_interval(diffs)
+                low, high = interval_over_seeds(diffs)
                 row.update({f"{metric}_delta": float(diffs.mean()), f"{metric}_low": low, f"{metric}_high": high})
             rows.append(row)
     return pd.DataFrame(rows).sort_values(["method", "samples", "versus"], ignore_index=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.collect import markdown_table
-from behaviorlm.stats import mcnemar_exact, paired_interval, t_interval
+from behaviorlm.stats import interval_over_seeds, mcnemar_exact, t_interval
 
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 
@@ -21,12 +21,11 @@ REFERENCE = ("progressive", 1.0, 0.0)  # the progressive job as it was tuned and
 def interval_cells(group: pd.DataFrame) -> dict[str, str]:
     """Each metric's mean over seeds with its Student-t 95% interval; the mean alone where there is no interval:
     one seed (a study on the one machine that holds a seed's adapters), or seeds that all gave the same accuracy
-    (a tail of 0 in every seed), whose zero-width t interval would read as certainty (stats.paired_interval's
-    rule, here for a mean over seeds)."""
+    (a tail of 0 in every seed), whose zero-width t interval would read as certainty (stats.interval_over_seeds)."""
     cells = {}
     for metric in METRICS:
         values = group[f"test/{metric}"].to_numpy()
-        low, high = paired_interval(values)
+        low, high = interval_over_seeds(values)
         interval = f" [{low:.3f}, {high:.3f}]" if np.isfinite(low) else ""
         cells[metric.replace("acc_", "")] = f"{values.mean():.3f}{interval}"
     return cells
@@ -122,7 +121,7 @@ def beats(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, bool]:
     pair = mine.set_index("seed")[["anchor", "tail"]].merge(
         theirs.set_index("seed")[["anchor", "tail"]].add_suffix("_other"), left_index=True, right_index=True)
     by_mean = all(pair[axis].mean() > pair[f"{axis}_other"].mean() for axis in ("anchor", "tail"))
-    by_interval = by_mean and all(paired_interval((pair[axis] - pair[f"{axis}_other"]).to_numpy())[0] > 0
+    by_interval = by_mean and all(interval_over_seeds((pair[axis] - pair[f"{axis}_other"]).to_numpy())[0] > 0
                                   for axis in ("anchor", "tail"))
     return by_mean, by_interval
 

@@ -141,7 +141,7 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     and training-set size, the per-seed difference in tail accuracy to BehaviorLM at F = EFFICIENCY_F, with its
     Student-t 95% interval over seeds."""
     from behaviorlm.collect import interval_words
-    from behaviorlm.stats import paired_interval
+    from behaviorlm.stats import interval_over_seeds
     from experiments.sample_efficiency import ONE_SEED, load, seed_deltas, with_size_label
 
     try:
@@ -164,7 +164,8 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     for (method, k), group in with_size_label(jobs[jobs["method"] != "behaviorlm"]).groupby(["method", "k"]):
         diffs = seed_deltas(group.set_index("seed"), ours_by_seed, "test/acc_tail")
         n = float(group["n_train_examples_used"].mean())
-        sizes.append((method, k, n, n / n_ours, float(diffs.mean()), *paired_interval(diffs), len(diffs)))
+        low, high = interval_over_seeds(diffs)
+        sizes.append((method, k, n, n / n_ours, float(diffs.mean()), low, high, len(diffs)))
     table = pd.DataFrame(sizes, columns=["method", "k", "samples", "ratio", "delta", "low", "high", "seeds"])
     within = table[table["ratio"] <= EFFICIENCY_FACTOR]
     beaten = within[within["low"] > 0]

@@ -35,7 +35,7 @@ def test_verdict_needs_the_family_adjusted_test_and_the_seed_interval_pointing_t
     # one seed: no interval over seeds, whatever the p-value
     decision, why = verdict(TAIL_CLAIM, paired_row(-0.04, float("nan"), float("nan"), 1e-5, seeds=1), 0.1)
     assert decision == "inconclusive at this scale" and "against the paper" in why and "one seed" in why
-    # seeds that all gave the same difference: no interval (stats.paired_interval), so not decided either
+    # seeds that all gave the same difference: no interval (stats.interval_over_seeds), so not decided either
     decision, why = verdict(TAIL_CLAIM, paired_row(-0.04, float("nan"), float("nan"), 1e-5, seeds=2), 0.1)
     assert decision == "inconclusive at this scale" and "2 seeds gave the same difference" in why
     # both significant, but the sample-level difference points the other way: inconclusive, and it says why

@@ -179,9 +179,9 @@ def test_seeds_that_gain_the_same_gives_no_interval_rather_than_a_zero_width_one
     assert np.isnan(tail["ci_low"]) and np.isnan(tail["ci_high"])
     table = (tmp_path / "table.md").read_text()
     assert "+0.500 (seeds equal: no interval)" in table and "[+0.500, +0.500]" not in table
-    assert collect.paired_interval(np.array([0.1, 0.3])) == pytest.approx(collect.t_interval(np.array([0.1, 0.3])))
+    assert collect.interval_over_seeds(np.array([0.1, 0.3])) == pytest.approx(collect.t_interval(np.array([0.1, 0.3])))
     # a tie in counts is a tie, whatever the floating-point rounding of the accuracies
-    assert np.isnan(collect.paired_interval(np.array([6 / 300 - 5 / 300, 5 / 300 - 4 / 300]))).all()
+    assert np.isnan(collect.interval_over_seeds(np.array([6 / 300 - 5 / 300, 5 / 300 - 4 / 300]))).all()
 
 
 def test_collect_refuses_to_pair_jobs_scored_on_different_samples(tmp_path):
