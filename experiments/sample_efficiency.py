@@ -6,8 +6,8 @@ Reads the sequence models' jobs from results/sample-efficiency/sequence/runs/ an
 sweep (`--behaviorlm`, which `make sample-efficiency` points at results/ablation-few-shot, so the costly half runs
 once for both tables; without it, results/sample-efficiency/behaviorlm/runs/), plots tail and overall test
 accuracy against the behavior samples each model was tuned on (log x), and reports how many times more samples
-each sequence model needs to reach BehaviorLM's tail accuracy at F = 20 (log-linear interpolation; "not reached"
-when its best stays below).
+each sequence model needs to reach BehaviorLM's mean tail accuracy at F = 20 (log-linear interpolation; only an
+upper bound when its smallest size already reaches it, none when its best stays below).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pandas as pd
 
 from behaviorlm.collect import interval_words
 from behaviorlm.stats import interval_over_seeds
+from behaviorlm.utils import atomic_write, atomic_write_text
 
 ONE_SEED = "(one seed: no interval)"  # a sequence model paired with one seed of the other sweep
 
@@ -115,6 +116,22 @@ def samples_to_match(curve: pd.DataFrame, target: float, metric: str) -> float |
     return None
 
 
+def match_sentence(method: str, curve: pd.DataFrame, reference: pd.Series, reference_f: int) -> str:
+    """How many of BehaviorLM's samples `method` needs to reach its tail accuracy at F = reference_f, in words that
+    do not claim more than the curve shows: a curve already above the target at its smallest size gives only an
+    upper bound, and one that never reaches it gives none."""
+    target, own = reference["test/acc_tail"], reference["n_samples"]
+    what = (f"BehaviorLM's tail accuracy {target:.3f} (F={reference_f}, {own:,.0f} samples, "
+            f"mean of {reference['n_seeds']:.0f} seed{'s' if reference['n_seeds'] != 1 else ''})")
+    needed = samples_to_match(curve, target, "test/acc_tail")
+    if needed is None:
+        return f"{method} does not reach {what} at any size tried (up to {curve['n_samples'].max():,.0f} samples)"
+    if curve["test/acc_tail"].iloc[0] >= target:
+        return (f"{method} reaches {what} already at its smallest size, {needed:,.0f} samples: at most "
+                f"{needed / own:.1f}x BehaviorLM's samples")
+    return f"{method} needs about {needed / own:.1f}x BehaviorLM's samples ({needed:,.0f}, interpolated) to reach {what}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
@@ -127,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     jobs = load(args.folder, args.behaviorlm)
     table = curves(jobs)
-    table.to_csv(args.folder / "curves.csv", index=False)
+    atomic_write_text(args.folder / "curves.csv", table.to_csv(index=False))
     reference = table[(table["method"] == "behaviorlm") & (table["setting"] == args.reference_f)]
     lines = [table.to_string(index=False), "(_ci: Student-t 95% half-width over the seeds; NaN: one seed, or seeds "
              "that all gave the same accuracy)", ""]
@@ -135,17 +152,14 @@ def main(argv: list[str] | None = None) -> None:
         ref = reference.iloc[0]
         for method in sorted(set(table["method"]) - {"behaviorlm"}):
             curve = table[table["method"] == method]
-            needed = samples_to_match(curve, ref["test/acc_tail"], "test/acc_tail")
-            ratio = "not reached" if needed is None else f"{needed / ref['n_samples']:.1f}x"
-            lines.append(f"{method} needs {ratio} BehaviorLM's samples (F={args.reference_f}, "
-                         f"{ref['n_samples']:.0f} samples) to match its tail accuracy {ref['test/acc_tail']:.3f}")
+            lines.append(match_sentence(method, curve, ref, args.reference_f))
     else:
         # Say so rather than print a table a reader could take for the comparison.
         lines.append(f"no ratio: BehaviorLM at F={args.reference_f} has no completed job under "
                      f"{args.behaviorlm or args.folder / 'behaviorlm'}/runs (run `make ablation-few-shot`)")
     if args.paired_with is not None:
         paired = paired_with(jobs[jobs["method"] != "behaviorlm"], args.paired_with)
-        paired.to_csv(args.folder / "paired_with.csv", index=False)
+        atomic_write_text(args.folder / "paired_with.csv", paired.to_csv(index=False))
         lines += ["", f"sequence - {args.paired_with} by seed, mean [Student-t 95%] (paired_with.csv):"]
         for row in paired.to_dict("records"):
             cells = [f"{metric.split('_')[-1]} {row[f'{metric}_delta']:+.3f} "
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"{row['method']} k={row['k']} ({row['samples']:,.0f} samples) vs {row['versus']} "
                          f"({row['versus_samples']:,.0f}), {row['seeds']} seeds: " + ", ".join(cells))
     report = "\n".join(lines)
-    (args.folder / "report.txt").write_text(report + "\n")
+    atomic_write_text(args.folder / "report.txt", report + "\n")
 
     import matplotlib
 
@@ -171,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.set_ylabel(f"{title} test accuracy")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(args.folder / "sample_efficiency.png", dpi=120)
+    atomic_write(args.folder / "sample_efficiency.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print(report + f"\nwritten: {args.folder}/curves.csv, report.txt, sample_efficiency.png")
 
 

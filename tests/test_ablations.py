@@ -62,7 +62,7 @@ def test_sample_efficiency_smoke(made):
     curves = pd.read_csv(folder / "curves.csv")
     assert set(curves["method"]) == {"behaviorlm", "sasrec", "bert4rec"}
     assert (folder / "sample_efficiency.png").exists()
-    assert "BehaviorLM's samples" in (folder / "report.txt").read_text()
+    assert "BehaviorLM's tail accuracy" in (folder / "report.txt").read_text()
 
 
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def test_sample_efficiency_says_there_is_no_ratio_without_the_behaviorlm_half(tm
     sample_efficiency.main([str(tmp_path)])
     report = (tmp_path / "report.txt").read_text()
     assert "no ratio: BehaviorLM at F=20 has no completed job" in report
-    assert "BehaviorLM's samples" not in report  # no comparison line without the reference
+    assert "BehaviorLM's tail accuracy" not in report  # no comparison line without the reference
     assert set(pd.read_csv(tmp_path / "curves.csv")["method"]) == {"sasrec", "bert4rec"}
 
 
@@ -213,3 +213,21 @@ def test_sample_efficiency_pairs_the_sequence_models_with_another_sweep_by_seed(
         **{"test/acc_tail": 0.1, "test/samples_digest": "e"})
     with pytest.raises(SystemExit, match="2 different test sets"):
         sample_efficiency.main([str(tmp_path / "se"), "--paired-with", str(tmp_path / "other")])
+
+
+def test_sample_efficiency_ratio_says_when_it_is_only_a_bound_or_not_reached():
+    from experiments.sample_efficiency import match_sentence
+
+    reference = pd.Series({"test/acc_tail": 0.02, "n_samples": 2000.0, "n_seeds": 1})
+    curve = pd.DataFrame({"n_samples": [500.0, 1000.0, 2000.0], "test/acc_tail": [0.01, 0.03, 0.04]})
+    # between 500 (0.01) and 1,000 (0.03) samples, log-linear: 500 * 2 ** 0.5 = 707
+    assert match_sentence("sasrec", curve, reference, 20) == (
+        "sasrec needs about 0.4x BehaviorLM's samples (707, interpolated) to reach BehaviorLM's tail accuracy 0.020 "
+        "(F=20, 2,000 samples, mean of 1 seed)")
+    # above the target at its smallest size: the smallest size is all the curve shows, an upper bound
+    above = curve.assign(**{"test/acc_tail": [0.05, 0.05, 0.05]})
+    assert "already at its smallest size, 500 samples: at most 0.2x" in match_sentence("sasrec", above, reference, 20)
+    below = curve.assign(**{"test/acc_tail": [0.0, 0.01, 0.0]})
+    assert match_sentence("bert4rec", below, reference, 20).startswith(
+        "bert4rec does not reach BehaviorLM's tail accuracy 0.020 (F=20, 2,000 samples, mean of 1 seed) at any size "
+        "tried (up to 2,000 samples)")
