@@ -258,6 +258,8 @@ def test_sample_efficiency_claim_gets_a_verdict_from_the_curves(tmp_path):
     # per-seed differences -0.022, -0.025, -0.019: sd 0.003, t(2) half-width 0.0075
     assert "sasrec k=all (2,000 samples, 2.0x): Δ tail -0.022 [-0.029, -0.015]" in row["why"]
     assert "a 100x gap cannot be measured" in row["why"]
+    # the size that comes nearest BehaviorLM is named as each model's best, not as 'closest' (it may lie above)
+    assert "; each sequence model at its best size: sasrec k=all" in row["why"]
     # BehaviorLM's first seed only (the few-shot sweep's first round): one pair a size, said so, no "[nan, nan]"
     first = tmp_path / "first"
     write_efficiency_jobs(first, ours[:1], {("sasrec", None): (2000, [0.028, 0.03, 0.026])})
