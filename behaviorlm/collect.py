@@ -30,6 +30,7 @@ import pandas as pd
 from behaviorlm.metrics import acc_at_k_key
 from behaviorlm.stats import clustered_se, interval_over_seeds, mcnemar_exact, sign_flip_test, t_interval
 from behaviorlm.sweeps import job_dirs, jobs_root, load_sweep
+from behaviorlm.utils import atomic_write_text
 
 METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1"]  # + acc@k, k = scoring.top_k
 LABELS = {"test/acc_overall": "overall", "test/acc_anchor": "anchor", "test/acc_tail": "tail",
@@ -290,6 +291,17 @@ def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None
     return "\n".join(lines)
 
 
+def legend(with_deltas: bool) -> str:
+    """What the table's cells mean, under it: a reader of table.md alone cannot tell a half-width from a standard
+    error, or why one cell has none."""
+    text = ("± is the Student-t 95% half-width over the seeds; a value alone had one seed, or seeds that all gave "
+            "that value (no spread to estimate seed noise from).")
+    if with_deltas:
+        text += (" Δ: the mean of the per-seed paired differences to the reference row [Student-t 95% over seeds]; "
+                 "p: sample-level sign-flip permutation test of that difference (paired.csv has the rest).")
+    return text
+
+
 def plot(table: pd.DataFrame, key: str, out: Path) -> list[Path]:
     import matplotlib
 
@@ -367,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: --key fields {missing} are not metrics.json fields")
         jobs[key] = jobs[fields].astype(str).agg(" ".join, axis=1)
     jobs = add_compute(jobs)
-    jobs.to_csv(args.sweep_dir / "jobs.csv", index=False)
+    atomic_write_text(args.sweep_dir / "jobs.csv", jobs.to_csv(index=False))
     completed = jobs[jobs["status"] == "completed"] if "status" in jobs else jobs
     if len(completed) < len(jobs):
         print(f"warning: {len(jobs) - len(completed)} failed jobs are left out of the table (see jobs.csv)")
@@ -375,15 +387,15 @@ def main(argv: list[str] | None = None) -> None:
     if mixed:
         print(f"warning: {mixed}")
     table = summarise(completed, key)
-    table.to_csv(args.sweep_dir / "table.csv", index=False)
+    atomic_write_text(args.sweep_dir / "table.csv", table.to_csv(index=False))
     pairs = None
     if args.reference is not None:
         pairs = paired(completed, key, coerce_reference(completed, key, args.reference), jobs_root(args.sweep_dir))
-        pairs.to_csv(args.sweep_dir / "paired.csv", index=False)
-    markdown = to_markdown(table, key, pairs)
+        atomic_write_text(args.sweep_dir / "paired.csv", pairs.to_csv(index=False))
+    markdown = f"{to_markdown(table, key, pairs)}\n\n{legend(pairs is not None)}"
     if mixed:
         markdown = f"{mixed}\n\n{markdown}"
-    (args.sweep_dir / "table.md").write_text(markdown + "\n")
+    atomic_write_text(args.sweep_dir / "table.md", markdown + "\n")
     images = plot(table, key, args.sweep_dir)
     if args.wandb:
         log_to_wandb(args.sweep_dir, key, table, images, group=args.sweep_dir.name)

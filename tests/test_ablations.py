@@ -133,7 +133,9 @@ def test_smoke_target_writes_table_rows_and_plots(made, target):
     assert len(pd.read_csv(folder / "jobs.csv")) == jobs
     table = pd.read_csv(folder / "table.csv")
     assert table["n_seeds"].sum() == jobs and key in table.columns
-    assert (folder / "table.md").read_text().count("\n") == len(table) + 2
+    markdown = (folder / "table.md").read_text()
+    assert sum(line.startswith("|") for line in markdown.splitlines()) == len(table) + 2
+    assert "± is the Student-t 95% half-width over the seeds" in markdown  # the legend under the table
     assert list(folder.glob("*.png"))
     assert "jobs" in result.stdout  # the table is printed
     # every sweep with a reference is paired against it; the anchor threshold redefines the strata (not pairable)

@@ -179,6 +179,9 @@ def test_seeds_that_gain_the_same_gives_no_interval_rather_than_a_zero_width_one
     assert np.isnan(tail["ci_low"]) and np.isnan(tail["ci_high"])
     table = (tmp_path / "table.md").read_text()
     assert "+0.500 (seeds equal: no interval)" in table and "[+0.500, +0.500]" not in table
+    # the legend under the table says what a value without ± and the Δ and p columns are
+    assert table.rstrip().endswith("sample-level sign-flip permutation test of that difference (paired.csv has the "
+                                   "rest).") and "a value alone had one seed, or seeds that all gave" in table
     assert collect.interval_over_seeds(np.array([0.1, 0.3])) == pytest.approx(collect.t_interval(np.array([0.1, 0.3])))
     # a tie in counts is a tie, whatever the floating-point rounding of the accuracies
     assert np.isnan(collect.interval_over_seeds(np.array([6 / 300 - 5 / 300, 5 / 300 - 4 / 300]))).all()
