@@ -171,8 +171,10 @@ def claims_table(results: Path) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     run = int((table["verdict"] != "not run yet").sum())
+    tested = table["holm_p"].notna() & (table["holm_p"] != "") if "holm_p" in table else pd.Series(False)
+    shared = table["why"].fillna("").str.contains("counted once in the family")
     lines = [f"Family: the {len(FAMILY)} claims with a paired test ({run} run so far; claims over the same "
-             "computations count once), Holm-adjusted together; "
+             f"computations count once: {int((tested & ~shared).sum())} tests now), Holm-adjusted together; "
              "p: sample-level sign-flip permutation test of the difference shown (samples as clusters across seeds), "
              "Δ: mean of the per-seed differences [Student-t 95% over seeds], on the mix named; compute: the device "
              "and precision the compared jobs ran in (\"not recorded\" for jobs that predate the record).", "",

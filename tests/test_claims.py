@@ -360,11 +360,15 @@ def test_claims_over_the_same_computations_are_one_test_in_the_family(tmp_path, 
     assert table.loc[CLAIMS[0].text, "holm_p"] == "0.02"
     assert f'the same computations as "{no_aux}"' in table.loc[aux_zero, "why"]
     assert "same computations" not in table.loc[no_aux, "why"]
+    # the header counts the tests the Holm adjustment made, not the rows
+    from experiments.claims import to_markdown
+    assert "count once: 2 tests now)" in to_markdown(table.reset_index())
     # one seed's predictions differ: two computations, two tests
     predictions([0, 0, 0]).to_csv(tmp_path / "ablation-aux" / "runs" / "5" / "test_predictions.csv", index=False)
     table = claims_table(tmp_path).set_index("claim")
     assert table.loc[no_aux, "holm_p"] == table.loc[aux_zero, "holm_p"] == "0.03"
     assert "same computations" not in table.loc[aux_zero, "why"]
+    assert "count once: 3 tests now)" in to_markdown(table.reset_index())
 
 
 def test_the_claims_tables_in_the_docs_are_the_committed_results_and_make_claims_rewrites_only_them(tmp_path,
