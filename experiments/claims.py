@@ -171,7 +171,8 @@ def claims_table(results: Path) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     run = int((table["verdict"] != "not run yet").sum())
-    tested = table["holm_p"].notna() & (table["holm_p"] != "") if "holm_p" in table else pd.Series(False)
+    tested = table["holm_p"].notna() & (table["holm_p"] != "") if "holm_p" in table \
+        else pd.Series(False, index=table.index)
     shared = table["why"].fillna("").str.contains("counted once in the family")
     lines = [f"Family: the {len(FAMILY)} claims with a paired test ({run} run so far; claims over the same "
              f"computations count once: {int((tested & ~shared).sum())} tests now), Holm-adjusted together; "

@@ -129,7 +129,8 @@ def match_sentence(method: str, curve: pd.DataFrame, reference: pd.Series, refer
     if curve["test/acc_tail"].iloc[0] >= target:
         return (f"{method} reaches {what} already at its smallest size, {needed:,.0f} samples: at most "
                 f"{needed / own:.1f}x BehaviorLM's samples")
-    return f"{method} needs about {needed / own:.1f}x BehaviorLM's samples ({needed:,.0f}, interpolated) to reach {what}"
+    return (f"{method} needs about {needed / own:.1f}x BehaviorLM's samples ({needed:,.0f}, interpolated) to reach "
+            f"{what}")
 
 
 def main(argv: list[str] | None = None) -> None:
