@@ -113,6 +113,10 @@ def computations_digest(results: Path, claim: Claim, jobs: pd.DataFrame) -> Opti
     return digest.hexdigest()
 
 
+# how a row that shares an earlier claim's test says so; to_markdown counts the family's tests by it
+SHARED_TEST = "one test, counted once in the family"
+
+
 def claims_table(results: Path) -> pd.DataFrame:
     from statsmodels.stats.multitest import multipletests
 
@@ -160,7 +164,7 @@ def claims_table(results: Path) -> pd.DataFrame:
         decision, why = verdict(claim, row, ref_mean, *seed_values(jobs, key, claim))
         if claim in shares:
             why += (f"; the same computations as \"{shares[claim].text}\" (identical test predictions, seed by "
-                    "seed): one test, counted once in the family")
+                    f"seed): {SHARED_TEST}")
         compared = jobs[jobs[key].astype(str).isin([claim.method, claim.reference])]
         rows.append({**base, "measured": f"{row.mean_diff:+.3f}{interval_text(row)}", "mix": row.get("mix", ""),
                      "p_permutation": f"{row.p_permutation:.2g}", "holm_p": f"{row.p_adjusted:.2g}",
@@ -173,7 +177,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     run = int((table["verdict"] != "not run yet").sum())
     tested = table["holm_p"].notna() & (table["holm_p"] != "") if "holm_p" in table \
         else pd.Series(False, index=table.index)
-    shared = table["why"].fillna("").str.contains("counted once in the family")
+    shared = table["why"].fillna("").str.contains(SHARED_TEST, regex=False)
     lines = [f"Family: the {len(FAMILY)} claims with a paired test ({run} run so far; claims over the same "
              f"computations count once: {int((tested & ~shared).sum())} tests now), Holm-adjusted together; "
              "p: sample-level sign-flip permutation test of the difference shown (samples as clusters across seeds), "

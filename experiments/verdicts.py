@@ -189,7 +189,8 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
                 f"{ours_mean:.3f} up to {EFFICIENCY_FACTOR:g}x its {n_ours:,.0f} samples (seed intervals under 0)"}
     best = table.loc[table.groupby("method")["delta"].idxmax()]
     return {**base, "verdict": "inconclusive at this scale",
-            "why": f"BehaviorLM (F={EFFICIENCY_F}, {n_ours:,.0f} samples) tail {ours_mean:.3f}; each sequence model at its best size: "
+            "why": f"BehaviorLM (F={EFFICIENCY_F}, {n_ours:,.0f} samples) tail {ours_mean:.3f}; each sequence model "
+            "at its best size: "
             + "; ".join(cell(row) for row in best.itertuples())
             + f"; the training set here allows at most {largest.min():.1f}x BehaviorLM's samples, so a "
             f"{EFFICIENCY_FACTOR:g}x gap cannot be measured" + ("" if below else
