@@ -40,6 +40,34 @@ def test_only_seeds_whose_every_planned_job_completed_are_harvested(tmp_path):
     assert harvest_module.complete_seeds(sweep)[0] == {}
 
 
+def test_a_round_over_a_later_seed_alone_does_not_count_another_rounds_folders(tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A round over seed=1 alone numbers its jobs from 0: its first job lands in folder 0 while folder 3 still holds
+    seed 1's joint job of the full grid (a restored copy). Counted by seed, the two made seed 1 look complete and a
+    harvest would have put seed 1's progressive job at seed 0's place; only folders at their place in the last
+    sweep's grid count."""
+    sweep = fake_sweep(tmp_path / "sweeps" / "ablation-b-rate", ["completed", None, None, "completed"],
+                       task="['seed=1']")
+    (sweep / "runs" / "0" / "metrics.json").write_text(json.dumps({"status": "completed", "seed": 1,
+                                                                   "stage_order": "progressive"}))
+    seeds, progress = harvest_module.complete_seeds(sweep)
+    assert seeds == {} and progress == {1: "1/2 jobs"}
+    assert "jobs 3 are not at their place in the last sweep's grid (seeds 1): left out" in capsys.readouterr().err
+
+    (sweep / "runs" / "1").mkdir()  # the round's second job completes: seed 1 is its folders 0 and 1
+    (sweep / "runs" / "1" / "metrics.json").write_text(json.dumps({"status": "completed", "seed": 1,
+                                                                   "stage_order": "joint"}))
+    seeds, progress = harvest_module.complete_seeds(sweep)
+    assert {seed: [f.name for f in folders] for seed, folders in seeds.items()} == {1: ["0", "1"]}
+    # where the committed folder records the full grid, folders 0 and 1 are seed 0's: refused, nothing copied
+    monkeypatch.setattr(harvest_module.collect, "main", lambda argv: None)
+    results = tmp_path / "results"
+    held = fake_sweep(results / "ablation-b-rate", ["completed", "completed", None, None])
+    with pytest.raises(SystemExit, match=r"job 0 of .* is seed 1, seed 0's place in .*multirun.yaml: run the seeds"):
+        harvest_module.harvest(sweep, results, "ablation-b-rate")
+    assert json.loads((held / "runs" / "0" / "metrics.json").read_text())["seed"] == 0
+
+
 def test_harvest_copies_complete_seeds_beside_an_older_sweep_and_leaves_weights_behind(tmp_path, monkeypatch):
     collected = []
     monkeypatch.setattr(harvest_module.collect, "main", collected.append)

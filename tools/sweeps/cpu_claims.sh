@@ -27,7 +27,9 @@
 # CLAIMS_SWEEPS picks the make targets, in order of value (make -k: a failed job does not stop the next target).
 # Seed-major: one round per seed in CLAIMS_SEEDS, round k running every target over the seeds up to the k-th
 # (`seed=0,1`: the sweep's jobs keep the folder numbers of the full grid, which is seed-major too, so the seeds of
-# earlier rounds are reused, not rerun), so each claim gets a first seed before any gets a third.
+# earlier rounds are reused, not rerun), so each claim gets a first seed before any gets a third. Seeds that do
+# not start at the grid's first (CLAIMS_SEEDS="2": ablation-b-rate's seed 2, all the trade-off study reads) number
+# their jobs from 0, over the folders of seed 0: harvest counts and copies only jobs at their grid place.
 # Harvest and commit each seed as soon as it is complete (tools/sweeps/harvest.py): a session ends its background
 # commands with it, and only a kept machine keeps SWEEPS_HOME.
 set -euo pipefail

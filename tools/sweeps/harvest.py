@@ -22,16 +22,18 @@ match where the clone lies at the same path) instead of running the committed se
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from behaviorlm import collect
-from behaviorlm.sweep_checks import sweep_values
+from behaviorlm.sweep_checks import sweep_overrides
 from behaviorlm.sweeps import completed_jobs, planned_jobs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,20 +42,42 @@ LEFT_ON_THE_MACHINE = shutil.ignore_patterns("adapter", "base_model", "wandb", "
 SWEEP_FILES = ("multirun.yaml", "sweep_summary.json", ".wandb_group")
 
 
+def grid_seeds(config) -> list[int]:
+    """The seed of each job of a multirun's grid, in job order: the basic sweeper numbers the product of its
+    overrides (sweep_overrides' order: the `params`, a command-line value in its key's place)."""
+    overrides = sweep_overrides(config)
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()] for o in overrides]
+    keys = [o.key_or_group for o in overrides]
+    at = keys.index("seed") if "seed" in keys else None
+    return [int(combination[at]) if at is not None else int(config.seed)
+            for combination in itertools.product(*values)]
+
+
 def complete_seeds(sweep: Path) -> tuple[dict[int, dict[Path, dict]], dict]:
     """({seed: {its job folders: their metrics}} for the seeds all of whose planned jobs completed,
-    {seed: completed/planned} for every seed the sweep plans)."""
+    {seed: completed/planned} for every seed the sweep plans). A completed folder counts only at its place in the
+    last sweep's grid: a round over seed=2 alone numbers its jobs from 0, so a folder beyond that grid, or one whose
+    seed is not the one its number stands for, is another round's (or a restored copy) and would otherwise make a
+    seed look complete with a job counted twice."""
     runs = sweep / "runs"
     config = OmegaConf.load(runs / "multirun.yaml")
-    seeds = [int(seed) for seed in sweep_values(config).get("seed", [config.seed])]
-    planned = planned_jobs(config)
-    if planned is None:
+    if planned_jobs(config) is None:
         raise SystemExit(f"error: {runs / 'multirun.yaml'}: the sweep's job count cannot be told in advance (not the "
                          "basic sweeper's grid), so neither can a complete seed")
-    per_seed = planned // len(seeds)
+    grid = grid_seeds(config)
+    seeds = list(dict.fromkeys(grid))
+    per_seed = len(grid) // len(seeds)
     by_seed: dict[int, dict[Path, dict]] = {}
+    elsewhere = []
     for folder, metrics in completed_jobs(sweep).items():
-        by_seed.setdefault(int(metrics["seed"]), {})[folder] = metrics
+        number = int(folder.name) if folder.name.isdigit() else len(grid)
+        if number < len(grid) and grid[number] == int(metrics["seed"]):
+            by_seed.setdefault(int(metrics["seed"]), {})[folder] = metrics
+        else:
+            elsewhere.append(folder.name)
+    if elsewhere:
+        print(f"{sweep.name}: jobs {', '.join(elsewhere)} are not at their place in the last sweep's grid (seeds "
+              f"{','.join(map(str, seeds))}): left out", file=sys.stderr)
     progress = {seed: f"{len(by_seed.get(seed, []))}/{per_seed} jobs" for seed in seeds}
     return {seed: by_seed[seed] for seed in seeds if len(by_seed.get(seed, [])) == per_seed}, progress
 
@@ -115,6 +139,22 @@ def plans_fewer_jobs(sweep: Path, dest: Path) -> bool:
     return planned is not None and recorded is not None and planned < recorded
 
 
+def refuse_misplaced(seeds: dict[int, dict[Path, dict]], dest: Path) -> None:
+    """Stop before copying a job to a folder number that stands for another seed in the destination's grid: a round
+    over a later seed alone (seed=2) numbers its jobs from 0, where the destination keeps seed 0's."""
+    record = dest / "runs" / "multirun.yaml"
+    if not record.is_file():
+        return
+    grid = grid_seeds(OmegaConf.load(record))
+    for seed, folders in seeds.items():
+        for folder in folders:
+            number = int(folder.name)
+            if number >= len(grid) or grid[number] != seed:
+                held = f"seed {grid[number]}'s place" if number < len(grid) else "beyond its grid"
+                raise SystemExit(f"error: job {number} of {folder.parent} is seed {seed}, {held} in {record}: run "
+                                 "the seeds from the grid's first (seed=0,1,2) for its jobs to keep their numbers")
+
+
 def already_harvested(job: Path, copy: Path) -> bool:
     """Whether the copy holds the job's result already: a later round that reuses a finished job leaves its
     metrics.json as it was and only adds to its log and Hydra record, which need not churn the committed copy."""
@@ -140,6 +180,7 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
         return None
     dest = destination(sweep, results, target)
     refuse_mixed_compute({folder: metrics for jobs in seeds.values() for folder, metrics in jobs.items()}, dest)
+    refuse_misplaced(seeds, dest)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
     if plans_fewer_jobs(sweep, dest):
         # a round over fewer seeds (cpu_claims.sh) records a smaller grid: over the larger one's record, collect
