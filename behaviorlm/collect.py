@@ -30,21 +30,9 @@ import pandas as pd
 from behaviorlm.metrics import acc_at_k_key
 from behaviorlm.stats import clustered_se, interval_over_seeds, mcnemar_exact, sign_flip_test, t_interval
 from behaviorlm.sweeps import job_dirs, jobs_root, load_sweep
+from behaviorlm.tables import label, legend, plot, table_metrics, to_markdown
 from behaviorlm.utils import atomic_write_text
 
-METRICS = ["test/acc_overall", "test/acc_anchor", "test/acc_tail", "test/macro_f1"]  # + acc@k, k = scoring.top_k
-LABELS = {"test/acc_overall": "overall", "test/acc_anchor": "anchor", "test/acc_tail": "tail",
-          "test/macro_f1": "macro-F1"}
-
-
-def label(metric: str) -> str:
-    return LABELS.get(metric) or metric.removeprefix("test/").replace("acc_at_", "acc@")
-
-
-def table_metrics(columns) -> list[str]:
-    """The metrics tabulated: the four above and acc@k for the k the jobs used (scoring.top_k)."""
-    at_k = acc_at_k_key(columns)
-    return METRICS + ([at_k] if at_k else [])
 # What ../shared/paper/BehaviorLM-summary.md states for each ablation (Llama-8B on the paper's datasets).
 PAPER = {
     "aux_ratio": {0.0: "worse than 5% (Table 6)", 0.05: "best (Table 6)", 0.2: "worse than 5% (Table 6)"},
@@ -54,13 +42,6 @@ PAPER = {
     "stage_order": {"anchor_only": "0.39 zero-shot tail acc.", "joint": "0.29 (tail, zero-shot comparison)",
                     "progressive": "up to +27.4% tail acc. over joint"},
 }
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A plain markdown table of a frame (None/NaN as empty cells)."""
-    cells = [[("" if pd.isna(v) else str(v)) for v in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def load_jobs(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -132,6 +113,8 @@ def summarise(jobs: pd.DataFrame, key: str) -> pd.DataFrame:
 
 # metric -> (test samples it averages over, whether it is reweighted to the test period's anchor/tail mix)
 PAIRED_METRICS = {"acc_overall": (None, True), "acc_anchor": ("anchor", False), "acc_tail": ("tail", False)}
+
+
 def _predictions(jobs_dir: Path, job: str) -> pd.DataFrame:
     path = jobs_dir / job / "test_predictions.csv"
     if not path.exists():
@@ -191,7 +174,8 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
         group = group.set_index("seed")
         seeds = sorted(set(group.index) & set(ref_jobs.index))
         if "test/samples_digest" in jobs:
-            different = [s for s in seeds if group.loc[s, "test/samples_digest"] != ref_jobs.loc[s, "test/samples_digest"]]
+            digest = "test/samples_digest"
+            different = [s for s in seeds if group.loc[s, digest] != ref_jobs.loc[s, digest]]
             if different:
                 raise SystemExit(f"error: {key}={value} and the reference {reference} were scored on different test "
                                  f"samples (test/samples_digest differs for seeds {different}); pair identical sets")
@@ -237,106 +221,6 @@ def paired(jobs: pd.DataFrame, key: str, reference, jobs_dir: Path) -> pd.DataFr
                 row[f"p_mcnemar_seed{s}"] = mcnemar_exact(b, c)
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def interval_words(low: float, high: float, n_seeds: int, one_seed: str = "") -> str:
-    """A seed interval as printed beside its mean difference: '[low, high]'; '(seeds equal: no interval)' when
-    stats.interval_over_seeds gave none to seeds that all had the same difference; `one_seed` for a single seed."""
-    if pd.notna(low):
-        return f"[{low:+.3f}, {high:+.3f}]"
-    return "(seeds equal: no interval)" if int(n_seeds) >= 2 else one_seed
-
-
-def interval_text(row) -> str:
-    """A paired.csv row's interval as the tables print it after the mean: with a leading space, '' for one seed."""
-    words = interval_words(row["ci_low"], row["ci_high"], row["n_seeds"])
-    return f" {words}" if words else ""
-
-
-def _delta_cell(pairs: pd.DataFrame, value, metric: str) -> str:
-    row = pairs[(pairs["method"] == value) & (pairs["metric"] == metric)]
-    if row.empty:
-        return "ref."
-    row = row.iloc[0]
-    return f"{row['mean_diff']:+.3f}{interval_text(row)} p={row['p_permutation']:.2g}"
-
-
-def to_markdown(table: pd.DataFrame, key: str, pairs: pd.DataFrame | None = None) -> str:
-    """Mean ± half-width of the Student-t 95% interval over seeds (the value alone for one seed); with a
-    reference, the paired difference in overall and tail accuracy [t-interval] and McNemar's p."""
-    deltas = [] if pairs is None else ["Δ overall", "Δ tail"]
-    names = [label(m) for m in METRICS] + [c.removesuffix("_mean") for c in table.columns
-                                            if c.startswith("acc@") and c.endswith("_mean")]
-    # which mix each column averages: overall and acc@k are reweighted to the test period's anchor/tail mix, the
-    # F1 scores are computed on the sample as drawn (a stratified test set's 50/50)
-    shown = {"overall": "overall (reweighted)", "macro-F1": "macro-F1 (sample mix)"}
-    header = [key, "seeds"] + [shown.get(n, f"{n} (reweighted)" if n.startswith("acc@") else n) for n in names] + \
-        deltas + ["paper"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in table.iterrows():
-        cells = [str(row[key]), str(row["n_seeds"])]
-        for name in names:
-            if f"{name}_mean" in row and pd.notna(row[f"{name}_mean"]):
-                half = (row[f"{name}_ci_high"] - row[f"{name}_ci_low"]) / 2
-                # one seed, or seeds that all gave the same value (zero-shot: one computation), has no interval:
-                # the value alone rather than a misleading "± 0", which would read as no uncertainty at all
-                cells.append(f"{row[f'{name}_mean']:.3f} ± {half:.3f}" if pd.notna(half) and half > 1e-12
-                             else f"{row[f'{name}_mean']:.3f}")
-            else:
-                cells.append("n/a")
-        if pairs is not None:
-            cells += [_delta_cell(pairs, row[key], "acc_overall"), _delta_cell(pairs, row[key], "acc_tail")]
-        cells.append(row["paper"])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def legend(with_deltas: bool) -> str:
-    """What the table's cells mean, under it: a reader of table.md alone cannot tell a half-width from a standard
-    error, or why one cell has none."""
-    text = ("± is the Student-t 95% half-width over the seeds; a value alone had one seed, or seeds that all gave "
-            "that value (no spread to estimate seed noise from).")
-    if with_deltas:
-        text += (" Δ: the mean of the per-seed paired differences to the reference row [Student-t 95% over seeds]; "
-                 "p: sample-level sign-flip permutation test of that difference (paired.csv has the rest).")
-    return text
-
-
-def plot(table: pd.DataFrame, key: str, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    numeric = pd.api.types.is_numeric_dtype(table[key])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    positions = np.arange(len(table))
-    for offset, name in enumerate(("anchor", "tail", "overall")):
-        if f"{name}_mean" not in table:
-            continue
-        mean = table[f"{name}_mean"].to_numpy()
-        err = np.nan_to_num(np.vstack([mean - table[f"{name}_ci_low"], table[f"{name}_ci_high"] - mean]))
-        if numeric:
-            ax.errorbar(table[key], mean, yerr=err, marker="o", capsize=3, label=name)
-        else:
-            ax.bar(positions + (offset - 1) * 0.27, mean, width=0.27, yerr=err, capsize=3, label=name)
-    if numeric:
-        ax.set_xlabel(key)
-        if table[key].min() > 0 and table[key].max() / table[key].min() >= 10:
-            ax.set_xscale("log")
-        # the swept values themselves as ticks (a log axis would print 6x10^0, 2x10^1)
-        ax.set_xticks(table[key].to_numpy(dtype=float), [f"{v:g}" for v in table[key]])
-        ax.minorticks_off()
-    else:
-        ax.set_xticks(positions, table[key].astype(str), rotation=20)
-    ax.set_ylabel("test accuracy (mean, Student-t 95% CI over seeds)")
-    ax.set_title(f"accuracy vs {key}")
-    ax.legend()
-    fig.tight_layout()
-    path = out / f"accuracy_vs_{key}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
 
 
 def log_to_wandb(out: Path, key: str, table: pd.DataFrame, images: list[Path], group: str) -> None:

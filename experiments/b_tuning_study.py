@@ -28,7 +28,7 @@ from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.selection import select_balanced
 from behaviorlm.stages import a_tuning_set, selection_scores, tune
 from behaviorlm.training import trainable_state
-from behaviorlm.collect import markdown_table
+from behaviorlm.tables import markdown_table
 from behaviorlm.hardware import machine
 from behaviorlm.utils import atomic_write_text, compose_config, seed_everything
 

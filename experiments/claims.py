@@ -28,7 +28,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from behaviorlm.collect import compute_summary, interval_text
+from behaviorlm.collect import compute_summary
+from behaviorlm.tables import interval_text
 from behaviorlm.utils import atomic_write_text
 from experiments.verdicts import EFFICIENCY_F, Claim, efficiency_verdict, verdict
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.collect import interval_words
+from behaviorlm.tables import interval_words
 from behaviorlm.stats import interval_over_seeds
 from behaviorlm.utils import atomic_write, atomic_write_text
 

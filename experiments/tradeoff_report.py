@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.collect import markdown_table
+from behaviorlm.tables import markdown_table
 from behaviorlm.stats import interval_over_seeds, mcnemar_exact, t_interval
 
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")

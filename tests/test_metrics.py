@@ -44,7 +44,8 @@ def test_results_table_and_sweep_table_follow_top_k():
     import pandas as pd
 
     from behaviorlm.metrics import format_results_table
-    from behaviorlm.collect import summarise, to_markdown
+    from behaviorlm.collect import summarise
+    from behaviorlm.tables import to_markdown
 
     metrics = {"test/acc_overall": 0.2, "test/acc_anchor": 0.3, "test/acc_tail": 0.1, "test/acc_at_3": 0.45,
                "test/acc_at_3_anchor": 0.5, "test/acc_at_3_tail": 0.4, "test/macro_f1": 0.05}
