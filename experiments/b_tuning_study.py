@@ -23,13 +23,13 @@ import pandas as pd
 
 from behaviorlm.data.conversations import load_conversations
 from behaviorlm.data.dataset import load_dataset
+from behaviorlm.hardware import machine
 from behaviorlm.metrics import compute_metrics
 from behaviorlm.pipeline import build_behavior_model
 from behaviorlm.selection import select_balanced
 from behaviorlm.stages import a_tuning_set, selection_scores, tune
-from behaviorlm.training import trainable_state
 from behaviorlm.tables import markdown_table
-from behaviorlm.hardware import machine
+from behaviorlm.training import trainable_state
 from behaviorlm.utils import atomic_write_text, compose_config, seed_everything
 
 # The study's base: quick_cpu's model and prompts with enough data that F = 10 is meaningful, beam scoring for

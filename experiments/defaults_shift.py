@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from behaviorlm.collect import NOT_RECORDED, compute_summary, sample_weights
-from behaviorlm.tables import markdown_table
 from behaviorlm.stats import interval_over_seeds, sign_flip_test
 from behaviorlm.sweeps import completed_jobs
+from behaviorlm.tables import markdown_table
 from behaviorlm.utils import atomic_write_text
 
 METRICS = ("acc_overall", "acc_anchor", "acc_tail")

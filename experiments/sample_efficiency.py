@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.tables import interval_words
 from behaviorlm.stats import interval_over_seeds
+from behaviorlm.tables import interval_words
 from behaviorlm.utils import atomic_write, atomic_write_text
 
 ONE_SEED = "(one seed: no interval)"  # a sequence model paired with one seed of the other sweep

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from behaviorlm.tables import markdown_table
 from behaviorlm.stats import interval_over_seeds, mcnemar_exact, t_interval
+from behaviorlm.tables import markdown_table
 
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 

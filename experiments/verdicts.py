@@ -140,8 +140,8 @@ def efficiency_verdict(folder: Path, behaviorlm: Optional[Path] = None) -> Optio
     """The sample-efficiency row from `make sample-efficiency`'s jobs (None when it has not run): per sequence model
     and training-set size, the per-seed difference in tail accuracy to BehaviorLM at F = EFFICIENCY_F, with its
     Student-t 95% interval over seeds."""
-    from behaviorlm.tables import interval_words
     from behaviorlm.stats import interval_over_seeds
+    from behaviorlm.tables import interval_words
     from experiments.sample_efficiency import ONE_SEED, load, seed_deltas, with_size_label
 
     try:

@@ -43,8 +43,8 @@ def test_results_table_and_sweep_table_follow_top_k():
     """scoring.top_k = 3 (or `evaluate --k 3`) prints acc@3, not an acc@5 row of n/a."""
     import pandas as pd
 
-    from behaviorlm.metrics import format_results_table
     from behaviorlm.collect import summarise
+    from behaviorlm.metrics import format_results_table
     from behaviorlm.tables import to_markdown
 
     metrics = {"test/acc_overall": 0.2, "test/acc_anchor": 0.3, "test/acc_tail": 0.1, "test/acc_at_3": 0.45,
