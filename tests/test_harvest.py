@@ -66,6 +66,23 @@ def test_a_round_over_a_later_seed_alone_does_not_count_another_rounds_folders(t
     with pytest.raises(SystemExit, match=r"job 0 of .* is seed 1, seed 0's place in .*multirun.yaml: run the seeds"):
         harvest_module.harvest(sweep, results, "ablation-b-rate")
     assert json.loads((held / "runs" / "0" / "metrics.json").read_text())["seed"] == 0
+    # nor over a committed seed 0 whose record is as small as the round's
+    fake_sweep(held, ["completed", "completed", None, None], task="['seed=0']")
+    with pytest.raises(SystemExit, match=r"job 0 of .* is seed 1, and .*runs/0 holds seed 0's"):
+        harvest_module.harvest(sweep, results, "ablation-b-rate")
+
+
+def test_rounds_over_growing_seed_prefixes_are_harvested_into_one_folder(tmp_path, monkeypatch):
+    """cpu_claims.sh's rounds: seed=0 harvested, then seed=0,1 (its jobs 2, 3 beyond the first record's grid)."""
+    monkeypatch.setattr(harvest_module.collect, "main", lambda argv: None)
+    results = tmp_path / "results"
+    sweep = fake_sweep(tmp_path / "sweeps" / "ablation-aux", ["completed", "completed", None, None],
+                       task="['seed=0']")
+    dest = harvest_module.harvest(sweep, results, "ablation-aux")
+    fake_sweep(sweep, ["completed"] * 4, task="['seed=0,1']")
+    assert harvest_module.harvest(sweep, results, "ablation-aux") == dest
+    assert sorted(p.name for p in (dest / "runs").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+    assert "task: ['seed=0,1']" in (dest / "runs" / "multirun.yaml").read_text()
 
 
 def test_harvest_copies_complete_seeds_beside_an_older_sweep_and_leaves_weights_behind(tmp_path, monkeypatch):

@@ -139,20 +139,24 @@ def plans_fewer_jobs(sweep: Path, dest: Path) -> bool:
     return planned is not None and recorded is not None and planned < recorded
 
 
-def refuse_misplaced(seeds: dict[int, dict[Path, dict]], dest: Path) -> None:
-    """Stop before copying a job to a folder number that stands for another seed in the destination's grid: a round
-    over a later seed alone (seed=2) numbers its jobs from 0, where the destination keeps seed 0's."""
+def refuse_misplaced(seeds: dict[int, dict[Path, dict]], sweep: Path, dest: Path) -> None:
+    """Stop before a job lands at a folder number that stands for another seed: in the destination's grid where
+    the destination keeps its record (a round over a later seed alone, seed=2, numbers its jobs from 0, where the
+    full grid keeps seed 0's), or over a committed job of another seed."""
     record = dest / "runs" / "multirun.yaml"
-    if not record.is_file():
-        return
-    grid = grid_seeds(OmegaConf.load(record))
+    grid = grid_seeds(OmegaConf.load(record)) if plans_fewer_jobs(sweep, dest) else None
+    held = {folder.name: int(metrics["seed"]) for folder, metrics in completed_jobs(dest).items()}
     for seed, folders in seeds.items():
         for folder in folders:
             number = int(folder.name)
-            if number >= len(grid) or grid[number] != seed:
-                held = f"seed {grid[number]}'s place" if number < len(grid) else "beyond its grid"
-                raise SystemExit(f"error: job {number} of {folder.parent} is seed {seed}, {held} in {record}: run "
+            if grid is not None and (number >= len(grid) or grid[number] != seed):
+                place = f"seed {grid[number]}'s place" if number < len(grid) else "beyond its grid"
+                raise SystemExit(f"error: job {number} of {folder.parent} is seed {seed}, {place} in {record}: run "
                                  "the seeds from the grid's first (seed=0,1,2) for its jobs to keep their numbers")
+            if held.get(folder.name, seed) != seed:
+                target = dest / "runs" / folder.name
+                raise SystemExit(f"error: job {number} of {folder.parent} is seed {seed}, and {target} holds seed "
+                                 f"{held[folder.name]}'s: a harvest replaces no other seed's job")
 
 
 def already_harvested(job: Path, copy: Path) -> bool:
@@ -180,7 +184,7 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
         return None
     dest = destination(sweep, results, target)
     refuse_mixed_compute({folder: metrics for jobs in seeds.values() for folder, metrics in jobs.items()}, dest)
-    refuse_misplaced(seeds, dest)
+    refuse_misplaced(seeds, sweep, dest)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
     if plans_fewer_jobs(sweep, dest):
         # a round over fewer seeds (cpu_claims.sh) records a smaller grid: over the larger one's record, collect
