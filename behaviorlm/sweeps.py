@@ -12,8 +12,8 @@ the counts and an estimate of the time left, keeps `sweep_summary.json` current,
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -118,19 +118,33 @@ def load_sweep(sweep_dir: Path):
     return jobs, keys or varying_fields(jobs)[:1]
 
 
-def planned_jobs(config: DictConfig) -> Optional[int]:
-    """How many jobs a multirun will start: the product of its swept values (the basic sweeper), the trial count
-    (Optuna), None when it cannot be told in advance."""
+def grid(config: DictConfig) -> Optional[list[dict[str, Any]]]:
+    """The jobs of a multirun in the basic sweeper's order, each as {key: its value}: the product of the overrides
+    in sweep_overrides' order (the sweeper's `params`, a command-line value in its key's place), the first key
+    varying slowest. None where there is no grid to tell in advance: Optuna's trials, an interval sweep."""
+    from hydra.errors import HydraException
+
     from behaviorlm.sweep_checks import sweep_overrides
 
+    if config.hydra.sweeper.get("n_trials") is not None:
+        return None
+    overrides = sweep_overrides(config)
+    try:
+        values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()] for o in overrides]
+    except HydraException:
+        return None
+    keys = [o.key_or_group for o in overrides]
+    return [dict(zip(keys, combination)) for combination in itertools.product(*values)]
+
+
+def planned_jobs(config: DictConfig) -> Optional[int]:
+    """How many jobs a multirun will start: its grid's size (the basic sweeper), the trial count (Optuna), None
+    when it cannot be told in advance."""
     trials = config.hydra.sweeper.get("n_trials")
     if trials is not None:
         return int(trials)
-    counts = [len(list(o.sweep_string_iterator())) for o in sweep_overrides(config) if o.is_sweep_override()]
-    try:
-        return math.prod(counts)
-    except TypeError:
-        return None
+    jobs = grid(config)
+    return None if jobs is None else len(jobs)
 
 
 clock = time.time  # the progress line's clock (a test sets its own)

@@ -138,6 +138,24 @@ def test_planned_jobs_is_the_product_of_the_swept_values():
     assert sweeps.planned_jobs(config) == 5
 
 
+def test_grid_lists_the_jobs_in_the_basic_sweepers_order():
+    # the params first, a command-line value in its key's place, the first key varying slowest: job 1 is seed 1
+    config = OmegaConf.create({"hydra": {"overrides": {"task": ["aux_ratio=0,0.05", "seed=0,1", "model=x"]},
+                                         "sweeper": {"params": {"stage_order": "a,b", "seed": "0,1,2"}}}})
+    jobs = sweeps.grid(config)
+    assert len(jobs) == 8 == sweeps.planned_jobs(config)
+    assert jobs[0] == {"stage_order": "a", "seed": "0", "aux_ratio": "0", "model": "x"}
+    assert [(job["stage_order"], job["seed"], job["aux_ratio"]) for job in jobs[:4]] == \
+        [("a", "0", "0"), ("a", "0", "0.05"), ("a", "1", "0"), ("a", "1", "0.05")]
+    assert jobs[4]["stage_order"] == "b"
+    # no grid to tell: an interval (Optuna's), or the trials of a sweeper that counts them
+    config.hydra.overrides.task.append("lr=interval(0.0001,0.001)")
+    assert sweeps.grid(config) is None and sweeps.planned_jobs(config) is None
+    config.hydra.overrides.task.pop()
+    config.hydra.sweeper["n_trials"] = 5
+    assert sweeps.grid(config) is None and sweeps.planned_jobs(config) == 5
+
+
 def test_wandb_mode_auto_follows_credentials_and_says_why(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -22,7 +22,6 @@ match where the clone lies at the same path) instead of running the committed se
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import re
 import shutil
@@ -33,8 +32,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from behaviorlm import collect
-from behaviorlm.sweep_checks import sweep_overrides
-from behaviorlm.sweeps import completed_jobs, planned_jobs
+from behaviorlm.sweeps import completed_jobs, grid, planned_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 # What stays on the machine: the weights and W&B's files (the .gitignore leaves them out of a commit too).
@@ -42,15 +40,15 @@ LEFT_ON_THE_MACHINE = shutil.ignore_patterns("adapter", "base_model", "wandb", "
 SWEEP_FILES = ("multirun.yaml", "sweep_summary.json", ".wandb_group")
 
 
-def grid_seeds(config) -> list[int]:
-    """The seed of each job of a multirun's grid, in job order: the basic sweeper numbers the product of its
-    overrides (sweep_overrides' order: the `params`, a command-line value in its key's place)."""
-    overrides = sweep_overrides(config)
-    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()] for o in overrides]
-    keys = [o.key_or_group for o in overrides]
-    at = keys.index("seed") if "seed" in keys else None
-    return [int(combination[at]) if at is not None else int(config.seed)
-            for combination in itertools.product(*values)]
+def grid_seeds(record: Path) -> list[int]:
+    """The seed of each job of the grid a multirun.yaml records, in job order (sweeps.grid; an error where the
+    sweep has none)."""
+    config = OmegaConf.load(record)
+    jobs = grid(config)
+    if jobs is None:
+        raise SystemExit(f"error: {record}: the sweep's jobs cannot be told in advance (not the basic sweeper's "
+                         "grid), so neither can a complete seed")
+    return [int(job.get("seed", config.seed)) for job in jobs]
 
 
 def complete_seeds(sweep: Path) -> tuple[dict[int, dict[Path, dict]], dict]:
@@ -60,18 +58,14 @@ def complete_seeds(sweep: Path) -> tuple[dict[int, dict[Path, dict]], dict]:
     seed is not the one its number stands for, is another round's (or a restored copy) and would otherwise make a
     seed look complete with a job counted twice."""
     runs = sweep / "runs"
-    config = OmegaConf.load(runs / "multirun.yaml")
-    if planned_jobs(config) is None:
-        raise SystemExit(f"error: {runs / 'multirun.yaml'}: the sweep's job count cannot be told in advance (not the "
-                         "basic sweeper's grid), so neither can a complete seed")
-    grid = grid_seeds(config)
-    seeds = list(dict.fromkeys(grid))
-    per_seed = len(grid) // len(seeds)
+    job_seeds = grid_seeds(runs / "multirun.yaml")
+    seeds = list(dict.fromkeys(job_seeds))
+    per_seed = len(job_seeds) // len(seeds)
     by_seed: dict[int, dict[Path, dict]] = {}
     elsewhere = []
     for folder, metrics in completed_jobs(sweep).items():
-        number = int(folder.name) if folder.name.isdigit() else len(grid)
-        if number < len(grid) and grid[number] == int(metrics["seed"]):
+        number = int(folder.name) if folder.name.isdigit() else len(job_seeds)
+        if number < len(job_seeds) and job_seeds[number] == int(metrics["seed"]):
             by_seed.setdefault(int(metrics["seed"]), {})[folder] = metrics
         else:
             elsewhere.append(folder.name)
@@ -116,11 +110,11 @@ def compute_kinds(jobs: dict[Path, dict]) -> dict[str, list[str]]:
     return kinds
 
 
-def refuse_mixed_compute(new_jobs: dict[Path, dict], dest: Path) -> None:
+def refuse_mixed_compute(new_jobs: dict[Path, dict], dest: Path, committed: dict[Path, dict]) -> None:
     """One folder, one kind of compute: seeds of one sweep run on a bf16 machine and on an fp32 one differ by the
-    machine as well as the seed, so a harvest that would mix them stops with both kinds named."""
-    held = {job: metrics for job, metrics in completed_jobs(dest).items()
-            if job.name not in {folder.name for folder in new_jobs}}
+    machine as well as the seed, so a harvest that would mix them stops with both kinds named. `committed`: the
+    destination's completed jobs."""
+    held = {job: metrics for job, metrics in committed.items() if job.name not in {folder.name for folder in new_jobs}}
     kinds = compute_kinds(new_jobs)
     held_kinds = compute_kinds(held)
     if len(kinds) > 1 or held_kinds and set(held_kinds) != set(kinds):
@@ -139,18 +133,18 @@ def plans_fewer_jobs(sweep: Path, dest: Path) -> bool:
     return planned is not None and recorded is not None and planned < recorded
 
 
-def refuse_misplaced(seeds: dict[int, dict[Path, dict]], sweep: Path, dest: Path) -> None:
+def refuse_misplaced(seeds: dict[int, dict[Path, dict]], sweep: Path, dest: Path, committed: dict[Path, dict]) -> None:
     """Stop before a job lands at a folder number that stands for another seed: in the destination's grid where
     the destination keeps its record (a round over a later seed alone, seed=2, numbers its jobs from 0, where the
     full grid keeps seed 0's), or over a committed job of another seed."""
     record = dest / "runs" / "multirun.yaml"
-    grid = grid_seeds(OmegaConf.load(record)) if plans_fewer_jobs(sweep, dest) else None
-    held = {folder.name: int(metrics["seed"]) for folder, metrics in completed_jobs(dest).items()}
+    job_seeds = grid_seeds(record) if plans_fewer_jobs(sweep, dest) else None
+    held = {folder.name: int(metrics["seed"]) for folder, metrics in committed.items()}
     for seed, folders in seeds.items():
         for folder in folders:
             number = int(folder.name)
-            if grid is not None and (number >= len(grid) or grid[number] != seed):
-                place = f"seed {grid[number]}'s place" if number < len(grid) else "beyond its grid"
+            if job_seeds is not None and (number >= len(job_seeds) or job_seeds[number] != seed):
+                place = f"seed {job_seeds[number]}'s place" if number < len(job_seeds) else "beyond its grid"
                 raise SystemExit(f"error: job {number} of {folder.parent} is seed {seed}, {place} in {record}: run "
                                  "the seeds from the grid's first (seed=0,1,2) for its jobs to keep their numbers")
             if held.get(folder.name, seed) != seed:
@@ -183,8 +177,10 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
     if not seeds or dry_run:
         return None
     dest = destination(sweep, results, target)
-    refuse_mixed_compute({folder: metrics for jobs in seeds.values() for folder, metrics in jobs.items()}, dest)
-    refuse_misplaced(seeds, sweep, dest)
+    committed = completed_jobs(dest)
+    new_jobs = {folder: metrics for jobs in seeds.values() for folder, metrics in jobs.items()}
+    refuse_mixed_compute(new_jobs, dest, committed)
+    refuse_misplaced(seeds, sweep, dest, committed)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
     if plans_fewer_jobs(sweep, dest):
         # a round over fewer seeds (cpu_claims.sh) records a smaller grid: over the larger one's record, collect
