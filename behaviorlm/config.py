@@ -226,7 +226,8 @@ class CacheConfig:
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"  # (str) local (this process) | torchrun (DDP) | accelerate (DDP, FSDP or DeepSpeed per config_file)
+    # (str) local (this process) | torchrun (DDP) | accelerate (DDP, FSDP or DeepSpeed per config_file)
+    name: str = "local"
     nproc_per_node: int = 1  # (int) worker processes on each node, usually its GPU count
     nnodes: int = 1  # (int) nodes; above 1 every node runs the same command with its own node_rank
     node_rank: int = 0  # (int) this node's rank (SLURM: ${oc.env:SLURM_NODEID,0})

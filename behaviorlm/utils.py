@@ -145,8 +145,9 @@ def kill_point(name: str) -> None:
     """Tests only: SIGKILL this process at the named point when BEHAVIORLM_TEST_KILL_AT names it (comma-separated),
     so a resume test interrupts at the same moment on every machine instead of racing a file-system poll.
     Points: <stage>:epoch_<N> (after that epoch's checkpoint), <stage>:epoch_<N>_batch_<B> (after a checkpoint
-    inside epoch N, B batches into it; train.checkpoint_interval_s decides which are written), <stage>:trained (after the last epoch, before the
-    stage's cache entry), <stage>:cached (after the entry, before the next stage), difficulty_selection:scoring,
+    inside epoch N, B batches into it; train.checkpoint_interval_s decides which are written), <stage>:trained
+    (after the last epoch, before the stage's cache entry), <stage>:cached (after the entry, before the next
+    stage), difficulty_selection:scoring,
     sweep:after_job_<N> (a multirun, once job N has ended and the progress line is out)."""
     if name in os.environ.get(KILL_AT_ENV, "").split(","):
         sys.stdout.flush()

@@ -13,7 +13,8 @@ from conftest import ROOT
 def test_bench_writes_speed_agreement_and_per_query_costs(tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "tools.bench.bench", "--samples", "2", "--naive-samples", "1", "--train-steps",
-               "2", "--rounds", "2", "--agreement-samples", "6", "--latency-samples", "4", "--trl-steps", "2", "--out", str(out),
+               "2", "--rounds", "2", "--agreement-samples", "6", "--latency-samples", "4", "--trl-steps", "2",
+               "--out", str(out),
                "model=tiny_random", "data=synthetic"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

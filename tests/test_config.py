@@ -55,7 +55,8 @@ def test_typos_and_wrong_types_fail_at_compose_time(override, fragment):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("aux_ratio=1.0", "aux_ratio"), ("aux_ratio=-0.1", "aux_ratio"), ("samples_per_behavior=-3", "samples_per_behavior"),
+    ("aux_ratio=1.0", "aux_ratio"), ("aux_ratio=-0.1", "aux_ratio"),
+    ("samples_per_behavior=-3", "samples_per_behavior"),
     ("anchor_threshold=0", "anchor_threshold"), ("anchor_threshold=1.5", "anchor_threshold"),
     ("stage_order=sideways", "stage_order"), ("method=magic", "method"),
     ("scoring.beam_seed=nearby", "scoring.beam_seed"),

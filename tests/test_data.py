@@ -169,7 +169,8 @@ def test_too_short_histories_are_skipped_and_counted(tmp_path, compose, hand_log
 def test_conversation_corpora_load_as_chat_messages(tmp_path):
     alpaca = load_conversations(ROOT / "behaviorlm/bundled/conversations/alpaca_en_demo.json.gz", "alpaca")
     assert len(alpaca) == 999 and alpaca[0][-1]["role"] == "assistant"
-    dialogues = load_conversations(ROOT / "behaviorlm/bundled/conversations/hh_rlhf_harmless_base_test.jsonl.gz", "dialogue")
+    dialogues = load_conversations(ROOT / "behaviorlm/bundled/conversations/hh_rlhf_harmless_base_test.jsonl.gz",
+                                   "dialogue")
     assert len(dialogues) > 2000 and all(d[-1]["role"] == "assistant" for d in dialogues[:50])
     assert parse_dialogue("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye") == [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]

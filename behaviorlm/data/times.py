@@ -68,7 +68,8 @@ def _guess_formats(values: pd.Series, dayfirst: Optional[bool]) -> list[str]:
                 fmt = guess_datetime_format(str(value), dayfirst=order)
                 if fmt is None or fmt in found or fmt.startswith("%Y") and fmt.find("%d") < fmt.find("%m"):
                     continue
-                if dayfirst is not None and "%d" in fmt and "%m" in fmt and (fmt.find("%d") < fmt.find("%m")) != dayfirst:
+                day_before_month = fmt.find("%d") < fmt.find("%m")
+                if dayfirst is not None and "%d" in fmt and "%m" in fmt and day_before_month != dayfirst:
                     continue
                 found.append(fmt)
     return found

@@ -337,7 +337,8 @@ def hf_generate(bm, prompts, width: int) -> None:
     depth = int(bm.scorer.trie.score_mask.sum(1).max())
     with torch.no_grad(), autocast(bm.device, bm.amp_dtype):
         for prompt in prompts:
-            bm.model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            bm.model.generate(input_ids=torch.tensor([prompt]),
+                              attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                               num_beams=width, do_sample=False, max_new_tokens=depth, min_new_tokens=depth,
                               pad_token_id=bm.tokenizer.pad_token_id)
 

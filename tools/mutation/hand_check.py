@@ -11,7 +11,8 @@ def check(n):
     env = dict(os.environ, MUTANT_UNDER_TEST=n)
     try:
         r = subprocess.run([os.path.abspath('.venv/bin/python'), '-m', 'pytest', '-x', '-q', '-p', 'no:randomly',
-                            '-m', 'not slow', *files], cwd='mutants', env=env, capture_output=True, text=True, timeout=20)
+                            '-m', 'not slow', *files], cwd='mutants', env=env, capture_output=True, text=True,
+                            timeout=20)
         verdict = "killed" if r.returncode == 1 else f"rc{r.returncode}"
     except subprocess.TimeoutExpired:
         verdict = "no failure within 20 s"

@@ -100,7 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     if args.refresh_test_map:
-        subprocess.run([sys.executable, "-m", "tools.mutation.mutmut_runner", "map-tests"], cwd=PROJECT_ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "tools.mutation.mutmut_runner", "map-tests"], cwd=PROJECT_ROOT,
+                       check=True)
     if args.survivors:
         # Named mutants are re-run even with a verdict; unnamed ones keep theirs.
         args.mutants = [*args.mutants, *json.loads(args.out.read_text())["survived"]]
