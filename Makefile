@@ -77,7 +77,7 @@ run: $(VENV)/.installed ## the default experiment: BehaviorLM on NYC with SmolLM
 # a test file to a worker so that a file's shared fixtures (a reference run, a sweep) are made once;
 # TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
-test: $(VENV)/.installed ## the full test suite (slow tests included; 360 tests, about 10 min on 2 Zen 3 or Zen 4 cores)
+test: $(VENV)/.installed ## the full test suite (slow tests included; 361 tests, about 10 min on 2 Zen 3 or Zen 4 cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(VENV)/.installed ## the test suite without tests marked slow
