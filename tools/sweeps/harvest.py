@@ -133,12 +133,13 @@ def plans_fewer_jobs(sweep: Path, dest: Path) -> bool:
     return planned is not None and recorded is not None and planned < recorded
 
 
-def refuse_misplaced(seeds: dict[int, dict[Path, dict]], sweep: Path, dest: Path, committed: dict[Path, dict]) -> None:
+def refuse_misplaced(seeds: dict[int, dict[Path, dict]], dest: Path, committed: dict[Path, dict],
+                     keeps_record: bool) -> None:
     """Stop before a job lands at a folder number that stands for another seed: in the destination's grid where
-    the destination keeps its record (a round over a later seed alone, seed=2, numbers its jobs from 0, where the
-    full grid keeps seed 0's), or over a committed job of another seed."""
+    the destination keeps its record (`keeps_record`, plans_fewer_jobs: a round over a later seed alone, seed=2,
+    numbers its jobs from 0, where the full grid keeps seed 0's), or over a committed job of another seed."""
     record = dest / "runs" / "multirun.yaml"
-    job_seeds = grid_seeds(record) if plans_fewer_jobs(sweep, dest) else None
+    job_seeds = grid_seeds(record) if keeps_record else None
     held = {folder.name: int(metrics["seed"]) for folder, metrics in committed.items()}
     for seed, folders in seeds.items():
         for folder in folders:
@@ -180,9 +181,10 @@ def harvest(sweep: Path, results: Path, target: str, dry_run: bool = False) -> P
     committed = completed_jobs(dest)
     new_jobs = {folder: metrics for jobs in seeds.values() for folder, metrics in jobs.items()}
     refuse_mixed_compute(new_jobs, dest, committed)
-    refuse_misplaced(seeds, sweep, dest, committed)
+    keeps_record = plans_fewer_jobs(sweep, dest)
+    refuse_misplaced(seeds, dest, committed, keeps_record)
     (dest / "runs").mkdir(parents=True, exist_ok=True)
-    if plans_fewer_jobs(sweep, dest):
+    if keeps_record:
         # a round over fewer seeds (cpu_claims.sh) records a smaller grid: over the larger one's record, collect
         # would take the jobs beyond it for an earlier sweep's and leave the later seeds out of every table
         print(f"{target}: the sweep now plans fewer jobs than {dest / 'runs'} records: its record is kept")
