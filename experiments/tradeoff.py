@@ -54,8 +54,8 @@ from behaviorlm.stages import logit_adjustment
 from behaviorlm.sweeps import completed_jobs
 from behaviorlm.tuned import run_overrides
 from behaviorlm.utils import atomic_write_text, compose_config
-from experiments.tradeoff_report import (METRICS, frontier_section, operating_points, plot, summarize,
-                                         wise_ft_section)
+from experiments.tradeoff_report import (METRICS, frontier_section, operating_points, plot, point_name, summarize,
+                                         wise_ft_section, wise_point_name)
 
 
 def job_config(job_dir: Path):
@@ -150,13 +150,15 @@ def check_drift(job_dir: Path, what: str, measured: dict, reference: dict, n_tes
 
 
 def wise_ft_curve(job_dir: Path, method: str, wise_alphas: list[float], zero_shot: dict | None,
-                  batch_size: int | None, drift_samples: float, scores: ScoreCache) -> list[dict]:
+                  batch_size: int | None, drift_samples: float, scores: ScoreCache
+                  ) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray]:
     """WiSE-FT (scoring.wise_ft_alpha): the job's tuned LoRA update scaled by w (exact: every lora_B times w), from
-    w = 1 (the job itself) to w = 0 (the untuned model: the sweep's zero_shot job), any stage order."""
+    w = 1 (the job itself) to w = 0 (the untuned model: the sweep's zero_shot job), any stage order; the rows, per
+    point the test hits, and each test sample's role (anchor or tail)."""
     cfg, recorded, dataset, bm = load_job(job_dir, batch_size)
     names, k = list(bm.vocab.names), cfg.scoring.top_k
     tuned = {name: p.detach().clone() for name, p in bm.model.named_parameters() if "lora_B" in name}
-    rows = []
+    rows, hits = [], {}
     for w in wise_alphas:
         with torch.no_grad():
             for name, param in bm.model.named_parameters():
@@ -166,22 +168,24 @@ def wise_ft_curve(job_dir: Path, method: str, wise_alphas: list[float], zero_sho
         val_scores = scores(cfg, bm, dataset.val, f"{method} validation, w {w}")
         test_scores = scores(cfg, bm, dataset.test, f"{method} test, w {w}")
         val, _, _ = evaluate_rankings(dataset.val, top_k_names(val_scores, names, k), bm.vocab, k)
-        test, _, _ = evaluate_rankings(dataset.test, top_k_names(test_scores, names, k), bm.vocab, k,
-                                       dataset.test_weights)
+        test, _, predictions = evaluate_rankings(dataset.test, top_k_names(test_scores, names, k), bm.vocab, k,
+                                                 dataset.test_weights)
         for end, reference in ((1.0, recorded), (0.0, zero_shot)):
             if w == end and reference is not None:
                 check_drift(job_dir, f"WiSE-FT w {w:g}", test, reference, len(dataset.test), drift_samples)
         rows.append({"method": method, "stage_order": recorded["stage_order"], "seed": cfg.seed, "wise_alpha": w,
                      "val_acc_overall": val["acc_overall"], **{f"test/{m}": test[m] for m in METRICS},
                      "test/samples_digest": test["samples_digest"]})
-    return rows
+        hits[wise_point_name(method, w)] = predictions["correct"].to_numpy()
+    return rows, hits, predictions["role"].to_numpy()
 
 
 def study_job(job_dir: Path, method: str, taus: list[float], alphas: list[float], a_dir: Path | None,
               batch_size: int | None, drift_samples: float, scores: ScoreCache, target_prior: str = "train"
-              ) -> tuple[list[dict], dict[tuple[str, float, float], np.ndarray]]:
+              ) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray]:
     """One tuned job's curves: each alpha (towards its A-tuned adapter; progressive only) scored once, re-ranked with
-    each tau towards `target_prior`; the rows and, per (method, alpha, tau), the test hits."""
+    each tau towards `target_prior`; the rows, per point (`point_name`) the test hits, and each test sample's role
+    (anchor or tail)."""
     cfg, recorded, dataset, bm = load_job(job_dir, batch_size)
     names, k = list(bm.vocab.names), cfg.scoring.top_k
     a_state = None
@@ -216,8 +220,8 @@ def study_job(job_dir: Path, method: str, taus: list[float], alphas: list[float]
                          "val_acc_overall": val["acc_overall"],
                          "recorded_test_acc_overall": recorded["test/acc_overall"],
                          **{f"test/{m}": test[m] for m in METRICS}, "test/samples_digest": test["samples_digest"]})
-            hits[(method, alpha, tau)] = predictions["correct"].to_numpy()
-    return rows, hits
+            hits[point_name(method, alpha, tau)] = predictions["correct"].to_numpy()
+    return rows, hits, predictions["role"].to_numpy()
 
 
 def pooled_jobs(sweep_dirs: list[Path], seeds: set[int] | None = None) -> dict[Path, dict]:
@@ -283,14 +287,16 @@ def main() -> None:
     finished = pooled_jobs(args.sweep_dirs, set(args.seeds) if args.seeds else None)
     a_jobs = {m["seed"]: folder for folder, m in finished.items() if m["stage_order"] == "anchor_only"}
     zero_shot = {m["seed"]: m for m in finished.values() if m["stage_order"] == "zero_shot"}
-    rows, hits, others, wise_rows = [], {}, [], []
+    rows, hits, roles, others, wise_rows = [], {}, {}, [], []
     scores = ScoreCache()
     args.out.mkdir(parents=True, exist_ok=True)
     for job_dir, metrics in finished.items():
         method, seed = metrics["method"], metrics["seed"]
         if wise_alphas and metrics["stage_order"] in args.wise_orders:
-            wise_rows += wise_ft_curve(job_dir, method, wise_alphas, zero_shot.get(seed), args.batch_size,
-                                       args.drift_samples, scores)
+            curve_rows, curve_hits, roles[seed] = wise_ft_curve(job_dir, method, wise_alphas, zero_shot.get(seed),
+                                                                args.batch_size, args.drift_samples, scores)
+            wise_rows += curve_rows
+            hits.setdefault(seed, {}).update(curve_hits)
             atomic_write_text(args.out / "wise_ft.csv", pd.DataFrame(wise_rows).to_csv(index=False))
         if metrics["stage_order"] == "progressive":
             a_dir = a_jobs.get(seed)
@@ -298,11 +304,11 @@ def main() -> None:
                 raise SystemExit(f"error: no completed anchor_only job of seed {seed} in "
                                  f"{', '.join(map(str, args.sweep_dirs))}: adapter interpolation needs its A-tuned "
                                  "adapter")
-            job_rows, job_hits = study_job(job_dir, method, taus, alphas, a_dir, args.batch_size, args.drift_samples,
-                                           scores)
+            job_rows, job_hits, roles[seed] = study_job(job_dir, method, taus, alphas, a_dir, args.batch_size,
+                                                        args.drift_samples, scores)
         elif metrics["stage_order"] == "joint" and joint_taus:
-            job_rows, job_hits = study_job(job_dir, method, joint_taus, [1.0], None, args.batch_size,
-                                           args.drift_samples, scores, target_prior="uniform")
+            job_rows, job_hits, roles[seed] = study_job(job_dir, method, joint_taus, [1.0], None, args.batch_size,
+                                                        args.drift_samples, scores, target_prior="uniform")
         else:
             others.append({k: metrics.get(k) for k in ("stage_order", "seed", *(f"test/{m}" for m in METRICS))})
             continue
@@ -318,7 +324,7 @@ def main() -> None:
     others_frame = pd.DataFrame(others)
     wise = pd.DataFrame(wise_rows) if wise_rows else None
     table = (summarize(jobs, hits, others_frame) + (wise_ft_section(wise) if wise is not None else "")
-             + frontier_section(operating_points(jobs, wise)))
+             + frontier_section(operating_points(jobs, wise), hits, roles))
     atomic_write_text(args.out / "table.md", table)
     plot(jobs, others_frame, args.out / "anchor_vs_tail.png", wise)
     print(table)

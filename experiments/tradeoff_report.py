@@ -15,7 +15,17 @@ from behaviorlm.tables import markdown_table
 METRICS = ("acc_anchor", "acc_tail", "acc_overall")
 
 
-REFERENCE = ("progressive", 1.0, 0.0)  # the progressive job as it was tuned and tested: alpha 1, tau 0
+def point_name(method: str, alpha: float, tau: float) -> str:
+    """An operating point of the interpolation and logit-adjustment curves, as the tables and hits name it."""
+    return f"{method}, alpha {alpha:g}, tau {tau:g}"
+
+
+def wise_point_name(method: str, w: float) -> str:
+    return f"{method}, WiSE-FT w {w:g}"
+
+
+REFERENCE = point_name("progressive", 1.0, 0.0)  # the progressive job as it was tuned and tested
+JOINT_AS_TUNED = point_name("joint", 1.0, 0.0)
 
 
 def interval_cells(group: pd.DataFrame) -> dict[str, str]:
@@ -31,7 +41,7 @@ def interval_cells(group: pd.DataFrame) -> dict[str, str]:
     return cells
 
 
-def paired_cell(hits: dict[int, dict], point: tuple[str, float, float]) -> str:
+def paired_cell(hits: dict[int, dict], point: str) -> str:
     """Overall hits gained / lost against the reference point, pooled over the seeds that have both, with an
     exact McNemar test."""
     if point == REFERENCE:
@@ -49,7 +59,7 @@ def curve_table(jobs: pd.DataFrame, hits: dict[int, dict], knob: str) -> pd.Data
     fixed, value = ("alpha", 1.0) if knob == "tau" else ("tau", 0.0)
     rows = []
     for (method, setting), group in jobs[jobs[fixed] == value].groupby(["method", knob], sort=False):
-        point = (method, value, setting) if knob == "tau" else (method, setting, value)
+        point = point_name(method, value, setting) if knob == "tau" else point_name(method, setting, value)
         rows.append({"method": method, knob: setting, **({"towards": group["target_prior"].iloc[0]}
                                                           if knob == "tau" else {}),
                      "seeds": len(group), **interval_cells(group),
@@ -78,7 +88,7 @@ def summarize(jobs: pd.DataFrame, hits: dict[int, dict], others: pd.DataFrame) -
     text += (f"\n\nBehaviorLM's operating point chosen on validation over its whole grid (best mean validation "
              f"accuracy {by_val.max():.3f}): {method}, alpha = {alpha:g}, tau = {tau:g}; its test accuracy: anchor "
              f"{cells['anchor']}, tail {cells['tail']}, overall {cells['overall']} "
-             f"({paired_cell(hits, (method, alpha, tau))} against progressive).\n")
+             f"({paired_cell(hits, point_name(method, alpha, tau))} against progressive).\n")
     if len(others):
         points = [{"stage_order": order, "seeds": len(group), **interval_cells(group)}
                   for order, group in others.groupby("stage_order")]
@@ -104,15 +114,14 @@ def wise_ft_section(wise: pd.DataFrame) -> str:
 
 def operating_points(jobs: pd.DataFrame, wise: pd.DataFrame | None) -> pd.DataFrame:
     """Every operating point of every curve, one row per seed: point, side (BehaviorLM: a progressive method;
-    joint), seed, anchor, tail."""
-    frames = [jobs.assign(point=[f"{m}, alpha {a:g}, tau {t:g}" for m, a, t in
-                                 zip(jobs["method"], jobs["alpha"], jobs["tau"])])]
+    joint), seed, anchor, tail (test accuracy) and val (validation overall accuracy)."""
+    frames = [jobs.assign(point=[point_name(m, a, t) for m, a, t in zip(jobs["method"], jobs["alpha"], jobs["tau"])])]
     if wise is not None:
-        frames.append(wise.assign(point=[f"{m}, WiSE-FT w {w:g}" for m, w in zip(wise["method"], wise["wise_alpha"])]))
+        frames.append(wise.assign(point=[wise_point_name(m, w) for m, w in zip(wise["method"], wise["wise_alpha"])]))
     points = pd.concat(frames, ignore_index=True)
     points["side"] = points["method"].map(lambda m: "BehaviorLM" if m.startswith("progressive") else m)
-    return points.rename(columns={"test/acc_anchor": "anchor", "test/acc_tail": "tail"})[
-        ["point", "side", "seed", "anchor", "tail"]]
+    return points.rename(columns={"test/acc_anchor": "anchor", "test/acc_tail": "tail", "val_acc_overall": "val"})[
+        ["point", "side", "seed", "anchor", "tail", "val"]]
 
 
 def beats(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, bool]:
@@ -126,9 +135,43 @@ def beats(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[bool, bool]:
     return by_mean, by_interval
 
 
-def frontier_section(points: pd.DataFrame) -> str:
+def sample_comparison(hits: dict[int, dict[str, np.ndarray]], roles: dict[int, np.ndarray], mine: str,
+                      theirs: str) -> dict[str, tuple[int, int, float]]:
+    """Per axis (anchor, tail): the test samples of that role only `mine` ranks right at top 1, those only `theirs`
+    does, and the exact McNemar p of the two counts, pooled over the seeds that scored both points."""
+    compared = {}
+    for axis in ("anchor", "tail"):
+        b = c = 0
+        for seed, by_point in hits.items():
+            if mine in by_point and theirs in by_point:
+                on_axis = roles[seed] == axis
+                b += int(((by_point[mine] == 1) & (by_point[theirs] == 0) & on_axis).sum())
+                c += int(((by_point[mine] == 0) & (by_point[theirs] == 1) & on_axis).sum())
+        compared[axis] = (b, c, mcnemar_exact(b, c))
+    return compared
+
+
+def sample_evidence(point: str, joint_points: list[str], hits: dict[int, dict[str, np.ndarray]],
+                    roles: dict[int, np.ndarray]) -> str:
+    """One BehaviorLM point against each of joint's on the test samples: against how many it is ahead on both axes
+    with McNemar p < 0.05 on each (an intersection-union test: "ahead of this joint point on both axes" needs both
+    to reject, with no correction), and its counts against joint as tuned."""
+    compared = {other: sample_comparison(hits, roles, point, other) for other in joint_points}
+    ahead = sum(all(b > c and p < 0.05 for b, c, p in axes.values()) for axes in compared.values())
+    text = f"{point}: ahead on both axes with p < 0.05 against {ahead} of {len(compared)} joint points"
+    if JOINT_AS_TUNED in compared:
+        text += "; against joint as tuned: " + ", ".join(
+            f"{axis} +{b} / −{c} (p = {p:.2g})" for axis, (b, c, p) in compared[JOINT_AS_TUNED].items())
+    return text
+
+
+def frontier_section(points: pd.DataFrame, hits: dict[int, dict[str, np.ndarray]] | None = None,
+                     roles: dict[int, np.ndarray] | None = None) -> str:
     """Does any BehaviorLM operating point beat every joint operating point on both axes? And which points make
-    up the frontier of all of them (no other point higher on both axes, by means)."""
+    up the frontier of all of them (no other point higher on both axes, by means). With the test hits of every
+    point (`hits`: per seed, per point, 1 where the top-1 prediction is right; `roles`: per seed, each test
+    sample's role, anchor or tail), the sample-level evidence for the points the answer names and for
+    BehaviorLM's point chosen on validation: what one seed can show."""
     ours, joint = points[points["side"] == "BehaviorLM"], points[points["side"] == "joint"]
     text = "\n## The frontier: BehaviorLM's operating points against joint's\n\n"
     if ours.empty or joint.empty:
@@ -161,6 +204,17 @@ def frontier_section(points: pd.DataFrame) -> str:
                  f"all {n_joint} of joint's. The closest, {best['point']}, beats {best['beaten_by_mean']} of them "
                  f"by means ({by_interval(best['beaten_by_interval'], '')}); it does not "
                  f"beat: {', '.join(best['unbeaten'])}.\n")
+    if hits is not None:
+        named = [t["point"] for t in winners] or [best["point"]]
+        if "val" in points:
+            chosen = ours.groupby("point", sort=False)["val"].mean().idxmax()
+            named += [chosen] if chosen not in named else []
+        text += ("\nBy the test samples (exact McNemar on the anchor and on the tail samples' top-1 hits, pooled over "
+                 "seeds; a point named above was picked by its test means, so its p-values describe it and do not "
+                 "confirm it; the point chosen on validation, the best mean validation accuracy of all "
+                 f"{len(tally)}, is {chosen if 'val' in points else 'not known here'}):\n\n")
+        text += "".join(f"- {sample_evidence(point, list(joint['point'].unique()), hits, roles)}\n"
+                        for point in named)
     means = points.groupby(["point", "side"], sort=False)[["anchor", "tail"]].mean().reset_index()
     at_least = [(means["anchor"] >= row.anchor) & (means["tail"] >= row.tail) for row in means.itertuples()]
     front = means[[not (above & ((means["anchor"] > row.anchor) | (means["tail"] > row.tail))).any()

@@ -99,6 +99,9 @@ def test_tradeoff_smoke_runs_both_sweeps_first_and_draws_every_curve(made):
     assert "Adapter interpolation" in table and "WiSE-FT" in table
     assert "operating point chosen on validation" in table
     assert "## The frontier" in table and ("**Yes, by means**" in table or "**No**" in table)
+    # and what the test samples say of the points it names (one line each, with its McNemar counts against joint)
+    assert "By the test samples" in table and re.search(r"ahead on both axes with p < 0.05 against \d+ of 10 joint "
+                                                        r"points; against joint as tuned: anchor \+\d+ / −\d+", table)
     # WiSE-FT for every tuned job: w = 1 is each job (checked by the script), w = 0 the untuned model, the same
     # function whatever the order was tuned to, so all rank alike there, as the seed's zero_shot job does
     wise = pd.read_csv(results / "ablation-tradeoff" / "wise_ft.csv")

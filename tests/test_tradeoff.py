@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from experiments.tradeoff import pooled_jobs
-from experiments.tradeoff_report import beats, frontier_section, interval_cells, wise_ft_section
+from experiments.tradeoff_report import (beats, frontier_section, interval_cells, sample_comparison, sample_evidence,
+                                         wise_ft_section)
 
 
 def points(rows: list[tuple[str, str, list[float], list[float]]]) -> pd.DataFrame:
@@ -48,6 +50,37 @@ def test_a_one_seed_frontier_says_it_has_no_interval_rather_than_a_count_of_zero
     closest = frontier_section(points([(p, s, a[:1], t[:1]) for p, s, a, t in
                                        [*JOINT, ("progressive, alpha 0", "BehaviorLM", [0.31], [0.06])]]))
     assert "beats 1 of them by means (one seed: no paired interval)" in closest
+
+
+def test_the_sample_level_evidence_counts_each_axes_hits_against_each_joint_point_pooled_over_seeds():
+    # 10 anchor and 10 tail test samples; BehaviorLM's point right on 8 anchors and 6 tails, joint as tuned on none,
+    # joint's WiSE-FT point on the first 3 of those tails
+    roles = np.array(["anchor"] * 10 + ["tail"] * 10)
+    mine, as_tuned = np.array([1] * 8 + [0] * 2 + [1] * 6 + [0] * 4), np.zeros(20, dtype=int)
+    wise = np.array([0] * 10 + [1] * 3 + [0] * 7)
+    by_point = {"p": mine, "joint, alpha 1, tau 0": as_tuned, "joint, WiSE-FT w 0.5": wise}
+    one_seed = sample_comparison({0: by_point}, {0: roles}, "p", "joint, WiSE-FT w 0.5")
+    assert one_seed == {"anchor": (8, 0, pytest.approx(2 * 0.5 ** 8)), "tail": (3, 0, pytest.approx(0.25))}
+    # a seed that did not score the point adds nothing; two that did add their counts
+    hits = {0: by_point, 1: by_point, 2: {"joint, alpha 1, tau 0": as_tuned}}
+    text = sample_evidence("p", ["joint, alpha 1, tau 0", "joint, WiSE-FT w 0.5"], hits, {s: roles for s in hits})
+    # ahead of joint as tuned on both axes (p 3e-5, 5e-4), and of WiSE-FT's point (anchor +16 / -0, tail +6 / -0:
+    # p 0.031, both reject)
+    assert text == ("p: ahead on both axes with p < 0.05 against 2 of 2 joint points; against joint as tuned: "
+                    "anchor +16 / −0 (p = 3.1e-05), tail +12 / −0 (p = 0.00049)")
+    assert "against 1 of 2" in sample_evidence("p", ["joint, alpha 1, tau 0", "joint, WiSE-FT w 0.5"],
+                                               {0: by_point}, {0: roles})  # one seed: the tail's 3 / 0 is p 0.25
+    # a point behind on one axis is not ahead, however far ahead on the other
+    behind = {**by_point, "q": np.array([1] * 10 + [0] * 10)}
+    assert "against 0 of 1" in sample_evidence("q", ["joint, WiSE-FT w 0.5"], {0: behind}, {0: roles})
+    # the frontier names the answer's points and the one chosen on validation, each with its evidence
+    frame = points([("joint, alpha 1, tau 0", "joint", [0.0], [0.0]), ("joint, WiSE-FT w 0.5", "joint", [0.0], [0.3]),
+                    ("p", "BehaviorLM", [0.8], [0.6]), ("q", "BehaviorLM", [1.0], [0.0])])
+    frame["val"] = frame["point"].map({"p": 0.2, "q": 0.3}).fillna(0.1)
+    text = frontier_section(frame, {0: behind}, {0: roles})
+    assert "**Yes, by means**: 1 of 2" in text and "the best mean validation accuracy of all 2, is q" in text
+    assert "- p: ahead on both axes with p < 0.05 against 1 of 2 joint points" in text
+    assert "- q: ahead on both axes with p < 0.05 against 0 of 2 joint points" in text
 
 
 def test_a_lead_in_the_means_that_flips_across_seeds_is_not_a_lead_by_interval():
