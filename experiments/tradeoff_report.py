@@ -41,16 +41,27 @@ def interval_cells(group: pd.DataFrame) -> dict[str, str]:
     return cells
 
 
+def discordant(hits: dict[int, dict[str, np.ndarray]], mine: str, theirs: str,
+               on: dict[int, np.ndarray] | None = None) -> tuple[int, int]:
+    """The test samples only `mine` ranks right at top 1 and those only `theirs` does, pooled over the seeds that
+    scored both points; `on`: per seed, a mask of the samples to count (all where absent)."""
+    b = c = 0
+    for seed, by_point in hits.items():
+        if mine in by_point and theirs in by_point:
+            counted = True if on is None else on[seed]
+            b += int(((by_point[mine] == 1) & (by_point[theirs] == 0) & counted).sum())
+            c += int(((by_point[mine] == 0) & (by_point[theirs] == 1) & counted).sum())
+    return b, c
+
+
 def paired_cell(hits: dict[int, dict], point: str) -> str:
     """Overall hits gained / lost against the reference point, pooled over the seeds that have both, with an
     exact McNemar test."""
     if point == REFERENCE:
         return "ref."
-    seeds = [h for h in hits.values() if point in h and REFERENCE in h]
-    if not seeds:
+    if not any(point in h and REFERENCE in h for h in hits.values()):
         return "no progressive job of the same seed"
-    b = sum(int(((h[point] == 1) & (h[REFERENCE] == 0)).sum()) for h in seeds)
-    c = sum(int(((h[point] == 0) & (h[REFERENCE] == 1)).sum()) for h in seeds)
+    b, c = discordant(hits, point, REFERENCE)
     return f"+{b} / −{c}, p = {mcnemar_exact(b, c):.2g}"
 
 
@@ -141,12 +152,7 @@ def sample_comparison(hits: dict[int, dict[str, np.ndarray]], roles: dict[int, n
     does, and the exact McNemar p of the two counts, pooled over the seeds that scored both points."""
     compared = {}
     for axis in ("anchor", "tail"):
-        b = c = 0
-        for seed, by_point in hits.items():
-            if mine in by_point and theirs in by_point:
-                on_axis = roles[seed] == axis
-                b += int(((by_point[mine] == 1) & (by_point[theirs] == 0) & on_axis).sum())
-                c += int(((by_point[mine] == 0) & (by_point[theirs] == 1) & on_axis).sum())
+        b, c = discordant(hits, mine, theirs, on={seed: role == axis for seed, role in roles.items()})
         compared[axis] = (b, c, mcnemar_exact(b, c))
     return compared
 
@@ -205,14 +211,13 @@ def frontier_section(points: pd.DataFrame, hits: dict[int, dict[str, np.ndarray]
                  f"by means ({by_interval(best['beaten_by_interval'], '')}); it does not "
                  f"beat: {', '.join(best['unbeaten'])}.\n")
     if hits is not None:
+        chosen = ours.groupby("point", sort=False)["val"].mean().idxmax() if "val" in points else None
         named = [t["point"] for t in winners] or [best["point"]]
-        if "val" in points:
-            chosen = ours.groupby("point", sort=False)["val"].mean().idxmax()
-            named += [chosen] if chosen not in named else []
+        named += [chosen] if chosen is not None and chosen not in named else []
         text += ("\nBy the test samples (exact McNemar on the anchor and on the tail samples' top-1 hits, pooled over "
                  "seeds; a point named above was picked by its test means, so its p-values describe it and do not "
                  "confirm it; the point chosen on validation, the best mean validation accuracy of all "
-                 f"{len(tally)}, is {chosen if 'val' in points else 'not known here'}):\n\n")
+                 f"{len(tally)}, is {chosen or 'not known here'}):\n\n")
         text += "".join(f"- {sample_evidence(point, list(joint['point'].unique()), hits, roles)}\n"
                         for point in named)
     means = points.groupby(["point", "side"], sort=False)[["anchor", "tail"]].mean().reset_index()
